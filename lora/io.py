@@ -1,0 +1,143 @@
+"""Saving, loading and exporting adapters (safetensors; PEFT folder format for export)."""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .layers import LoRAFAParametrization, LoRAParametrization
+from .model import adapted_modules, attach, get_lora_state_dict, is_adapted, lora_config
+
+FORMAT = "lora-fa-adapter/1"
+
+
+def _atomic_save(tensors, path, metadata):
+    """Write a safetensors file via a temporary file + rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_lora(model, path, include_trainable=True):
+    """Save the adapters (A, B, B0), their config and, by default, every other trainable parameter.
+
+    The config (per layer: rank, alpha, init, freeze_a, residual, dropout) is stored as
+    safetensors metadata. Other parameters with requires_grad (e.g. a classifier head
+    trained with the adapters) are saved too, so `load_lora` on the untouched base
+    model rebuilds the exact fine-tuned model.
+    """
+    if not adapted_modules(model):
+        raise ValueError("save_lora: the model has no LoRA adapters (call lora.add_lora first)")
+    tensors = dict(get_lora_state_dict(model))
+    if include_trainable:
+        lora_keys = {k.rsplit(".", 1)[0] + "." for k in tensors}  # "<module>.parametrizations.weight.0."
+        for k, v in model.named_parameters():
+            if v.requires_grad and not any(k.startswith(p) for p in lora_keys):
+                tensors[f"trained::{k}"] = v
+    meta = {"format": FORMAT, "layers": json.dumps(lora_config(model))}
+    _atomic_save(tensors, path, meta)
+
+
+def load_lora(model, path):
+    """Rebuild the adapters saved by `save_lora` on a model without adapters; returns the layer names.
+
+    The other trained parameters saved with them (e.g. a classifier head) are copied into
+    the model's parameters of the same name.
+    """
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a LoRA adapter file saved by lora.save_lora "
+                             f"(format {meta.get('format')!r}, expected {FORMAT!r})")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    layers = json.loads(meta["layers"])
+    for name, cfg in layers.items():
+        module = model.get_submodule(name)
+        if is_adapted(module):
+            raise ValueError(f"load_lora: module {name!r} already has an adapter; load into the base model")
+        prefix = f"{name}.parametrizations.weight.0."
+        A, B, B0 = (tensors[prefix + k] for k in ("lora_A", "lora_B", "lora_B0"))
+        out_f, in_f = module.weight.shape
+        if A.shape != (cfg["rank"], in_f) or B.shape != (out_f, cfg["rank"]):
+            raise ValueError(f"{path}: adapter for {name!r} has A {tuple(A.shape)}, B {tuple(B.shape)}; "
+                             f"the model's weight is {(out_f, in_f)} (rank {cfg['rank']})")
+        cls = LoRAFAParametrization if cfg["freeze_a"] else LoRAParametrization
+        W = module.weight
+        p = cls(A.to(W), B.to(W), alpha=cfg["alpha"], init=cfg["init"], dropout=cfg["dropout"],
+                residual=cfg["residual"])
+        with torch.no_grad():
+            p.lora_B0.copy_(B0)
+        attach(module, p)
+    trained = {k.removeprefix("trained::"): v for k, v in tensors.items() if k.startswith("trained::")}
+    params = dict(model.named_parameters())
+    missing = sorted(set(trained) - set(params))
+    if missing:
+        raise ValueError(f"{path}: saved parameters {missing} name no parameter of the model")
+    with torch.no_grad():
+        for k, v in trained.items():
+            params[k].copy_(v)
+    return list(layers)
+
+
+def export_peft(model, out_dir, base_model_name_or_path, modules_to_save=None, task_type=None):
+    """Write a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors).
+
+    `peft.PeftModel.from_pretrained(base, out_dir)` on the original base model then gives
+    the same outputs. Each layer exports lora_A = A and lora_B = D (B − B0 for residual
+    inits), so PEFT's s·lora_B·lora_A equals our W_eff − W and stays rank r.
+    modules_to_save: names of non-adapter modules trained in full (e.g. the classifier head),
+    exported whole, as PEFT does for its `modules_to_save`.
+    """
+    layers = adapted_modules(model)
+    if not layers:
+        raise ValueError("export_peft: the model has no LoRA adapters")
+    tensors = {}
+    for name, _, p in layers:
+        if not p.enabled:
+            raise ValueError(f"export_peft: adapter {name!r} is disabled; call lora.enable_lora first")
+        tensors[f"base_model.model.{name}.lora_A.weight"] = p.lora_A
+        tensors[f"base_model.model.{name}.lora_B.weight"] = p.delta_B()
+    for mod_name in modules_to_save or []:
+        for k, v in model.get_submodule(mod_name).state_dict().items():
+            tensors[f"base_model.model.{mod_name}.{k}"] = v
+    ranks = {n: p.rank for n, _, p in layers}
+    alphas = {n: p.alpha for n, _, p in layers}
+    dropouts = {getattr(p.dropout, "p", 0.0) for _, _, p in layers}
+    if len(dropouts) > 1:
+        raise ValueError("export_peft: PEFT has one lora_dropout per adapter; layers differ")
+    r0, a0 = next(iter(ranks.values())), next(iter(alphas.values()))
+    config = {
+        "peft_type": "LORA",
+        "task_type": task_type,
+        "base_model_name_or_path": str(base_model_name_or_path),
+        "r": r0,
+        "lora_alpha": a0,
+        # exact module names, anchored so that "…query" cannot match another layer's suffix
+        "target_modules": sorted(ranks),
+        "rank_pattern": {f"^{n}$": r for n, r in ranks.items() if r != r0},
+        "alpha_pattern": {f"^{n}$": a for n, a in alphas.items() if a != a0},
+        "lora_dropout": dropouts.pop(),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "modules_to_save": list(modules_to_save) if modules_to_save else None,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "inference_mode": True,
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_save(tensors, out_dir / "adapter_model.safetensors", {"format": "pt"})
+    tmp = out_dir / "adapter_config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, out_dir / "adapter_config.json")
+    return out_dir

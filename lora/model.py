@@ -1,0 +1,159 @@
+"""Adding adapters to a model, and everything done to them afterwards.
+
+Layers are chosen by module type (`nn.Linear`) and an explicit list of module-name
+suffixes, never by position in a name. Each adapted layer gets one parametrization
+of its `weight` (see `lora.layers`) and two forward hooks for the fast path.
+"""
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .inits import INITS, RESIDUAL_INITS, init_factors
+from .layers import LoRAFAParametrization, LoRAParametrization, fast_path_hook, fast_path_pre_hook
+
+
+def is_adapted(module):
+    """True if `module.weight` carries one of our parametrizations."""
+    return parametrize.is_parametrized(module, "weight") and isinstance(
+        module.parametrizations.weight[0], LoRAParametrization)
+
+
+def adapted_modules(model):
+    """(name, module, parametrization) for every adapted layer, in module order."""
+    return [(n, m, m.parametrizations.weight[0]) for n, m in model.named_modules() if is_adapted(m)]
+
+
+def find_targets(model, targets=None):
+    """Names of the nn.Linear modules selected by `targets` (None: every nn.Linear).
+
+    A target matches a module whose name equals it or ends with "." + target. Every
+    target must match at least one nn.Linear, else ValueError listing what exists.
+    """
+    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if targets is None:
+        return linear
+    if isinstance(targets, str):
+        targets = [targets]
+    for t in targets:
+        if not any(n == t or n.endswith("." + t) for n in linear):
+            suffixes = sorted({n.split(".")[-1] for n in linear} | {".".join(n.split(".")[-3:]) for n in linear})
+            raise ValueError(f"target {t!r} matches no nn.Linear module in {type(model).__name__}; "
+                             f"nn.Linear names end with: {', '.join(suffixes)}")
+    return [n for n in linear if any(n == t or n.endswith("." + t) for t in targets)]
+
+
+def attach(module, parametrization):
+    """Register `parametrization` on `module.weight`, freeze W, install the fast-path hooks."""
+    parametrize.register_parametrization(module, "weight", parametrization)
+    module.parametrizations.weight.original.requires_grad_(False)
+    module.register_forward_pre_hook(fast_path_pre_hook)
+    module.register_forward_hook(fast_path_hook, always_call=True)
+
+
+def detach(module, keep_weight=None):
+    """Undo `attach`: remove the hooks and the parametrization, restoring W (or `keep_weight`)."""
+    for hooks, fn in ((module._forward_pre_hooks, fast_path_pre_hook), (module._forward_hooks, fast_path_hook)):
+        for key in [k for k, h in hooks.items() if h is fn]:
+            del hooks[key]
+            module._forward_hooks_always_called.pop(key, None)
+    parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+    if keep_weight is not None:
+        with torch.no_grad():
+            module.weight.copy_(keep_weight)
+
+
+def add_lora(model, *, rank=4, alpha=None, init="random", targets=None, freeze_a=True,
+             dropout=0.0, generator=None, svd_method="auto"):
+    """Add a rank-`rank` adapter to each target nn.Linear of `model`; returns the adapted names.
+
+    alpha: the scaling is s = alpha / rank; alpha defaults to rank (s = 1), or to 1 for
+           init="seed" (the original project's setting).
+    init: "random" | "svd" | "pissa" | "milora" | "seed" (see lora.inits).
+    targets: None for every nn.Linear, else module-name suffixes, e.g.
+             ["query", "key", "value", "attention.output.dense"].
+    freeze_a: True is LoRA-FA (A frozen, only B trains); False is plain LoRA.
+    generator: torch.Generator for init="random" (reproducible A).
+    svd_method: how SVD inits find the singular factors ("auto", "lanczos", "full", "randomized").
+    The adapted layers' pretrained weights are frozen; other parameters are left as they are.
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    if dropout < 0 or dropout >= 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if alpha is None:
+        alpha = 1.0 if init == "seed" else float(rank)
+    names = find_targets(model, targets)
+    modules = {n: model.get_submodule(n) for n in names}
+    for n, m in modules.items():
+        if is_adapted(m):
+            raise ValueError(f"module {n!r} already has a LoRA adapter; call lora.remove_lora or "
+                             f"lora.merge_lora first")
+        if rank > min(m.weight.shape):
+            raise ValueError(f"rank {rank} exceeds min(out, in) = {min(m.weight.shape)} of module {n!r} "
+                             f"with weight shape {tuple(m.weight.shape)}")
+    cls = LoRAFAParametrization if freeze_a else LoRAParametrization
+    for n, m in modules.items():
+        W = m.weight.detach()  # (out, in)
+        A, B = init_factors(init, W, rank, alpha / rank, generator=generator, svd_method=svd_method)
+        p = cls(A.to(W), B.to(W), alpha=alpha, init=init, dropout=dropout, residual=init in RESIDUAL_INITS)
+        attach(m, p)
+    return names
+
+
+def merge_lora(model):
+    """Bake W_eff = W + s·(B − B0)·A into plain weights and remove the adapters."""
+    for _, m, p in adapted_modules(model):
+        W = m.parametrizations.weight.original
+        W_eff = (W.float() + p.delta_weight().float()).to(W.dtype)  # sum in float32 for bf16 models
+        detach(m, keep_weight=W_eff)
+
+
+def remove_lora(model):
+    """Drop the adapters and restore the original pretrained W exactly (also after pissa/milora)."""
+    for _, m, _ in adapted_modules(model):
+        detach(m)
+
+
+def enable_lora(model):
+    """Switch every adapter's contribution back on."""
+    for _, _, p in adapted_modules(model):
+        p.enabled = True
+
+
+def disable_lora(model):
+    """Compute with the base weight: W for random/svd/seed, W − s·B0·A for pissa/milora."""
+    for _, _, p in adapted_modules(model):
+        p.enabled = False
+
+
+def set_fast_path(model, enabled=True):
+    """Use the low-rank forward (default) or the plain materialised W_eff inside forward."""
+    for _, _, p in adapted_modules(model):
+        p.fast = bool(enabled)
+
+
+def get_lora_params(model):
+    """The trainable adapter parameters: every lora_B, and lora_A unless it is frozen (LoRA-FA)."""
+    return [t for _, _, p in adapted_modules(model) for t in (p.lora_A, p.lora_B) if t.requires_grad]
+
+
+def mark_only_lora_trainable(model):
+    """Freeze every parameter of `model` except the trainable adapter parameters."""
+    keep = {id(t) for t in get_lora_params(model)}
+    for t in model.parameters():
+        t.requires_grad_(id(t) in keep)
+
+
+def lora_config(model):
+    """Per adapted layer: the settings needed to rebuild it (stored with saved adapters)."""
+    return {n: {"rank": p.rank, "alpha": p.alpha, "init": p.init, "freeze_a": p.freeze_a,
+                "residual": p.residual, "dropout": getattr(p.dropout, "p", 0.0)}
+            for n, _, p in adapted_modules(model)}
+
+
+def get_lora_state_dict(model):
+    """Adapter tensors (lora_A, lora_B, lora_B0) under the model's own state-dict keys."""
+    suffixes = (".lora_A", ".lora_B", ".lora_B0")
+    return {k: v for k, v in model.state_dict().items() if k.endswith(suffixes)}
