@@ -1,0 +1,159 @@
+"""utils.plots on synthetic run logs written into tmp_path (never into the repo's logs/)."""
+import math
+import zlib
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.colors import to_hex
+from scipy import stats
+
+from utils import plots
+from utils.logs import SCHEMA, load_runs, load_summaries, write_json_atomic
+
+INITS = ("random", "svd", "pissa")
+LRS = (1e-4, 1e-3)
+SEEDS = (0, 1, 2)
+STEPS = (0, 10, 20, 30)
+
+
+def fake_log(task, method, init, lr, seed, rank=4, model="minilm", rng=None):
+    """A finished run log (schema 1) with noisy, improving curves; metrics follow the task."""
+    rng = rng or np.random.default_rng(zlib.crc32(repr((task, method, init, lr, seed)).encode()))
+    names = {"mrpc": ("accuracy", "f1"), "rte": ("accuracy",), "cola": ("mcc",)}[task]
+    history = []
+    for i, step in enumerate(STEPS):
+        base = 0.5 + 0.1 * i + (0.05 if init == "svd" else 0) + rng.normal(0, 0.02)
+        history.append({"step": step, "epoch": step / 30, "train_loss": 0.7 - 0.1 * i + rng.normal(0, 0.02),
+                         "lr": lr, "dev_loss": 0.72 - 0.08 * i + rng.normal(0, 0.02),
+                         "metrics": {m: base - 0.01 * k for k, m in enumerate(names)}, "time_s": float(step)})
+    final = {**history[-1]["metrics"], "dev_loss": history[-1]["dev_loss"]}
+    best = {m: {"value": max(h["metrics"][m] for h in history), "step": 30} for m in names}
+    config = {"task": task, "model": model, "method": method, "init": init, "rank": rank,
+              "alpha": 2 * rank, "lr": lr, "seed": seed, "epochs": 1, "max_steps": None,
+              "batch_size": 16, "main_metric": names[-1] if task == "mrpc" else names[0]}
+    run_id = f"{task}_{method}_{init}_r{rank}_lr{lr:g}_s{seed}"
+    return {"schema": SCHEMA, "run_id": run_id, "status": "finished", "error": None, "config": config,
+            "env": {}, "history": history, "train_loss": [],
+            "summary": {"final": final, "best": best, "steps": 30, "wall_time_s": 1.0,
+                        "peak_rss_mb": 1.0, "trainable_params": 10}}
+
+
+@pytest.fixture
+def log_dir(tmp_path):
+    """MRPC: 3 inits x 2 lrs x 3 seeds (LoRA-FA, rank 4) + a head baseline; RTE: 2 inits, 1 lr, 1 seed."""
+    root = tmp_path / "logs"
+    logs = [fake_log("mrpc", "lora-fa", i, lr, s) for i in INITS for lr in LRS for s in SEEDS]
+    logs += [fake_log("mrpc", "head", "none", lr, s, rank=0) for lr in LRS for s in SEEDS[:2]]
+    logs += [fake_log("rte", "lora-fa", i, 1e-4, 0) for i in ("random", "svd")]
+    failed = {**fake_log("rte", "lora-fa", "svd", 1e-3, 0), "status": "failed", "run_id": "x"}
+    for log in logs + [failed]:
+        write_json_atomic(log, root / log["config"]["task"] / f"{log['run_id']}.json")
+    return root
+
+
+def test_main_writes_expected_files(log_dir, tmp_path):
+    out = tmp_path / "imgs"
+    written = plots.main(log_dir, out)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([
+        "mrpc_minilm_r4_lr0.0001_history.png", "mrpc_minilm_r4_lr0.001_history.png",
+        "rte_minilm_r4_lr0.0001_history.png", "summary_final_metric.png", "summary_best_metric.png",
+        "summary.md", "summary.csv"])
+    assert sorted(p.name for p in written) == names
+    md = (out / "summary.md").read_text()
+    assert "| mrpc | minilm | lora-fa | svd | 4 | 0.0001 | f1 | 3 |" in md
+    assert "| mrpc | minilm | head | – | – | 0.001 | f1 | 2 |" in md
+
+
+def test_cli_and_empty_dir_message(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(plots.NoRunsError, match="no finished runs in .*empty"):
+        plots.main(tmp_path / "empty", tmp_path / "imgs")
+    assert plots.cli(["--log-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "imgs")]) == 1
+    assert "no finished runs" in capsys.readouterr().err
+    assert not (tmp_path / "imgs").exists()
+
+
+def test_summary_table_matches_hand_computation(log_dir):
+    summaries = load_summaries(log_dir)
+    table = plots.summary_table(summaries, metrics="all")
+    row = table[(table.task == "mrpc") & (table.init == "svd") & (table.lr == 1e-3)
+                & (table.metric == "f1") & (table.method == "lora-fa")]
+    assert len(row) == 1
+    values = [fake_log("mrpc", "lora-fa", "svd", 1e-3, s)["summary"]["final"]["f1"] for s in SEEDS]
+    bests = [fake_log("mrpc", "lora-fa", "svd", 1e-3, s)["summary"]["best"]["f1"]["value"] for s in SEEDS]
+    mean = sum(values) / 3
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
+    row = row.iloc[0]
+    assert row.n == 3
+    assert row.final_mean == pytest.approx(mean) and row.final_std == pytest.approx(std)
+    assert row.best_mean == pytest.approx(np.mean(bests)) and row.best_std == pytest.approx(np.std(bests, ddof=1))
+    # main metric only: F1 for MRPC, accuracy for RTE; a single seed has no std
+    main = plots.summary_table(summaries)
+    assert set(main.groupby("task").metric.unique().map(tuple)) == {("f1",), ("accuracy",)}
+    rte = main[main.task == "rte"]
+    assert (rte.n == 1).all() and rte.final_std.isna().all()
+    assert plots.format_table(rte).iloc[0]["final (mean ± std)"].count("±") == 0
+
+
+def test_band_is_the_t_interval(log_dir):
+    runs = load_runs(log_dir)
+    sel = runs[(runs.task == "mrpc") & (runs.init == "random") & (runs.lr == 1e-4) & (runs.method == "lora-fa")]
+    curve = plots.seed_curve(sel, "f1").set_index("step")
+    vals = sel[sel.step == 20]["f1"].to_numpy()
+    half = stats.t.ppf(0.975, 2) * vals.std(ddof=1) / math.sqrt(3)
+    assert curve.loc[20, "n"] == 3
+    assert curve.loc[20, "lo"] == pytest.approx(vals.mean() - half)
+    assert curve.loc[20, "hi"] == pytest.approx(vals.mean() + half)
+    # the figure's band is that interval: the fill_between polygon spans lo..hi at step 20
+    fig = plots.plot_histories(runs, "mrpc", lr=1e-4)
+    f1_ax = [ax for ax in fig.axes if ax.get_ylabel() == "dev F1"][0]
+    color = plots.series_style("lora-fa", "random")["color"]
+    band = [c for c in f1_ax.collections if to_hex(c.get_facecolor()[0]) == color.lower()][0]
+    ys = band.get_paths()[0].vertices
+    at20 = ys[np.isclose(ys[:, 0], 20), 1]
+    assert at20.min() == pytest.approx(vals.mean() - half) and at20.max() == pytest.approx(vals.mean() + half)
+    # one seed: no band
+    one = plots.seed_curve(sel[sel.seed == 0], "f1")
+    assert one["lo"].isna().all()
+    matplotlib.pyplot.close("all")
+
+
+def test_titles_labels_and_setting_choice(log_dir):
+    runs = load_runs(log_dir)
+    with pytest.raises(ValueError, match="2 settings"):
+        plots.plot_histories(runs, "mrpc")
+    fig = plots.plot_histories(runs, "mrpc", lr=1e-3)
+    assert [ax.get_title() for ax in fig.axes] == ["train loss", "dev loss", "dev F1", "dev accuracy"]
+    assert all(ax.get_xlabel() == "optimizer step" for ax in fig.axes)
+    assert fig.axes[0].get_ylabel() == "cross-entropy loss"
+    title = fig._suptitle.get_text()
+    assert "dev" in title and "n=2–3 seeds" in title and "lr 0.001" in title
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["random (n=3)", "svd (n=3)", "pissa (n=3)", "head only (n=2)"]
+    cola = plots.plot_histories(runs, "rte")
+    assert cola.axes[2].get_ylabel() == "dev accuracy"
+    matplotlib.pyplot.close("all")
+
+
+def _line_colors(fig):
+    """{legend label without "(n=..)": colour} of every legend entry in `fig`."""
+    leg = fig.legends[0]
+    return {t.get_text().split(" (n=")[0]: to_hex(h.get_color() if hasattr(h, "get_color") else h.lines[0].get_color())
+            for t, h in zip(leg.get_texts(), leg.legend_handles)}
+
+
+def test_colours_consistent_across_figures(log_dir):
+    runs, summaries = load_runs(log_dir), load_summaries(log_dir)
+    figs = [plots.plot_histories(runs, "mrpc", lr=1e-4), plots.plot_histories(runs, "rte"),
+            plots.summary_figure(summaries)]
+    seen = {}
+    for fig in figs:
+        for label, color in _line_colors(fig).items():
+            assert seen.setdefault(label, color) == color, label
+    assert seen["svd"] == plots.INIT_COLORS["svd"].lower()
+    assert seen["random"] == plots.INIT_COLORS["random"].lower()
+    assert len(set(seen.values())) == len(seen)  # every series its own colour
+    matplotlib.pyplot.close("all")
