@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inits import RESIDUAL_INITS, init_factors
+
 
 class LoRAParametrization(nn.Module):
     """LoRA on a weight of shape (out, in): W ↦ W + s·(B − B0)·A, A and B trained."""
@@ -72,6 +74,20 @@ class LoRAParametrization(nn.Module):
         """s·(dropout(x) Aᵀ) Dᵀ for an input x (..., in): the adapter's share of the output."""
         h = F.linear(self.dropout(x), self.lora_A.to(x.dtype))  # (..., r)
         return F.linear(h, self.delta_B().to(x.dtype)) * self.scaling  # (..., out)
+
+    @classmethod
+    def from_linear(cls, layer, rank=4, alpha=None, init="random", dropout=0.0, generator=None,
+                    svd_method="auto"):
+        """minLoRA-style constructor for users who register the parametrization themselves:
+
+            parametrize.register_parametrization(layer, "weight", LoRAFAParametrization.from_linear(layer))
+
+        (That gives the plain parametrization; `lora.add_lora` also installs the fast path.)
+        """
+        W = layer.weight.detach()  # (out, in)
+        alpha = float(rank if alpha is None else alpha)
+        A, B = init_factors(init, W, rank, alpha / rank, generator=generator, svd_method=svd_method)
+        return cls(A.to(W), B.to(W), alpha=alpha, init=init, dropout=dropout, residual=init in RESIDUAL_INITS)
 
     def extra_repr(self):
         return (f"rank={self.rank}, alpha={self.alpha:g}, init={self.init!r}, "

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .inits import INITS, RESIDUAL_INITS, init_factors
+from .inits import INITS
 from .layers import LoRAFAParametrization, LoRAParametrization, fast_path_hook, fast_path_pre_hook
 
 
@@ -94,11 +94,8 @@ def add_lora(model, *, rank=4, alpha=None, init="random", targets=None, freeze_a
             raise ValueError(f"rank {rank} exceeds min(out, in) = {min(m.weight.shape)} of module {n!r} "
                              f"with weight shape {tuple(m.weight.shape)}")
     cls = LoRAFAParametrization if freeze_a else LoRAParametrization
-    for n, m in modules.items():
-        W = m.weight.detach()  # (out, in)
-        A, B = init_factors(init, W, rank, alpha / rank, generator=generator, svd_method=svd_method)
-        p = cls(A.to(W), B.to(W), alpha=alpha, init=init, dropout=dropout, residual=init in RESIDUAL_INITS)
-        attach(m, p)
+    for m in modules.values():
+        attach(m, cls.from_linear(m, rank, alpha, init, dropout, generator, svd_method))
     return names
 
 
