@@ -1,6 +1,43 @@
 """Shared code for the GLUE experiments: data, models, training, logs, plots.
 
-`import utils` keeps working as the package grows; the submodules are
-`utils.glue` (tasks, data, metrics), `utils.models` (model loading, targets),
-`utils.train` (the run loop), `utils.logs` (JSON run logs) and `utils.plots`.
+The public API, importable from `utils` directly (loaded lazily, so `import utils.glue`
+stays light):
+
+    from utils import RunConfig, run_experiment, run_grid, summarize, load_runs, load_summaries
+    log = run_experiment(RunConfig(task="mrpc", model="minilm", init="svd", data_dir="../shared/glue"))
+
+Submodules: `utils.config` (RunConfig, run ids), `utils.glue` (tasks, loading, metrics),
+`utils.data` (tokenising, cache, loaders), `utils.models` (model loading, targets),
+`utils.train` (the run loop), `utils.evaluate` (dev evaluation), `utils.checkpoint`
+(resume), `utils.grid` (grids, summaries), `utils.logs` / `utils.runlog` (JSON run logs),
+`utils.plots` (figures).
 """
+import importlib
+
+_EXPORTS = {
+    "RunConfig": "utils.config",
+    "run_experiment": "utils.train",
+    "TrainingDiverged": "utils.train",
+    "run_grid": "utils.grid",
+    "expand_grid": "utils.grid",
+    "summarize": "utils.grid",
+    "format_summary": "utils.grid",
+    "load_runs": "utils.logs",
+    "load_summaries": "utils.logs",
+    "read_log": "utils.logs",
+    "load_predictions": "utils.runlog",
+    "load_glue": "utils.glue",
+    "compute_metrics": "utils.glue",
+    "load_model_and_tokenizer": "utils.models",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'utils' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

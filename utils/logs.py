@@ -12,7 +12,21 @@ Schema (version 1), documented in README.md:
 
 Metric names are the task's own (`mcc`, `f1`, `accuracy`, `pearson`, ...); tasks with
 several dev sets (MNLI) prefix the extra ones with the split name
-(`accuracy` is matched, `dev_mismatched/accuracy` mismatched).
+(`accuracy` is matched, `dev_mismatched/accuracy` mismatched, `dev_mismatched/loss` its loss).
+
+Extensions written by utils.train (readers must not rely on them being present):
+
+    config:  data_files {split: path}, max_length_used, targets_resolved (suffixes), adapted_modules,
+             trainable_params, processes, total_batch_size, steps_per_epoch, total_steps
+    env:     accelerate, peft, datasets, mixed_precision, platform, argv; git_commit gets "+dirty"
+             when tracked files differ from HEAD
+    history: reg_loss (mean regularizer term since the last evaluation; train_loss includes it)
+    train_loss entries: reg_loss
+    summary: epochs, train_time_s, eval_time_s, setup_time_s (model/data loading), peak_gpu_mb,
+             param_hashes (sha256 prefix of the trainable weights, one per process: all equal)
+    resumed_from_step: present if the run was resumed from a checkpoint
+    `<run_id>.preds.npz` next to the log: the last evaluation's dev predictions and labels
+             (utils.runlog.load_predictions)
 """
 import json
 import os
@@ -79,6 +93,20 @@ def load_runs(path="logs", status=("finished",)):
     return pd.DataFrame(rows)
 
 
+def summary_row(log):
+    """One run as a flat dict: config fields plus final_<metric>, best_<metric>, best_step_<metric>."""
+    row = {"run_id": log["run_id"], "status": log["status"],
+           **{k: v for k, v in log["config"].items() if not isinstance(v, (dict, list))}}
+    s = log.get("summary") or {}
+    for k, v in (s.get("final") or {}).items():
+        row[f"final_{k}"] = v
+    for k, v in (s.get("best") or {}).items():
+        row[f"best_{k}"], row[f"best_step_{k}"] = v["value"], v["step"]
+    for k in ("steps", "wall_time_s", "peak_rss_mb", "trainable_params"):
+        row[k] = s.get(k)
+    return row
+
+
 def load_summaries(path="logs", status=("finished",)):
     """One row per run: config fields plus final_<metric> and best_<metric> (and best_step_<metric>)."""
     rows = []
@@ -86,14 +114,5 @@ def load_summaries(path="logs", status=("finished",)):
         log = read_log(p)
         if status is not None and log["status"] not in status:
             continue
-        row = {"run_id": log["run_id"], "status": log["status"],
-               **{k: v for k, v in log["config"].items() if not isinstance(v, (dict, list))}}
-        s = log.get("summary") or {}
-        for k, v in (s.get("final") or {}).items():
-            row[f"final_{k}"] = v
-        for k, v in (s.get("best") or {}).items():
-            row[f"best_{k}"], row[f"best_step_{k}"] = v["value"], v["step"]
-        for k in ("steps", "wall_time_s", "peak_rss_mb", "trainable_params"):
-            row[k] = s.get(k)
-        rows.append(row)
+        rows.append(summary_row(log))
     return pd.DataFrame(rows)

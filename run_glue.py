@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""GLUE experiments: train a grid of runs, print their summary, or plot the logs.
+
+    python run_glue.py --task mrpc --model minilm --init random svd --rank 4 --lr 1e-4 4e-4 --seeds 0 1 2
+    python run_glue.py --task rte --init random svd --seeds 0 1 2 --shard 0/4 --resume   # shard 0 of 4
+    python run_glue.py summary --log-dir logs            # mean ± std over seeds of finished runs
+    python run_glue.py plot --log-dir logs --out imgs    # figures (utils.plots)
+    torchrun --nproc_per_node 2 run_glue.py ...          # or: accelerate launch --num_processes 2 run_glue.py ...
+
+Every RunConfig field is a flag (`max_steps` -> `--max-steps`). Flags that take several
+values define the grid: every combination runs (finished runs are skipped). Write `none`
+for an empty optional value (`--max-steps none`). Exit status: 0 if every run finished,
+1 if any failed, 2 for bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+
+from utils.config import METHODS, SVD_METHODS, RunConfig, field_help
+
+CHOICES = {"method": METHODS, "init": ("random", "svd", "pissa", "milora", "seed", "none"),
+           "svd_method": SVD_METHODS}
+SINGLE = ("data_dir", "log_dir", "ckpt_dir")  # paths: one value, not a grid axis
+
+
+def _converter(tp):
+    """str -> value for a field annotation like int, float | None, list[str] | None."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    optional = type(None) in typing.get_args(tp)
+    base = args[0] if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union else tp
+
+    def convert(text: str):
+        if optional and text.lower() in ("none", "null"):
+            return None
+        return base(text)
+
+    convert.__name__ = getattr(base, "__name__", "value")  # argparse names it in errors
+    return convert
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_glue.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    helps, hints = field_help(), typing.get_type_hints(RunConfig)
+    for f in dataclasses.fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        text = f"{helps.get(f.name, '')} (default: {default})".replace("%", "%%")
+        if hints[f.name] is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=text)
+            continue
+        flags = [flag, "--seeds"] if f.name == "seed" else [flag]
+        tp = hints[f.name]
+        if typing.get_origin(tp) in (list,) or list in [typing.get_origin(a) for a in typing.get_args(tp)]:
+            p.add_argument(*flags, dest=f.name, nargs="+", default=default, metavar="NAME", help=text)
+        elif f.name in SINGLE:
+            p.add_argument(*flags, dest=f.name, type=_converter(tp), default=default, metavar="DIR", help=text)
+        else:  # a grid axis: one or more values
+            p.add_argument(*flags, dest=f.name, nargs="+", type=_converter(tp), default=[default],
+                           choices=CHOICES.get(f.name), metavar=f.name.upper(), help=text)
+    g = p.add_argument_group("grid")
+    g.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N (0-based: 0/4 .. 3/4)")
+    g.add_argument("--dry-run", action="store_true", help="list the runs of the grid (and shard) and exit")
+    g.add_argument("--stop-on-error", action="store_true", help="stop the grid at the first failed run")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return p
+
+
+def split_args(args: argparse.Namespace) -> tuple[RunConfig, dict]:
+    """(base config, grid) from parsed flags: list values of length > 1 become grid axes."""
+    base, grid = {}, {}
+    for f in dataclasses.fields(RunConfig):
+        value = getattr(args, f.name)
+        if isinstance(value, list) and f.name != "targets":
+            if len(value) > 1:
+                grid[f.name] = list(dict.fromkeys(value))  # drop repeated values
+            value = value[0]
+        base[f.name] = value
+    return RunConfig(**base), grid
+
+
+def cmd_train(argv) -> int:
+    
+    from utils.grid import expand_grid, format_summary, run_grid, select_shard, summarize
+    from utils.train import process_state
+
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    try:
+        base, grid = split_args(args)
+        configs = select_shard(expand_grid(base, grid), args.shard)
+        for cfg in configs:
+            cfg.check_files()
+    except (ValueError, RuntimeError) as e:
+        parser.error(str(e))
+    main = process_state().is_main_process
+    if args.dry_run:
+        if main:
+            print("\n".join(f"{c.log_path}" for c in configs) or "(no runs in this shard)")
+        return 0
+    logs = run_grid(base, grid, shard=args.shard, progress=args.progress, stop_on_error=args.stop_on_error)
+    failed = [log for log in logs if log.get("status") != "finished"]
+    if main:
+        print("\n" + format_summary(summarize(logs)))
+        for log in failed:
+            print(f"FAILED {log['run_id']}: {log.get('error')}", file=sys.stderr)
+        print(f"{len(logs) - len(failed)} of {len(logs)} runs finished")
+    return 1 if failed else 0
+
+
+def cmd_summary(argv) -> int:
+    from utils.grid import format_summary, summarize
+    from utils.logs import load_summaries
+
+    p = argparse.ArgumentParser(prog="run_glue.py summary", description="mean ± std over seeds of finished runs")
+    p.add_argument("--log-dir", default="logs", help="folder of JSON run logs (default: logs)")
+    p.add_argument("--task", nargs="+", default=None, help="only these tasks")
+    args = p.parse_args(argv)
+    df = load_summaries(args.log_dir)
+    if args.task and not df.empty:
+        df = df[df["task"].isin(args.task)]
+    print(format_summary(summarize(df)))
+    return 0
+
+
+def cmd_plot(argv) -> int:
+    p = argparse.ArgumentParser(prog="run_glue.py plot", description="figures and summary.md from the run logs")
+    p.add_argument("--log-dir", default="logs", help="folder of JSON run logs (default: logs)")
+    p.add_argument("--out", default="imgs", help="output folder (default: imgs)")
+    args = p.parse_args(argv)
+    try:
+        from utils import plots
+    except ImportError as e:  # utils.plots or matplotlib missing
+        print(f"error: plotting needs utils.plots and matplotlib ({e})", file=sys.stderr)
+        return 1
+    try:
+        written = plots.main(args.log_dir, args.out)
+    except Exception as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(str(w) for w in written or []))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "summary": cmd_summary, "plot": cmd_plot}
+
+
+def main(argv=None) -> int:
+    """Dispatch `[train|summary|plot] ...`; without a command word, train."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
+    return cmd_train(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""`run_experiment`: one GLUE fine-tuning run, from a RunConfig to a finished JSON log.
+
+Read top to bottom: the model is built (seeded first, so the new classification head is
+reproducible), adapters are added, data is tokenised (cached), then `_train` runs AdamW
+with linear warm-up/decay, gradient clipping, gradient accumulation and optional bf16
+autocast. After every evaluation the log is rewritten (status "running") and a checkpoint
+saved, so a killed run resumes (`resume=True`) to the same final numbers. HF Accelerate
+runs the same code on a CPU, a GPU, or several processes (`torchrun` / `accelerate launch`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.utils import broadcast_object_list, gather_object
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm.auto import tqdm
+
+import lora
+from utils import checkpoint as ckpt
+from utils import runlog
+from utils.config import ADAPTER_METHODS, RunConfig
+from utils.data import eval_loader, tokenize_glue, train_loader
+from utils.evaluate import evaluate, example_losses
+from utils.glue import get_task, load_glue
+from utils.logs import read_log, write_json_atomic
+from utils.models import default_targets, load_model_and_tokenizer, set_trainable
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss or gradient norm became NaN or infinite."""
+
+
+# ---------------------------------------------------------------- building blocks
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA): what transformers.set_seed does, without
+    importing transformers.trainer_utils (which pulls in peft: seconds of start-up)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def linear_schedule(optimizer, warmup_steps: int, total_steps: int) -> LambdaLR:
+    """Linear warm-up from 0 to the peak lr, then linear decay to 0 at total_steps: the same
+    factors as transformers.get_linear_schedule_with_warmup (tested), without its imports."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return LambdaLR(optimizer, factor)
+
+
+def build_model(cfg: RunConfig, num_labels: int):
+    """(model, tokenizer, info), seeded by cfg.seed; info: targets_resolved, adapted_modules, trainable_params."""
+    seed_everything(cfg.seed)  # the fresh head is drawn from torch's global RNG
+    model, tokenizer = load_model_and_tokenizer(cfg.model, num_labels)
+    names, targets = [], []
+    if cfg.method in ADAPTER_METHODS:
+        targets = list(cfg.targets or default_targets(model))
+        names = lora.add_lora(model, rank=cfg.rank, alpha=cfg.alpha, init=cfg.init, targets=targets,
+                              freeze_a=cfg.method == "lora-fa", dropout=cfg.lora_dropout,
+                              generator=torch.Generator().manual_seed(cfg.seed), svd_method=cfg.svd_method)
+    n = set_trainable(model, "lora" if names else cfg.method, train_head=cfg.train_head,
+                      train_biases=cfg.train_biases)
+    return model, tokenizer, {"targets_resolved": targets, "adapted_modules": len(names), "trainable_params": n}
+
+
+def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; no weight decay on biases and normalisation weights."""
+    norm = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) or "Norm" in type(m).__name__
+            for p in m.parameters(recurse=False)}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.endswith("bias") or id(p) in norm else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+
+
+def process_state() -> PartialState:
+    """The processes of this job (rank, world size). Without CUDA, cpu=True: that makes
+    Accelerate use gloo when launched by torchrun / accelerate launch with several processes."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def new_accelerator(cfg: RunConfig) -> Accelerator:
+    """A fresh Accelerator per run (its shared state is reset, so runs of a grid may differ in
+    bf16); the process group (PartialState) is kept for every run under torchrun."""
+    process_state()
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
+
+
+def params_hash(model) -> str:
+    """sha256 prefix of the trainable tensors, to check that all processes hold the same weights."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- one run
+
+@dataclass
+class Position:
+    """Where training stands; saved with every checkpoint, so a resumed run continues exactly."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epoch to continue in
+    batch: int = 0  # micro-batches of that epoch already consumed (per process)
+    elapsed: float = 0.0  # wall seconds spent before this attempt started
+    window: list = field(default_factory=lambda: [0.0, 0.0, 0])  # loss, reg, steps since the last train_loss entry
+    since_eval: list = field(default_factory=lambda: [0.0, 0.0, 0])  # the same since the last evaluation
+    timers: dict = field(default_factory=lambda: {"train": 0.0, "eval": 0.0, "setup": 0.0})  # seconds
+
+
+@dataclass
+class Run:
+    """Everything `_train` works with (built by `_setup`)."""
+
+    cfg: RunConfig  # canonical config
+    acc: Accelerator  # devices, processes, autocast
+    log: dict  # the run log, rewritten after every evaluation
+    task: object = None  # utils.glue.GlueTask
+    model: nn.Module = None  # prepared (wrapped for DDP under several processes)
+    optimizer: object = None  # prepared AdamW
+    scheduler: LambdaLR = None  # stepped once per optimizer step
+    train_dl: object = None  # prepared training loader (this process's shard)
+    sampler: object = None  # utils.data.EpochSampler of train_dl
+    dev: dict = None  # {dev split: prepared loader}
+    adapters: list = None  # LoRA parametrizations (for the B-drift regularizer)
+    steps_per_epoch: int = 0  # optimizer steps per epoch
+    total: int = 0  # optimizer steps of the whole run
+    t0: float = field(default_factory=time.time)  # start of this attempt
+
+    def write_log(self):
+        if self.acc.is_main_process:
+            write_json_atomic(self.log, self.cfg.log_path)
+
+    def elapsed(self, pos: Position) -> float:
+        return pos.elapsed + time.time() - self.t0
+
+
+def _from_main(value):
+    """`value` as the main process sees it (identical decisions on every process)."""
+    return broadcast_object_list([value])[0]
+
+
+def run_experiment(config: RunConfig, progress: bool = True, on_eval=None) -> dict:
+    """Train and evaluate one run; returns its log (see utils.logs for the schema).
+
+    A run whose log says "finished" is skipped (its log returned) unless config.overwrite.
+    With config.resume, training continues from the run's last checkpoint if there is one.
+    `on_eval(log)` is called on every process after each evaluation and checkpoint (tests
+    use it to interrupt a run). On failure the log is written with status "failed" and the
+    error, the last checkpoint is kept, and the exception propagates (TrainingDiverged for
+    a NaN/inf loss).
+    """
+    cfg = config.canonical()
+    cfg.check_files()
+    is_main = process_state().is_main_process
+    old = _from_main(read_log(cfg.log_path) if is_main and cfg.log_path.is_file() else None)
+    if old is not None and old["status"] == "finished" and not cfg.overwrite:
+        if progress and is_main:
+            print(f"skip {cfg.run_id}: finished (log {cfg.log_path})")
+        return old
+    acc = new_accelerator(cfg)
+    run = Run(cfg, acc, runlog.new_log(cfg, {}, runlog.environment(acc)))
+    pos = Position()
+    try:
+        run.write_log()
+        _setup(run, progress)
+        last = ckpt.latest_checkpoint(cfg.ckpt_path) if cfg.resume else None
+        if last is not None:
+            state = ckpt.load_checkpoint(last, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+                                         accelerator=acc)
+            run.log["history"], run.log["train_loss"] = state.pop("history"), state.pop("train_loss")
+            run.log["resumed_from_step"] = state["step"]
+            pos = Position(**{k: state[k] for k in (f.name for f in dataclasses.fields(Position))})
+        elif acc.is_main_process:
+            ckpt.delete_checkpoints(cfg.ckpt_path)  # stale ones of an earlier attempt
+        pos.timers["setup"] += time.time() - run.t0
+        run.write_log()
+        _train(run, pos, progress, on_eval)
+        _finish(run, pos, progress)
+        return run.log
+    except BaseException as e:
+        run.log["status"], run.log["error"] = "failed", f"{type(e).__name__}: {e}"
+        run.log["summary"] = runlog.summary(run.log["history"], steps=pos.step, wall_time_s=run.elapsed(pos),
+                                            peak_rss_mb=runlog.peak_rss_mb())
+        run.write_log()
+        raise
+
+
+def _setup(run: Run, progress: bool) -> None:
+    """Model with adapters, tokenised data, loaders, optimizer, schedule; all prepared by Accelerate."""
+    cfg, acc = run.cfg, run.acc
+    run.task = task = get_task(cfg.task)
+    model, tokenizer, info = build_model(cfg, task.num_labels)
+    max_len = min(cfg.max_length, tokenizer.model_max_length)
+    with acc.main_process_first():  # the main process tokenises and caches, the others then read
+        glue = load_glue(task, cfg.data_dir)
+        tokens = tokenize_glue(glue, tokenizer, max_len, progress=progress and acc.is_main_process)
+    train_dl, run.sampler = train_loader(tokens["train"], tokenizer, cfg.batch_size, cfg.seed)
+    dev = {s: eval_loader(tokens[s], tokenizer, cfg.eval_bs) for s in task.dev_splits}
+    prepared = acc.prepare(model, make_optimizer(model, cfg), train_dl, *dev.values())
+    run.model, run.optimizer, run.train_dl, dev_loaders = prepared[0], prepared[1], prepared[2], prepared[3:]
+    run.dev = dict(zip(dev, dev_loaders))
+    run.steps_per_epoch = math.ceil(len(run.train_dl) / cfg.grad_accum)
+    run.total = cfg.max_steps or cfg.epochs * run.steps_per_epoch
+    run.scheduler = linear_schedule(run.optimizer, math.ceil(cfg.warmup_ratio * run.total), run.total)
+    run.adapters = [p for _, _, p in lora.adapted_modules(acc.unwrap_model(run.model))]
+    run.log["config"].update(
+        data_source=glue.source, data_files=glue.files, num_rows=glue.num_rows, main_metric=task.main_metric,
+        max_length_used=max_len, **info, processes=acc.num_processes,
+        total_batch_size=cfg.batch_size * cfg.grad_accum * acc.num_processes,
+        steps_per_epoch=run.steps_per_epoch, total_steps=run.total)
+
+
+def _train(run: Run, pos: Position, progress: bool, on_eval) -> None:
+    """The loop: micro-batches, optimizer steps, train-loss logging, evaluations + checkpoints."""
+    cfg, acc, model = run.cfg, run.acc, run.model
+    n_batches, ga = len(run.train_dl), cfg.grad_accum
+    bar = tqdm(total=run.total, initial=pos.step, desc=cfg.run_id, dynamic_ncols=True,
+               disable=not (progress and acc.is_main_process))
+    for epoch in range(pos.epoch, math.ceil(run.total / run.steps_per_epoch)):
+        run.sampler.set_epoch(epoch)
+        run.train_dl.set_epoch(epoch)
+        skip = pos.batch if epoch == pos.epoch else 0  # batches seen before the checkpoint
+        batches = acc.skip_first_batches(run.train_dl, skip) if skip else run.train_dl
+        model.train()
+        t_train, step_loss = time.time(), torch.zeros(2)
+        for b, batch in enumerate(batches, start=skip):
+            group_end = min((b // ga + 1) * ga, n_batches)  # the last micro-batch of this step
+            group_size = group_end - (b // ga) * ga
+            with nullcontext() if b + 1 == group_end else acc.no_sync(model):
+                labels = batch.pop("labels")
+                loss = example_losses(model(**batch).logits, labels, run.task).mean()
+                reg = (cfg.reg_lambda * sum(((p.lora_B - p.lora_B0) ** 2).sum() for p in run.adapters)
+                       if cfg.reg_lambda else torch.zeros((), device=loss.device))
+                acc.backward((loss + reg) / group_size)  # the training objective includes reg
+            step_loss += torch.stack([loss.detach().float().cpu(), reg.detach().float().cpu()]) / group_size
+            if b + 1 < group_end:
+                continue
+            task_loss, reg_loss = acc.reduce(step_loss.to(acc.device), "mean").tolist()  # over processes
+            grad_norm = float(acc.clip_grad_norm_(model.parameters(), cfg.clip_norm)) if cfg.clip_norm else 0.0
+            if not all(map(math.isfinite, (task_loss, reg_loss, grad_norm))):
+                raise TrainingDiverged(
+                    f"training diverged at step {pos.step + 1} (epoch {epoch}): loss {task_loss}, regularizer "
+                    f"{reg_loss}, gradient norm {grad_norm}; lr={cfg.lr:g}. Use a lower learning rate"
+                    + (" or turn bf16 off." if cfg.bf16 else "."))
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            pos.step += 1
+            step_loss = torch.zeros(2)
+            for sums in (pos.window, pos.since_eval):
+                sums[0], sums[1], sums[2] = sums[0] + task_loss + reg_loss, sums[1] + reg_loss, sums[2] + 1
+            bar.update(1)
+            if pos.step % cfg.log_every == 0 or pos.step == run.total:
+                loss_mean = pos.window[0] / pos.window[2]
+                run.log["train_loss"].append({"step": pos.step, "loss": loss_mean, "reg_loss": pos.window[1] / pos.window[2],
+                                              "lr": run.scheduler.get_last_lr()[0]})
+                bar.set_postfix(loss=f"{loss_mean:.4f}")
+                pos.window = [0.0, 0.0, 0]
+            epoch_end = b + 1 == n_batches
+            if epoch_end or pos.step == run.total or (cfg.eval_every and pos.step % cfg.eval_every == 0):
+                pos.timers["train"] += time.time() - t_train
+                pos.epoch, pos.batch = (epoch + 1, 0) if epoch_end else (epoch, b + 1)
+                _evaluate_and_save(run, pos)
+                if on_eval is not None:
+                    on_eval(run.log)
+                model.train()
+                t_train = time.time()
+            if pos.step >= run.total:
+                bar.close()
+                return
+        pos.timers["train"] += time.time() - t_train
+    bar.close()
+
+
+def _evaluate_and_save(run: Run, pos: Position) -> None:
+    """Evaluate on the whole dev set, append to the history, rewrite the log, save a checkpoint."""
+    t_eval = time.time()
+    metrics, dev_loss, preds = evaluate(run.model, run.dev, run.task, run.acc)
+    pos.timers["eval"] += time.time() - t_eval
+    loss, reg, n = pos.since_eval
+    run.log["history"].append({
+        "step": pos.step, "epoch": round(pos.step / run.steps_per_epoch, 6), "train_loss": loss / n,
+        "reg_loss": reg / n, "lr": run.scheduler.get_last_lr()[0], "dev_loss": dev_loss, "metrics": metrics,
+        "time_s": run.elapsed(pos)})
+    pos.since_eval = [0.0, 0.0, 0]
+    run.log["summary"] = runlog.summary(run.log["history"], steps=pos.step, wall_time_s=run.elapsed(pos))
+    run.write_log()
+    if run.acc.is_main_process:
+        runlog.save_predictions(runlog.predictions_path(run.cfg.log_path), pos.step, preds)
+    state = {**dataclasses.asdict(pos), "elapsed": run.elapsed(pos), "run_id": run.cfg.run_id,
+             "history": run.log["history"], "train_loss": run.log["train_loss"]}
+    ckpt.save_checkpoint(run.cfg.ckpt_path, pos.step, model=run.model, optimizer=run.optimizer,
+                         scheduler=run.scheduler, state=state, accelerator=run.acc)
+
+
+def _finish(run: Run, pos: Position, progress: bool) -> None:
+    """Final summary, status "finished", checkpoint removal (unless keep_checkpoint)."""
+    cfg, acc = run.cfg, run.acc
+    hashes = gather_object([params_hash(acc.unwrap_model(run.model))])
+    run.log["summary"] = runlog.summary(
+        run.log["history"], steps=pos.step, epochs=round(pos.step / run.steps_per_epoch, 6),
+        wall_time_s=run.elapsed(pos), train_time_s=pos.timers["train"], eval_time_s=pos.timers["eval"],
+        setup_time_s=pos.timers["setup"], peak_rss_mb=runlog.peak_rss_mb(),
+        peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        trainable_params=run.log["config"]["trainable_params"], param_hashes=hashes)
+    run.log["status"] = "finished"
+    run.write_log()
+    if acc.is_main_process and not cfg.keep_checkpoint:
+        ckpt.delete_checkpoints(cfg.ckpt_path)
+    if progress and acc.is_main_process:
+        final, metric = run.log["summary"]["final"], run.task.main_metric
+        print(f"{cfg.run_id}: {metric}={final.get(metric, float('nan')):.4f} "
+              f"dev_loss={final.get('dev_loss', float('nan')):.4f} ({run.log['summary']['wall_time_s']:.0f}s)")
