@@ -61,6 +61,7 @@ def load_lora(model, path):
                              f"(format {meta.get('format')!r}, expected {FORMAT!r})")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     layers = json.loads(meta["layers"])
+    built = []  # check and build every adapter before attaching any: a failed load leaves the model as it was
     for name, cfg in layers.items():
         module = model.get_submodule(name)
         if is_adapted(module):
@@ -77,6 +78,8 @@ def load_lora(model, path):
                 residual=cfg["residual"])
         with torch.no_grad():
             p.lora_B0.copy_(B0)
+        built.append((module, p))
+    for module, p in built:
         attach(module, p)
     trained = {k.removeprefix("trained::"): v for k, v in tensors.items() if k.startswith("trained::")}
     params = dict(model.named_parameters())

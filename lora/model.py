@@ -94,8 +94,11 @@ def add_lora(model, *, rank=4, alpha=None, init="random", targets=None, freeze_a
             raise ValueError(f"rank {rank} exceeds min(out, in) = {min(m.weight.shape)} of module {n!r} "
                              f"with weight shape {tuple(m.weight.shape)}")
     cls = LoRAFAParametrization if freeze_a else LoRAParametrization
-    for m in modules.values():
-        attach(m, cls.from_linear(m, rank, alpha, init, dropout, generator, svd_method))
+    # build every adapter before attaching any, so that an init error (e.g. init="seed" on a
+    # non-square layer) leaves the model untouched instead of half adapted
+    built = [(m, cls.from_linear(m, rank, alpha, init, dropout, generator, svd_method)) for m in modules.values()]
+    for m, p in built:
+        attach(m, p)
     return names
 
 
@@ -103,7 +106,8 @@ def merge_lora(model):
     """Bake W_eff = W + s·(B − B0)·A into plain weights and remove the adapters."""
     for _, m, p in adapted_modules(model):
         W = m.parametrizations.weight.original
-        W_eff = (W.float() + p.delta_weight().float()).to(W.dtype)  # sum in float32 for bf16 models
+        acc = torch.promote_types(W.dtype, torch.float32)  # sum in float32 for bf16 models; float64 stays
+        W_eff = (W.to(acc) + p.delta_weight().to(acc)).to(W.dtype)
         detach(m, keep_weight=W_eff)
 
 

@@ -1,0 +1,158 @@
+"""Shared helpers for the tests/test_lora_*.py files (plus checks of the helpers themselves).
+
+Everything here is built locally (no hub access): tiny random BERT/RoBERTa configs, linear
+layers with a prescribed spectrum, and float64 references for the rank-r SVD truncations.
+"""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, RobertaConfig
+
+import lora
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            vocab_size=100, max_position_embeddings=64)
+# every square 32x32 Linear of a tiny BERT/RoBERTa layer
+ATTN = ["query", "key", "value", "attention.output.dense"]
+# every nn.Linear in the encoder layers (6 per layer; "output.dense" matches both output denses;
+# the 37x32 / 32x37 MLP weights are non-square)
+ENCODER = ["query", "key", "value", "output.dense", "intermediate.dense"]
+INITS = ("random", "svd", "pissa", "milora", "seed")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Run the lora tests on one intra-op thread, restoring the setting afterwards.
+
+    These tests use small matrices, where OpenMP/MKL threading only costs: on a busy 2-core machine a
+    multi-threaded float64 SVD of a 384x384 weight took ~9 s instead of ~0.2 s on one thread.
+    Import this fixture into a test module (it is autouse) to apply it there.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_config(arch="bert", dropout=0.0, num_labels=3):
+    """Tiny random config; dropout=0 makes train-mode forwards deterministic."""
+    cls = BertConfig if arch == "bert" else RobertaConfig
+    extra = {} if arch == "bert" else dict(pad_token_id=1, type_vocab_size=1)
+    return cls(**TINY, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+               num_labels=num_labels, **extra)
+
+
+def tiny_model(arch="bert", head=True, seed=0, dropout=0.0, dtype=None):
+    """A tiny random BertForSequenceClassification / RobertaForSequenceClassification (or bare encoder)."""
+    torch.manual_seed(seed)
+    cls = AutoModelForSequenceClassification if head else AutoModel
+    model = cls.from_config(tiny_config(arch, dropout))
+    if dtype is not None:
+        model = model.to(dtype)
+    return model
+
+
+def clone_model(model):
+    return copy.deepcopy(model)
+
+
+def token_ids(batch=3, seq=9, seed=1, low=3):
+    return torch.randint(low, TINY["vocab_size"], (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def hidden(model, ids):
+    """Last hidden state (order-1 values, more sensitive than a tiny random head's logits)."""
+    return model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+
+
+def orthogonal(n, k, generator, dtype=torch.float64):
+    """n x k matrix with orthonormal columns (QR of a Gaussian)."""
+    Q, R = torch.linalg.qr(torch.randn(n, k, generator=generator, dtype=dtype))
+    return Q * torch.sign(torch.diagonal(R))
+
+
+def spectral_matrix(out_f, in_f, seed=0, decay=0.75, top=3.0):
+    """float64 W = U diag(s) Vᵀ with random orthogonal factors and s_i = top·decay^i (distinct, gapped)."""
+    g = torch.Generator().manual_seed(seed)
+    k = min(out_f, in_f)
+    s = top * decay ** torch.arange(k, dtype=torch.float64)
+    return orthogonal(out_f, k, g) @ torch.diag(s) @ orthogonal(in_f, k, g).T, s
+
+
+def linear_with(W, bias_seed=0, dtype=torch.float64):
+    """nn.Linear whose weight is W (cast to dtype) and a random bias."""
+    out_f, in_f = W.shape
+    lin = nn.Linear(in_f, out_f, dtype=dtype)
+    g = torch.Generator().manual_seed(bias_seed)
+    with torch.no_grad():
+        lin.weight.copy_(W.to(dtype))
+        lin.bias.copy_(torch.randn(out_f, generator=g, dtype=torch.float64).to(dtype))
+    return lin
+
+
+def svd64(W):
+    """float64 full SVD of W (any dtype)."""
+    return torch.linalg.svd(W.detach().to(torch.float64), full_matrices=False)
+
+
+def truncation(W, r, largest=True):
+    """float64 best rank-r (largest) or bottom-r (smallest) approximation of W."""
+    U, S, Vh = svd64(W)
+    k = S.numel()
+    idx = slice(0, r) if largest else slice(k - r, k)
+    return U[:, idx] @ torch.diag(S[idx]) @ Vh[idx]
+
+
+def rel(a, b):
+    """Relative Frobenius error ‖a − b‖ / ‖b‖ in float64."""
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def adapter(module):
+    return module.parametrizations.weight[0]
+
+
+def base_weight(module):
+    return module.parametrizations.weight.original
+
+
+def product(p):
+    """s·B·A of an adapter in float64 (B: current lora_B)."""
+    return p.scaling * (p.lora_B.detach().double() @ p.lora_A.detach().double())
+
+
+def init_product(p):
+    """s·B0·A in float64."""
+    return p.scaling * (p.lora_B0.double() @ p.lora_A.detach().double())
+
+
+def perturb_B(model, seed=5, scale=0.05):
+    """Move every lora_B away from its init (as training would), reproducibly."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, _, p in lora.adapted_modules(model):
+            p.lora_B.add_(scale * torch.randn(p.lora_B.shape, generator=g, dtype=torch.float64).to(p.lora_B))
+
+
+# -- checks of the helpers -------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(7, 5), (5, 7), (6, 6)])
+def test_spectral_matrix_has_the_prescribed_singular_values(shape):
+    W, s = spectral_matrix(*shape, seed=3)
+    assert W.shape == shape
+    torch.testing.assert_close(torch.linalg.svdvals(W), s, atol=1e-12, rtol=0)
+    # truncation is the Eckart–Young optimum: error² = tail energy
+    r = 2
+    assert abs((W - truncation(W, r)).norm() ** 2 - (s[r:] ** 2).sum()) < 1e-12
+    assert abs((W - truncation(W, r, largest=False)).norm() ** 2 - (s[:-r] ** 2).sum()) < 1e-12
+
+
+def test_tiny_configs_have_the_requested_shapes():
+    for arch in ("bert", "roberta"):
+        m = tiny_model(arch)
+        q = m.get_submodule(f"{arch}.encoder.layer.0.attention.self.query")
+        inter = m.get_submodule(f"{arch}.encoder.layer.1.intermediate.dense")
+        assert q.weight.shape == (32, 32) and inter.weight.shape == (37, 32)
+        assert m.config.num_labels == 3
