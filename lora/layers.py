@@ -68,7 +68,12 @@ class LoRAParametrization(nn.Module):
             return W
         if not self.enabled and not self.residual:
             return W
-        return W + self.delta_weight().to(W.dtype)
+        A = self.lora_A
+        if self.training and isinstance(self.dropout, nn.Dropout):
+            # A materialised weight cannot drop per token: drop input features for the whole
+            # batch instead (minLoRA's choice). The fast path drops per token, like PEFT.
+            A = A * self.dropout(torch.ones_like(A[:1]))  # (r, in)
+        return W + (self.scaling * (self.delta_B() @ A)).to(W.dtype)
 
     def lowrank(self, x):
         """s·(dropout(x) Aᵀ) Dᵀ for an input x (..., in): the adapter's share of the output."""
@@ -85,7 +90,9 @@ class LoRAParametrization(nn.Module):
         (That gives the plain parametrization; `lora.add_lora` also installs the fast path.)
         """
         W = layer.weight.detach()  # (out, in)
-        alpha = float(rank if alpha is None else alpha)
+        if alpha is None:
+            alpha = 1.0 if init == "seed" else rank  # seed: the original project's alpha = 1
+        alpha = float(alpha)
         A, B = init_factors(init, W, rank, alpha / rank, generator=generator, svd_method=svd_method)
         return cls(A.to(W), B.to(W), alpha=alpha, init=init, dropout=dropout, residual=init in RESIDUAL_INITS)
 

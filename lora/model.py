@@ -82,8 +82,6 @@ def add_lora(model, *, rank=4, alpha=None, init="random", targets=None, freeze_a
         raise ValueError(f"rank must be a positive integer, got {rank!r}")
     if dropout < 0 or dropout >= 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if alpha is None:
-        alpha = 1.0 if init == "seed" else float(rank)
     names = find_targets(model, targets)
     modules = {n: model.get_submodule(n) for n in names}
     for n, m in modules.items():

@@ -92,11 +92,6 @@ def test_from_linear_plain_parametrization():
     assert q.alpha == 2.0 and q.residual and q.lora_A.requires_grad
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG lora/layers.py LoRAParametrization.from_linear: alpha=None always becomes alpha=rank, but for "
-    "init='seed' add_lora (and the init's documentation: 'used with alpha = 1') default alpha to 1, so "
-    "from_linear(layer, init='seed') builds an adapter scaled r times larger than add_lora(init='seed'). "
-    "Fix: alpha = 1.0 if init == 'seed' else rank when alpha is None (add_lora passes alpha explicitly)."))
 def test_from_linear_seed_default_alpha_matches_add_lora():
     W, _ = spectral_matrix(6, 6, seed=2)
     lin = linear_with(W)
@@ -215,12 +210,6 @@ def test_dropout_fast_path_eval_equals_plain_and_train_is_stochastic():
     torch.testing.assert_close(outs[0], ref, atol=1e-12, rtol=0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG lora/layers.py LoRAParametrization.forward: the plain (non-fast) path returns W + s·D·A and never "
-    "applies the adapter dropout, so with dropout > 0 in train mode lora.set_fast_path(model, False) "
-    "silently trains without dropout (deterministic output), while the fast path applies it. The two "
-    "paths are documented as the same model. Fix: apply the dropout in the plain path too (e.g. keep the "
-    "hook-based low-rank term when dropout is active), or reject set_fast_path(False) with dropout > 0."))
 def test_plain_path_applies_dropout_in_train_mode():
     W, _ = spectral_matrix(5, 7, seed=0)
     lin = linear_with(W)
