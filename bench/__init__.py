@@ -1,0 +1,1 @@
+"""Benchmark scripts: step time, adapter init time, GLUE epoch (see bench/*.py)."""

@@ -1,0 +1,260 @@
+"""Helpers shared by the benchmark scripts in bench/.
+
+* `machine_header` / `write_results`: every results file starts with the machine
+  (CPU model, cores, torch version and threads, load, date) and the exact command.
+* `markdown_table`, `fmt`: plain markdown tables.
+* `load_model`: a sequence-classification encoder by alias (`minilm`, `mpnet`), or
+  `tiny`, a random 2-layer BERT built in-process for smoke runs.
+* `saved_tensor_bytes`: bytes autograd keeps for backward, counted per storage.
+* `median`, `paired_ratio`: robust summaries of interleaved timings.
+* `rss_now_mib`, `reset_peak_rss`, `peak_rss_mib`: memory of the running process.
+
+Run the scripts from the repository root (`python bench/step.py ...`); they put the
+root on sys.path themselves so `lora` and `utils` import.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+# --- results files ---------------------------------------------------------------------------
+def cpu_model() -> str:
+    """The 'model name' line of /proc/cpuinfo (platform.processor() elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_commit() -> str:
+    """Short hash of HEAD, with '+dirty' when tracked files differ ('unknown' outside git)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "lora", "utils", "bench"],
+                               cwd=ROOT).returncode
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def command_line() -> str:
+    """The command that started this process, shell-quoted, as it could be re-run."""
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def machine_header(title: str) -> str:
+    """Markdown header: title, machine, software, load, date and the exact command line."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    import transformers  # noqa: PLC0415 (heavy; only the scripts need it)
+    try:
+        import peft  # noqa: PLC0415
+        peft_version = peft.__version__
+    except ImportError:
+        peft_version = "not installed"
+    return "\n".join([
+        f"# {title}",
+        "",
+        f"- machine: {cpu_model()}, {os.cpu_count()} logical cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
+        f"- software: Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, peft {peft_version}",
+        f"- load average at start (1, 5, 15 min): {load}",
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}, commit {git_commit()}",
+        f"- command: `{command_line()}`",
+        "",
+    ])
+
+
+def write_results(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` (parents created) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.rstrip() + "\n", encoding="utf-8")
+    return path
+
+
+def markdown_table(columns: list[str], rows: list[list]) -> str:
+    """A markdown table; cells are str()-ed, numbers right-aligned."""
+    def is_num(c):
+        return isinstance(c, (int, float)) and not isinstance(c, bool)
+
+    align = ["---:" if rows and all(is_num(r[i]) or r[i] in (None, "n/a", "") for r in rows) else "---"
+             for i in range(len(columns))]
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def fmt(x, digits: int = 3) -> str:
+    """Numbers with `digits` significant digits (ints with thousands separators)."""
+    if isinstance(x, bool) or x is None:
+        return "n/a" if x is None else str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        if x != x:
+            return "n/a"
+        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e6):
+            return f"{x:.{digits - 1}e}"
+        return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
+    return str(x)
+
+
+def verdict(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+# --- models ------------------------------------------------------------------------------------
+def tiny_bert(seq: int = 128, num_labels: int = 2, seed: int = 0):
+    """A random 2-layer BERT classifier (hidden 32, 4 heads, MLP 37, vocab 200), built in-process."""
+    from transformers import BertConfig, BertForSequenceClassification  # noqa: PLC0415
+
+    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, max_position_embeddings=max(64, seq + 2),
+                        num_labels=num_labels)
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(config)
+
+
+def load_model(name: str, *, seq: int = 128, seed: int = 0):
+    """`tiny` (in-process random BERT) or a name for utils.models.load_model_and_tokenizer.
+
+    The head of the sentence-transformers checkpoints is new: it is seeded with `seed`.
+    """
+    if name == "tiny":
+        return tiny_bert(seq=seq, seed=seed)
+    from transformers import set_seed  # noqa: PLC0415
+
+    from utils.models import load_model_and_tokenizer  # noqa: PLC0415
+    set_seed(seed)
+    model, _ = load_model_and_tokenizer(name, num_labels=2)
+    return model
+
+
+def embeddings_module(model):
+    """The encoder's embeddings module (BERT `bert.embeddings`, MPNet `mpnet.embeddings`, ...)."""
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None) or model
+    emb = getattr(base, "embeddings", None)
+    if emb is None:
+        raise ValueError(f"{type(model).__name__} has no <prefix>.embeddings module")
+    return emb
+
+
+def _require_grad_hook(module, args, output):
+    if not output.requires_grad:
+        output.requires_grad_(True)
+    return output
+
+
+def make_embeddings_output_require_grad(model):
+    """Forward hook on the embeddings: their output requires grad, so backward runs through every
+    encoder layer (input gradients) even when no encoder weight trains. With trainable embeddings
+    (full fine-tuning) the output already requires grad and the hook changes nothing."""
+    return embeddings_module(model).register_forward_hook(_require_grad_hook)
+
+
+# --- measurements ------------------------------------------------------------------------------
+def storage_key(t: torch.Tensor):
+    """(data_ptr, nbytes) of the storage behind `t`, or None (no storage, e.g. a tensor subclass)."""
+    try:
+        s = t.untyped_storage()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+    return (s.data_ptr(), s.nbytes()) if s.data_ptr() else None
+
+
+def model_storages(model) -> set[int]:
+    """data_ptrs of the storages of every parameter and buffer of `model`."""
+    keys = (storage_key(t) for t in [*model.parameters(), *model.buffers()])
+    return {k[0] for k in keys if k is not None}
+
+
+def saved_tensor_bytes(fn, exclude: set[int] = frozenset()):
+    """Run `fn()` (a forward) and count what autograd saves for backward.
+
+    Every tensor that autograd packs goes through a `saved_tensors_hooks` pack hook; each
+    storage is counted once (key: untyped_storage().data_ptr(), bytes: its nbytes()), so
+    views and tensors saved by several nodes cost what they really hold. Returns
+    (result of fn, total bytes, bytes of storages whose data_ptr is not in `exclude`);
+    pass `model_storages(model)` as `exclude` to get the activations only.
+    """
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        k = storage_key(t)
+        if k is not None:
+            seen[k[0]] = max(seen.get(k[0], 0), k[1])
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()
+    total = sum(seen.values())
+    activations = sum(n for p, n in seen.items() if p not in exclude)
+    return result, total, activations
+
+
+def median(xs) -> float:
+    return float(statistics.median(xs))
+
+
+def iqr(xs) -> float:
+    """Interquartile range (0 for fewer than 2 values)."""
+    if len(xs) < 2:
+        return 0.0
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return float(q[2] - q[0])
+
+
+def paired_ratio(xs, refs) -> float:
+    """Median of the per-round ratios x_i / ref_i: drift that hits a round hits both."""
+    return median([x / r for x, r in zip(xs, refs)])
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_now_mib() -> float | None:
+    kib = _status_kib("VmRSS")
+    return None if kib is None else kib / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (VmHWM) of this process; False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib(since_reset: bool = False) -> float:
+    """Peak RSS in MiB: ru_maxrss of the whole life of the process, or VmHWM since `reset_peak_rss`."""
+    if since_reset:
+        kib = _status_kib("VmHWM")
+        if kib is not None:
+            return kib / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

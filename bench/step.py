@@ -1,0 +1,311 @@
+"""One training step (forward + backward + optimizer step) of a real encoder, per method.
+
+    python bench/step.py                          # minilm, attention targets, fp32
+    python bench/step.py --targets all-linear --dtype bf16
+    python bench/step.py --all                    # fp32/bf16 x attention/all-linear, one file
+    python bench/step.py --model tiny --steps 2 --warmup 1 --no-rss --out /tmp/x   # smoke run
+
+Every variant starts from the same model (one load, deep copies), gets the same random
+batch (batch x seq token ids, all attended, random labels), runs in train() mode with
+dropout seeded identically per step, and has a forward hook that makes the embeddings'
+output require grad: backward therefore runs through every encoder layer in EVERY
+variant, so the rows differ only by what they train. What each row trains:
+
+  floor             nothing: all weights frozen, no optimizer step (the cost every method pays)
+  head              the classification head (BERT: classifier + pooler), AdamW
+  full              every parameter, AdamW
+  peft-lora         PEFT LoRA A and B + head, AdamW
+  peft-lora-fa      PEFT LoRA with every lora_A frozen: B + head, AdamW
+  peft-lorafa-opt   peft.optimizers.create_lorafa_optimizer (A frozen, projected B update) + head
+  ours-lora         lora.add_lora(freeze_a=False): A and B + head, AdamW
+  ours-lora-fa-plain  lora.add_lora(freeze_a=True) with set_fast_path(False): W_eff materialised
+  ours-lora-fa      lora.add_lora(freeze_a=True), fast low-rank path (the default)
+
+Adapters: rank 4, alpha 4 (scaling 1), no dropout, B = 0 at init (ours: init="random").
+Timing is interleaved: all models are built first, then each round runs one step of every
+variant in turn, so drift (other processes) hits all of them alike; the ratios are medians
+of per-round ratios. Saved bytes: a separate forward under saved_tensors_hooks. Peak RSS:
+this script re-run per variant in a subprocess (`--only VARIANT --rss`).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bench import common  # noqa: E402
+
+VARIANTS = {
+    "floor": "nothing (all frozen, no optimizer step)",
+    "head": "head",
+    "full": "all parameters",
+    "peft-lora": "PEFT A, B + head",
+    "peft-lora-fa": "PEFT B (A frozen) + head",
+    "peft-lorafa-opt": "PEFT B + head, LoraFAOptimizer",
+    "ours-lora": "ours A, B + head",
+    "ours-lora-fa-plain": "ours B + head, W_eff materialised",
+    "ours-lora-fa": "ours B + head, fast path",
+}
+REFERENCE = "peft-lora-fa"
+LR = 1e-4
+
+
+@dataclass
+class Variant:
+    name: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer | None
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def trainable(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+
+def lora_targets(model, kind: str) -> list[str]:
+    from utils.models import all_linear_targets, default_targets  # noqa: PLC0415
+    return default_targets(model) if kind == "attention" else all_linear_targets(model)
+
+
+def build_variant(name: str, base, targets_kind: str, rank: int = 4, copy_model: bool = True) -> Variant:
+    """A model (deep copy of `base`) and optimizer set up to train what `name` trains (see VARIANTS)."""
+    import lora  # noqa: PLC0415
+    from utils.models import set_trainable  # noqa: PLC0415
+
+    model = copy.deepcopy(base) if copy_model else base
+    model.train()
+    common.make_embeddings_output_require_grad(model)
+    targets = lora_targets(model, targets_kind)
+    optimizer = None
+    if name == "floor":
+        model.requires_grad_(False)
+    elif name in ("head", "full"):
+        set_trainable(model, name)
+    elif name.startswith("peft-"):
+        from peft import LoraConfig, get_peft_model  # noqa: PLC0415
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0)
+        peft_model = get_peft_model(model, config)  # wraps `model` in place
+        set_trainable(model, "lora")
+        if name == "peft-lorafa-opt":
+            from peft.optimizers import create_lorafa_optimizer  # noqa: PLC0415
+            optimizer = create_lorafa_optimizer(peft_model, r=rank, lora_alpha=rank, lr=LR)
+        elif name == "peft-lora-fa":
+            for n, p in model.named_parameters():
+                if "lora_A" in n:
+                    p.requires_grad_(False)
+        model = peft_model
+    elif name.startswith("ours-"):
+        lora.add_lora(model, rank=rank, alpha=rank, init="random", targets=targets,
+                      freeze_a=name != "ours-lora", generator=torch.Generator().manual_seed(0))
+        set_trainable(model, "lora")
+        if name == "ours-lora-fa-plain":
+            lora.set_fast_path(model, False)
+    else:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    if optimizer is None and name != "floor":
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+    return Variant(name, model, optimizer)
+
+
+def make_batch(vocab_size: int, batch: int, seq: int, seed: int = 0) -> dict:
+    """Random token ids (avoiding the first 5 ids, where special tokens live), full mask, labels."""
+    g = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(5, vocab_size, (batch, seq), generator=g),
+            "attention_mask": torch.ones(batch, seq, dtype=torch.long),
+            "labels": torch.randint(0, 2, (batch,), generator=g)}
+
+
+def autocast(dtype: str):
+    if dtype == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def forward(v: Variant, batch: dict, dtype: str):
+    with autocast(dtype):
+        return v.model(**batch).loss
+
+
+def train_step(v: Variant, batch: dict, dtype: str, seed: int) -> float:
+    """One step; returns its wall time in seconds. `seed` fixes dropout (same per step for all)."""
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    if v.optimizer is not None:
+        v.optimizer.zero_grad(set_to_none=True)
+    loss = forward(v, batch, dtype)
+    loss.backward()
+    if v.optimizer is not None:
+        v.optimizer.step()
+    return time.perf_counter() - t0
+
+
+def saved_bytes(v: Variant, batch: dict, dtype: str, seed: int):
+    """(total MiB, activations-only MiB) that autograd saves during one forward of `v`."""
+    torch.manual_seed(seed)
+    loss, total, acts = common.saved_tensor_bytes(lambda: forward(v, batch, dtype),
+                                                  exclude=common.model_storages(v.model))
+    del loss
+    return total / 2**20, acts / 2**20
+
+
+def rss_child(args) -> dict:
+    """`--only VARIANT --rss`: build that one variant, run 2 steps (optimizer state exists after the
+    first), report ru_maxrss and the rise of VmHWM during the steps."""
+    base = common.load_model(args.model, seq=args.seq, seed=args.seed)
+    v = build_variant(args.only, base, args.targets, copy_model=False)
+    batch = make_batch(base.config.vocab_size, args.batch, args.seq, args.seed)
+    common.reset_peak_rss()
+    before = common.rss_now_mib()
+    for i in range(2):
+        train_step(v, batch, args.dtype, args.seed + i)
+    return {"variant": args.only, "peak_rss_mib": common.peak_rss_mib(),
+            "step_peak_above_start_mib": common.peak_rss_mib(since_reset=True) - before}
+
+
+def measure_rss(args, dtype: str, targets: str) -> dict:
+    """Peak RSS per variant, each in a fresh subprocess of this script."""
+    out = {}
+    for name in args.variants:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--only", name, "--rss", "--model", args.model,
+               "--batch", str(args.batch), "--seq", str(args.seq), "--dtype", dtype, "--targets", targets,
+               "--warmup", str(args.warmup), "--seed", str(args.seed), "--threads", str(args.threads)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            print(f"RSS subprocess for {name} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+            out[name] = {}
+            continue
+        out[name] = json.loads(lines[-1])
+    return out
+
+
+def run_config(args, base, dtype: str, targets: str) -> str:
+    """Build every variant, time them interleaved, measure memory; return the markdown section."""
+    variants = [build_variant(n, base, targets) for n in args.variants]
+    batch = make_batch(base.config.vocab_size, args.batch, args.seq, args.seed)
+    for r in range(args.warmup):
+        for v in variants:
+            train_step(v, batch, dtype, args.seed + r)
+    saved = {v.name: saved_bytes(v, batch, dtype, args.seed) for v in variants}
+    for r in range(args.steps):
+        for v in variants:
+            v.times.append(train_step(v, batch, dtype, args.seed + args.warmup + r))
+        print(f"  [{dtype}/{targets}] round {r + 1}/{args.steps}", file=sys.stderr, flush=True)
+    rss = {} if args.no_rss else measure_rss(args, dtype, targets)
+
+    by = {v.name: v for v in variants}
+    ref, floor = by.get(REFERENCE), by.get("floor")
+    rows = []
+    for v in variants:
+        r = rss.get(v.name, {})
+        rows.append([v.name, VARIANTS[v.name], v.trainable, common.median(v.times) * 1e3,
+                     common.iqr(v.times) * 1e3,
+                     common.paired_ratio(v.times, ref.times) if ref else None,
+                     common.paired_ratio(v.times, floor.times) if floor else None,
+                     saved[v.name][0], saved[v.name][1],
+                     r.get("peak_rss_mib"), r.get("step_peak_above_start_mib")])
+    columns = ["variant", "trains", "trainable params", "step ms (median)", "IQR ms", f"x {REFERENCE}",
+               "x floor", "saved MiB (all)", "saved MiB (activations)", "peak RSS MiB", "RSS rise in steps MiB"]
+    section = [f"## {args.model}, {dtype}, {targets} targets, batch {args.batch} x {args.seq} tokens, "
+               f"rank 4, {args.steps} timed rounds after {args.warmup} warm-up", "",
+               common.markdown_table(columns, rows), ""]
+    section += targets_report(by, saved, targets)
+    return "\n".join(section)
+
+
+def targets_report(by: dict, saved: dict, targets: str) -> list[str]:
+    """The met/not-met lines under a table (skipped where a needed row was not run)."""
+    lines = []
+    ours, ref, floor, lora_ = (by.get(n) for n in ("ours-lora-fa", REFERENCE, "floor", "peft-lora"))
+    if ours and ref:
+        x = common.paired_ratio(ours.times, ref.times)
+        lines.append(f"- ours-lora-fa step time = {x:.3f} x {REFERENCE} (target <= 1.0): {common.verdict(x <= 1.0)}")
+    if ours and floor:
+        x = common.paired_ratio(ours.times, floor.times)
+        lines.append(f"- ours-lora-fa step time = {x:.3f} x floor (target <= 1.1): {common.verdict(x <= 1.1)}")
+        x = saved["ours-lora-fa"][1] / saved["floor"][1]
+        extra = saved["ours-lora-fa"][1] - saved["floor"][1]
+        lines.append(f"- ours-lora-fa saved activations = {x:.4f} x floor, +{extra:.2f} MiB "
+                     f"(target <= 1.001): {common.verdict(x <= 1.001)}")
+    if ours and lora_:
+        acts = saved["ours-lora-fa"][1] / saved["peft-lora"][1]
+        total = saved["ours-lora-fa"][0] / saved["peft-lora"][0]
+        expect = "~0.92" if targets == "attention" else "~0.77"
+        lines.append(f"- LoRA-FA / LoRA saved bytes (ours-lora-fa / peft-lora): {acts:.3f} activations only, "
+                     f"{total:.3f} all (LoRA-FA paper memory claim, expected {expect})")
+    return lines + [""]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="minilm", help="minilm | mpnet | tiny | a model folder")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--targets", choices=["attention", "all-linear"], default="attention")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--all", action="store_true", help="fp32 and bf16 x attention and all-linear")
+    p.add_argument("--steps", type=int, default=12, help="timed rounds (use >= 10 for real numbers)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the rows")
+    p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
+    p.add_argument("--only", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    p.add_argument("--rss", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", default=str(common.RESULTS), help="folder for step_<model>.md")
+    args = p.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        p.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.only:
+        print(json.dumps(rss_child(args)))
+        return
+    configs = ([(d, t) for d in ("fp32", "bf16") for t in ("attention", "all-linear")] if args.all
+               else [(args.dtype, args.targets)])
+    header = common.machine_header(f"Training step: {args.model}")
+    base = common.load_model(args.model, seq=args.seq, seed=args.seed)
+    sections = [run_config(args, base, d, t) for d, t in configs]
+    text = header + "\nRows (what each variant trains):\n\n" + legend() + "\n\n" + "\n".join(sections)
+    path = common.write_results(Path(args.out) / f"step_{Path(args.model).name}.md", text)
+    print(text)
+    print(f"written to {path}", file=sys.stderr)
+
+
+def legend() -> str:
+    return "\n".join([
+        "- every variant: same weights, batch and dropout seeds; the embeddings' output requires grad, so "
+        "backward runs through all layers; adapters rank 4, alpha 4, no dropout, B = 0 at init",
+        "- floor: all weights frozen, no optimizer step; head: classifier (+ BERT pooler), AdamW; "
+        "full: everything, AdamW",
+        "- peft-lora: PEFT LoRA (A, B) + head; peft-lora-fa: the same with lora_A frozen; peft-lorafa-opt: "
+        "peft.optimizers.create_lorafa_optimizer (A frozen, projected B gradient, its own AdamW) + head",
+        "- ours-lora: lora.add_lora(freeze_a=False) + head; ours-lora-fa-plain: freeze_a=True with "
+        "set_fast_path(False) (W_eff materialised); ours-lora-fa: freeze_a=True, fast path",
+        f"- step ms: median over rounds; x {REFERENCE} / x floor: median of per-round ratios (interleaved)",
+        "- saved MiB: storages autograd saves during one forward, each counted once; activations: "
+        "excluding storages of the model's parameters and buffers",
+        "- peak RSS: ru_maxrss of a fresh process (`--only VARIANT --rss`) that loads the model and runs "
+        "2 steps; RSS rise: peak during those steps above the RSS before them",
+    ])
+
+
+if __name__ == "__main__":
+    main()
