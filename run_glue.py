@@ -65,7 +65,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N (0-based: 0/4 .. 3/4)")
     g.add_argument("--dry-run", action="store_true", help="list the runs of the grid (and shard) and exit")
     g.add_argument("--stop-on-error", action="store_true", help="stop the grid at the first failed run")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars and no per-run lines (the final table is printed)")
     return p
 
 

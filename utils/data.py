@@ -38,9 +38,16 @@ def tokenized_cache_dir() -> Path:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """sha256 of the tokenizer's full definition (vocab, normaliser, templates), or of its vocab."""
+    """sha256 of the tokenizer's full definition (vocab, normaliser, templates), or of its vocab.
+
+    The backend's truncation/padding settings are left out: every call with truncation=True
+    changes them, and the cache key must not."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        text = json.dumps(spec, sort_keys=True)
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

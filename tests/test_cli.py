@@ -1,0 +1,124 @@
+"""Tests for run_glue.py: flags <-> RunConfig fields, grids, shards, exit codes, summary, plot dispatch."""
+import dataclasses
+import sys
+import types
+
+import pytest
+import torch
+
+import run_glue
+from tests.runner_helpers import write_glue
+from utils.config import RunConfig, field_help
+from utils.logs import load_summaries
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("LORA_FA_CACHE", str(tmp_path_factory.getbasetemp() / "lora_fa_cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory):
+    return write_glue(tmp_path_factory.mktemp("glue"))
+
+
+def _args(tmp_path, tiny_models, glue_dir, *extra):
+    return ["--model", str(tiny_models["bert"]), "--data-dir", str(glue_dir), "--log-dir", str(tmp_path / "logs"),
+            "--ckpt-dir", str(tmp_path / "ckpt"), "--batch-size", "4", "--max-length", "32", "--rank", "2",
+            "--max-steps", "2", "--no-progress", *extra]
+
+
+def test_help_documents_every_field(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_glue.main(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    helps = field_help()
+    for f in dataclasses.fields(RunConfig):
+        assert "--" + f.name.replace("_", "-") in text
+        assert helps[f.name] and " ".join(helps[f.name].split()) in text, f.name
+    for flag in ("--seeds", "--shard", "--dry-run", "--no-bf16"):
+        assert flag in text
+
+
+def test_flags_map_onto_fields():
+    parser = run_glue.train_parser()
+    base, grid = run_glue.split_args(parser.parse_args([]))
+    assert base == RunConfig() and grid == {}
+    args = parser.parse_args(["--task", "rte", "--max-steps", "none", "--alpha", "8", "--bf16", "--no-train-head",
+                              "--targets", "query", "value", "--seeds", "0", "1", "2", "--lr", "1e-4", "4e-4",
+                              "--eval-every", "50", "--clip-norm", "none"])
+    base, grid = run_glue.split_args(args)
+    assert (base.task, base.max_steps, base.alpha, base.bf16, base.train_head) == ("rte", None, 8.0, True, False)
+    assert base.targets == ["query", "value"] and base.eval_every == 50 and base.clip_norm is None
+    assert grid == {"seed": [0, 1, 2], "lr": [1e-4, 4e-4]}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "nope"], "unknown GLUE task"),
+    (["--init", "gaussian"], "invalid choice"),
+    (["--method", "adapter"], "invalid choice"),
+    (["--rank", "four"], "invalid int value"),
+    (["--data-dir", "/no/such/glue"], "does not exist"),
+    (["--shard", "3/3"], "shard"),
+])
+def test_bad_arguments_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_glue.main(argv + ["--dry-run"])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_grid_runs_skips_and_summarises(tmp_path, tiny_models, glue_dir, capsys):
+    argv = _args(tmp_path, tiny_models, glue_dir, "--init", "random", "svd", "--seeds", "0", "1")
+    assert run_glue.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "4 of 4 runs finished" in out and "±" in out
+    df = load_summaries(tmp_path / "logs")
+    assert sorted(zip(df["init"], df["seed"])) == [("random", 0), ("random", 1), ("svd", 0), ("svd", 1)]
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "logs").rglob("*")}
+    assert run_glue.main(argv) == 0  # everything finished: skipped, nothing rewritten
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "logs").rglob("*")} == mtimes
+    assert "4 of 4 runs finished" in capsys.readouterr().out
+    assert run_glue.main(["summary", "--log-dir", str(tmp_path / "logs")]) == 0
+    table = capsys.readouterr().out
+    assert "random" in table and "svd" in table and "f1" in table
+
+
+def test_shards_split_the_grid(tmp_path, tiny_models, glue_dir, capsys):
+    argv = _args(tmp_path, tiny_models, glue_dir, "--init", "random", "svd", "pissa", "--seeds", "0", "1", "--dry-run")
+    assert run_glue.main(argv) == 0
+    everything = capsys.readouterr().out.split()
+    assert len(everything) == 6
+    parts = []
+    for i in range(4):
+        assert run_glue.main(argv + ["--shard", f"{i}/4"]) == 0
+        parts.append(capsys.readouterr().out.split())
+    assert [len(p) for p in parts] == [2, 2, 1, 1]
+    assert sorted(sum(parts, [])) == sorted(everything)
+    # a shard runs only its own runs
+    assert run_glue.main([a for a in argv if a != "--dry-run"] + ["--shard", "2/4"]) == 0
+    assert [p.name for p in (tmp_path / "logs").rglob("*.json")] == [parts[2][0].rsplit("/", 1)[1]]
+
+
+def test_failed_run_exits_1(tmp_path, tiny_models, glue_dir, capsys):
+    argv = _args(tmp_path, tiny_models, glue_dir, "--lr", "1e30", "--clip-norm", "none", "--warmup-ratio", "0",
+                 "--max-steps", "6")
+    assert run_glue.main(argv) == 1
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.err and "diverged" in captured.err and "0 of 1 runs finished" in captured.out
+
+
+def test_plot_dispatches_to_utils_plots(monkeypatch, capsys):
+    calls = []
+    fake = types.ModuleType("utils.plots")
+    fake.main = lambda log_dir, out_dir: calls.append((log_dir, out_dir)) or ["figure.png"]
+    import utils
+
+    monkeypatch.setitem(sys.modules, "utils.plots", fake)
+    monkeypatch.setattr(utils, "plots", fake, raising=False)
+    assert run_glue.main(["plot", "--log-dir", "some/logs", "--out", "some/imgs"]) == 0
+    assert calls == [("some/logs", "some/imgs")] and "figure.png" in capsys.readouterr().out

@@ -1,0 +1,333 @@
+"""Tests for the run loop (utils.train), its data (utils.data), checkpoints, configs and grids.
+
+Tiny random models (tests/tiny.py) on tiny GLUE-format folders (tests/runner_helpers.py),
+plus one short real run: MiniLM on the real MRPC data in ../shared/glue.
+"""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from sklearn.metrics import accuracy_score, f1_score
+
+import lora
+from tests.runner_helpers import REAL_GLUE, tiny_config, write_glue
+from utils import checkpoint as ckpt
+from utils.config import RunConfig
+from utils.data import EpochSampler, tokenize_glue, train_loader
+from utils.evaluate import example_losses
+from utils.glue import DataNotFoundError, get_task, load_glue
+from utils.grid import expand_grid, format_summary, parse_shard, select_shard, summarize
+from utils.logs import load_runs, load_summaries, read_log
+from utils.models import head_modules, load_model_and_tokenizer
+from utils.runlog import load_predictions, predictions_path
+from utils.train import TrainingDiverged, build_model, linear_schedule, run_experiment
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path_factory, monkeypatch):
+    """Tokenised data cached in a per-session folder; one thread (tiny models run faster so)."""
+    monkeypatch.setenv("LORA_FA_CACHE", str(tmp_path_factory.getbasetemp() / "lora_fa_cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory):
+    return write_glue(tmp_path_factory.mktemp("glue"))
+
+
+class Stop(Exception):
+    """Injected 'kill' after the first evaluation."""
+
+
+def _stop_after_first_eval(log):
+    if len(log["history"]) == 1:
+        raise Stop("killed after the first evaluation")
+
+
+def _trainable(path):
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+# ---------------------------------------------------------------- the real run
+
+@pytest.mark.skipif(not (REAL_GLUE / "MRPC").is_dir(), reason="real GLUE data not at ../shared/glue")
+def test_real_minilm_mrpc(tmp_path):
+    torch.set_num_threads(2)  # a real model: both cores (the fixture restores the setting)
+    cfg = RunConfig(task="mrpc", model="minilm", init="svd", rank=4, lr=5e-3, max_steps=20,
+                    batch_size=16, max_length=64, eval_batch_size=64, data_dir=str(REAL_GLUE),
+                    log_dir=str(tmp_path / "logs"), ckpt_dir=str(tmp_path / "ckpt"), log_every=4)
+    log = run_experiment(cfg, progress=False)
+    assert log["status"] == "finished" and log["error"] is None
+    assert read_log(cfg.log_path) == json.loads(json.dumps(log))
+    c, env, s = log["config"], log["env"], log["summary"]
+    assert c["num_rows"] == {"train": 3668, "dev": 408} and c["data_source"].startswith("local:")
+    assert c["main_metric"] == "f1" and c["targets_resolved"] == ["query", "key", "value", "attention.output.dense"]
+    assert c["adapted_modules"] == 24 and c["processes"] == 1 and c["total_steps"] == 20
+    assert {f.name for f in dataclasses.fields(RunConfig)} <= set(c)
+    for key in ("git_commit", "python", "torch", "transformers", "accelerate", "peft", "project", "device",
+                "threads", "processes", "host"):
+        assert env[key] not in (None, "")
+    assert env["project"] == lora.__version__
+    assert [h["step"] for h in log["history"]] == [20]  # max_steps ends the run inside epoch 1: one eval
+    assert [t["step"] for t in log["train_loss"]] == [4, 8, 12, 16, 20]
+    # trainable: every B (out x r) of 24 layers, the classifier and BERT's pooler
+    model, _, info = build_model(cfg.canonical(), 2)
+    heads = sum(p.numel() for m in head_modules(model).values() for p in m.parameters())
+    assert s["trainable_params"] == info["trainable_params"] == 24 * 384 * 4 + heads
+    assert s["peak_rss_mb"] > 100 and s["wall_time_s"] > 0 and s["steps"] == 20
+    assert s["param_hashes"] and not list(cfg.ckpt_path.parent.glob("*"))  # checkpoint deleted
+    # dev metrics are scikit-learn's, computed on all 408 dev rows in file order
+    preds = load_predictions(predictions_path(cfg.log_path))
+    assert preds["step"] == 20
+    pred, label = preds["dev"]["pred"], preds["dev"]["label"]
+    assert len(pred) == 408 and np.array_equal(label, list(load_glue("mrpc", REAL_GLUE).dev["dev"]["label"]))
+    assert s["final"]["accuracy"] == accuracy_score(label, pred)
+    assert s["final"]["f1"] == f1_score(label, pred)
+    assert s["best"]["f1"]["value"] == max(h["metrics"]["f1"] for h in log["history"])
+    assert np.isfinite(s["final"]["dev_loss"])
+    runs = load_runs(tmp_path / "logs")
+    assert len(runs) == 1 and {"f1", "accuracy", "dev_loss", "lr_now"} <= set(runs.columns)
+
+
+# ---------------------------------------------------------------- resume, skip, failures
+
+@pytest.mark.parametrize("overrides", [
+    dict(grad_accum=2, eval_every=3, lora_dropout=0.1),  # killed mid-epoch, between accumulation groups
+    dict(arch="roberta", task="stsb", init="svd", reg_lambda=0.5),  # regression + regularizer
+    dict(task="mnli", method="lora", bf16=True),  # two dev sets, A trained, bf16 autocast
+])
+def test_resume_gives_the_same_run(tmp_path, tiny_models, glue_dir, overrides):
+    overrides = dict(overrides)
+    model = tiny_models[overrides.pop("arch", "bert")]
+    full = tiny_config(tmp_path / "a", model, glue_dir, keep_checkpoint=True, **overrides)
+    ref = run_experiment(full, progress=False)
+    cut = tiny_config(tmp_path / "b", model, glue_dir, keep_checkpoint=True, **overrides)
+    with pytest.raises(Stop):
+        run_experiment(cut, progress=False, on_eval=_stop_after_first_eval)
+    killed = read_log(cut.log_path)
+    assert killed["status"] == "failed" and "killed after the first evaluation" in killed["error"]
+    assert len(killed["history"]) == 1 and ckpt.latest_checkpoint(cut.ckpt_path) is not None
+    resumed = run_experiment(dataclasses.replace(cut, resume=True), progress=False)
+    assert resumed["status"] == "finished" and resumed["resumed_from_step"] == killed["history"][0]["step"]
+    assert resumed["summary"]["final"] == ref["summary"]["final"]
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "time_s"} for h in hs]  # noqa: E731
+    assert strip(resumed["history"]) == strip(ref["history"]) and resumed["train_loss"] == ref["train_loss"]
+    a = _trainable(ckpt.latest_checkpoint(full.ckpt_path) / "trainable.safetensors")
+    b = _trainable(ckpt.latest_checkpoint(cut.ckpt_path) / "trainable.safetensors")
+    assert a.keys() == b.keys() and any(k.endswith("lora_B") for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_checkpoint_is_pickle_free_and_loads_with_lora(tmp_path, tiny_models, glue_dir):
+    cfg = tiny_config(tmp_path, tiny_models["bert"], glue_dir, keep_checkpoint=True, max_steps=4)
+    run_experiment(cfg, progress=False)
+    folder = ckpt.latest_checkpoint(cfg.ckpt_path)
+    assert sorted(p.suffix for p in folder.iterdir()) == [".json"] * 3 + [".safetensors"] * 3
+    for p in folder.glob("*.json"):
+        json.loads(p.read_text())
+    state = json.loads((folder / "state.json").read_text())
+    assert (state["step"], state["epoch"], state["batch"]) == (4, 0, 4)
+    # the trainable file is a lora.save_lora adapter: it rebuilds the trained model on the base model
+    base, _ = load_model_and_tokenizer(str(tiny_models["bert"]), 2)
+    lora.load_lora(base, folder / "trainable.safetensors")
+    trained = _trainable(folder / "trainable.safetensors")
+    for _, _, p in lora.adapted_modules(base):
+        assert p.freeze_a and not p.lora_A.requires_grad
+    assert torch.equal(base.classifier.weight, trained["trained::classifier.weight"])
+
+
+def test_finished_runs_are_skipped(tmp_path, tiny_models, glue_dir, monkeypatch):
+    cfg = tiny_config(tmp_path, tiny_models["bert"], glue_dir, max_steps=2)
+    first = run_experiment(cfg, progress=False)
+    import utils.train
+
+    monkeypatch.setattr(utils.train, "build_model", lambda *a, **k: pytest.fail("a finished run was rerun"))
+    assert run_experiment(cfg, progress=False) == json.loads(json.dumps(first))
+    monkeypatch.undo()
+    again = run_experiment(dataclasses.replace(cfg, overwrite=True), progress=False)
+    assert again["status"] == "finished" and again["summary"]["final"] == first["summary"]["final"]
+
+
+def test_nan_loss_stops_the_run(tmp_path, tiny_models, glue_dir):
+    cfg = tiny_config(tmp_path, tiny_models["bert"], glue_dir, lr=1e30, eval_every=1, clip_norm=None,
+                      warmup_ratio=0.0, max_steps=10)
+    with pytest.raises(TrainingDiverged, match="diverged at step .*lower learning rate"):
+        run_experiment(cfg, progress=False)
+    log = read_log(cfg.log_path)
+    assert log["status"] == "failed" and log["error"].startswith("TrainingDiverged: training diverged")
+    assert len(log["history"]) >= 1  # evaluations before the divergence are kept
+
+
+def test_regularizer_is_in_the_training_loss_only(tmp_path, tiny_models, glue_dir):
+    runs = {lam: run_experiment(tiny_config(tmp_path / str(lam), tiny_models["bert"], glue_dir, reg_lambda=lam,
+                                            init="svd", keep_checkpoint=True, lr=0.05), progress=False)
+            for lam in (0.0, 10.0)}
+    h0, h1 = runs[0.0]["history"], runs[10.0]["history"]
+    assert all(h["reg_loss"] == 0 for h in h0) and all(h["reg_loss"] > 0 for h in h1)
+    assert [h["train_loss"] for h in h0] != [h["train_loss"] for h in h1]
+    # the logged dev loss is the plain task loss of the final model, recomputed here without any regularizer
+    cfg = tiny_config(tmp_path / "10.0", tiny_models["bert"], glue_dir, reg_lambda=10.0, init="svd", lr=0.05)
+    model, tokenizer, _ = build_model(cfg.canonical(), 2)
+    ckpt.load_trainable(model, ckpt.latest_checkpoint(cfg.ckpt_path) / "trainable.safetensors")
+    dev = load_glue("mrpc", glue_dir).dev["dev"]
+    model.eval()
+    with torch.no_grad():
+        enc = tokenizer(list(dev["sentence1"]), list(dev["sentence2"]), truncation=True, max_length=32, padding=True,
+                        return_tensors="pt")
+        loss = F.cross_entropy(model(**enc).logits, torch.tensor(list(dev["label"])))
+    assert runs[10.0]["summary"]["final"]["dev_loss"] == pytest.approx(loss.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("method, arch, task", [("head", "mpnet", "cola"), ("full", "roberta", "mrpc"),
+                                                ("lora", "bert", "stsb")])
+def test_methods_and_tasks(tmp_path, tiny_models, glue_dir, method, arch, task):
+    cfg = tiny_config(tmp_path, tiny_models[arch], glue_dir, method=method, task=task, max_steps=3, eval_every=None)
+    log = run_experiment(cfg, progress=False)
+    model, _, info = build_model(cfg.canonical(), get_task(task).num_labels)
+    n_all = sum(p.numel() for p in model.parameters())
+    heads = sum(p.numel() for m in head_modules(model).values() for p in m.parameters())
+    expected = {"head": heads, "full": n_all, "lora": None}[method]
+    if method == "lora":  # A and B of 8 adapted layers (32 x 32, rank 2) plus the head
+        expected = 8 * 2 * (32 * 2) + heads
+    assert log["summary"]["trainable_params"] == expected == info["trainable_params"]
+    assert log["config"]["init"] == ("random" if method == "lora" else "none")
+    assert set(log["summary"]["final"]) == set(get_task(task).metrics) | {"dev_loss"}
+
+
+# ---------------------------------------------------------------- config validation
+
+@pytest.mark.parametrize("overrides, error, match", [
+    (dict(task="nope"), ValueError, "unknown GLUE task 'nope'"),
+    (dict(init="gaussian"), ValueError, "unknown init 'gaussian'"),
+    (dict(method="adapter"), ValueError, "unknown method 'adapter'"),
+    (dict(rank=0), ValueError, "rank must be"),
+    (dict(lr=-1.0), ValueError, "lr must be"),
+    (dict(method="head", reg_lambda=0.1), ValueError, "reg_lambda needs adapters"),
+    (dict(svd_method="qr"), ValueError, "unknown svd_method"),
+    (dict(data_dir="/no/such/glue"), DataNotFoundError, "does not exist"),
+])
+def test_bad_input_is_reported(tmp_path, overrides, error, match):
+    cfg = dataclasses.replace(RunConfig(log_dir=str(tmp_path)), **overrides)
+    with pytest.raises(error, match=match):
+        run_experiment(cfg, progress=False)
+    assert not list(tmp_path.rglob("*.json"))  # nothing starts
+
+
+def test_run_id():
+    a = RunConfig(task="MRPC", model="/some/where/my-model/", init="svd", lr=4e-4, seed=3)
+    assert a.run_id.startswith("mrpc_my-model_lora-fa_svd_r4_lr0.0004_s3_") and a.run_id == a.run_id
+    assert dataclasses.replace(a, log_dir="x", data_dir="y", resume=True, eval_batch_size=7).run_id == a.run_id
+    for change in (dict(batch_size=8), dict(reg_lambda=0.1), dict(model="/elsewhere/my-model"), dict(bf16=True)):
+        assert dataclasses.replace(a, **change).run_id != a.run_id
+    head = RunConfig(method="head")
+    assert dataclasses.replace(head, init="svd", rank=8).run_id == head.run_id
+    assert a.log_path.as_posix().endswith(f"logs/mrpc/{a.run_id}.json")
+
+
+# ---------------------------------------------------------------- data
+
+def test_tokenised_data_is_cached_and_padded_per_batch(tmp_path, tiny_models, glue_dir, monkeypatch):
+    monkeypatch.setenv("LORA_FA_CACHE", str(tmp_path))
+    _, tok = load_model_and_tokenizer(str(tiny_models["bert"]), 2)
+    glue = load_glue("mrpc", glue_dir)
+    first = tokenize_glue(glue, tok, 24)
+    assert set(first) == {"train", "dev"} and len(first["dev"]) == 21
+    assert set(first["train"].column_names) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
+    assert max(len(x) for x in first["train"]["input_ids"]) <= 24
+    monkeypatch.setattr(type(tok), "__call__", lambda *a, **k: pytest.fail("tokenised again"))
+    second = tokenize_glue(glue, tok, 24)  # from the cache
+    assert list(second["train"]["input_ids"]) == list(first["train"]["input_ids"])
+    monkeypatch.undo()
+    monkeypatch.setenv("LORA_FA_CACHE", str(tmp_path))
+    assert len(list((tmp_path / "tokenized").iterdir())) == 1
+    tokenize_glue(glue, tok, 16)  # another max_length: another entry
+    assert len(list((tmp_path / "tokenized").iterdir())) == 2
+    loader, sampler = train_loader(first["train"], tok, 4, seed=0)
+    sampler.set_epoch(0)
+    for batch in loader:
+        lengths = batch["attention_mask"].sum(1)
+        assert batch["input_ids"].shape[1] == lengths.max()  # padded to the batch's longest row only
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only():
+    a, b = EpochSampler(50, seed=1), EpochSampler(50, seed=1)
+    a.set_epoch(3), b.set_epoch(3)
+    assert list(a) == list(b) and sorted(a) == list(range(50))
+    b.set_epoch(4)
+    assert list(a) != list(b) and list(a) != list(EpochSampler(50, seed=2))
+
+
+def test_linear_schedule_matches_transformers():
+    from transformers import get_linear_schedule_with_warmup
+
+    def lrs(make):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        sched = make(opt, 7, 50)
+        out = []
+        for _ in range(55):
+            out.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        return out
+
+    assert lrs(linear_schedule) == lrs(get_linear_schedule_with_warmup)
+
+
+# ---------------------------------------------------------------- grids and summaries
+
+def test_grid_expansion_and_shards():
+    base = RunConfig(method="lora-fa")
+    grid = {"init": ["random", "svd"], "lr": [1e-4, 4e-4], "seed": [0, 1, 2], "method": ["lora-fa", "head"]}
+    configs = expand_grid(base, grid)
+    assert len(configs) == 2 * 2 * 3 + 2 * 3  # head runs have no init: 6, not 12
+    assert len({c.run_id for c in configs}) == len(configs)
+    shards = [select_shard(configs, f"{i}/5") for i in range(5)]
+    assert sorted(c.run_id for s in shards for c in s) == sorted(c.run_id for c in configs)
+    assert parse_shard((2, 8)) == (2, 8)
+    for bad in ("8/8", "x/3", "1/0"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
+    with pytest.raises(ValueError, match="unknown field"):
+        expand_grid(base, {"learning_rate": [1e-3]})
+
+
+def _fake_log(seed, init, f1, best, status="finished"):
+    cfg = RunConfig(init=init, seed=seed)
+    return {"schema": 1, "run_id": cfg.run_id, "status": status, "error": None, "env": {},
+            "config": {**dataclasses.asdict(cfg), "main_metric": "f1"}, "history": [], "train_loss": [],
+            "summary": {"final": {"f1": f1, "dev_loss": 0.5}, "best": {"f1": {"value": best, "step": 10}}}}
+
+
+def test_summarize_mean_and_std_over_seeds(tmp_path):
+    logs = [_fake_log(0, "svd", 0.80, 0.82), _fake_log(1, "svd", 0.84, 0.86), _fake_log(0, "random", 0.70, 0.71),
+            _fake_log(1, "random", 0.1, 0.1, status="failed")]
+    df = summarize(logs)
+    assert list(df["init"]) == ["random", "svd"] and list(df["n"]) == [1, 2]
+    svd = df[df["init"] == "svd"].iloc[0]
+    assert svd["final_mean"] == pytest.approx(0.82) and svd["final_std"] == pytest.approx(np.std([0.8, 0.84], ddof=1))
+    assert svd["best_mean"] == pytest.approx(0.84) and svd["seeds"] == "0 1"
+    text = format_summary(df)
+    assert "0.8200 ± 0.0283" in text and "0.7000" in text
+    for log in logs:  # the same from a log folder
+        (tmp_path / f"{log['run_id']}.json").write_text(json.dumps(log))
+    pd_from_dir = summarize(str(tmp_path))
+    assert pd_from_dir.equals(summarize(load_summaries(tmp_path)))
+    assert list(pd_from_dir["final_mean"]) == pytest.approx(list(df["final_mean"]))
+
+
+def test_example_losses_match_torch_means():
+    logits, labels = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
+    task = get_task("mnli")
+    assert example_losses(logits, labels, task).mean() == pytest.approx(F.cross_entropy(logits, labels).item())
+    reg = get_task("stsb")
+    out, y = torch.randn(5, 1), torch.rand(5) * 5
+    assert example_losses(out, y, reg).mean() == pytest.approx(F.mse_loss(out.squeeze(-1), y).item())
