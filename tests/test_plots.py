@@ -157,3 +157,27 @@ def test_colours_consistent_across_figures(log_dir):
     assert seen["random"] == plots.INIT_COLORS["random"].lower()
     assert len(set(seen.values())) == len(seen)  # every series its own colour
     matplotlib.pyplot.close("all")
+
+
+def test_runs_with_other_settings_are_not_averaged(log_dir, tmp_path):
+    """Two extra svd runs with epochs=2 form their own variant: own figure, own table rows."""
+    for seed in (0, 1):
+        log = fake_log("mrpc", "lora-fa", "svd", 1e-4, seed)
+        log["config"]["epochs"], log["run_id"] = 2, log["run_id"] + "_e2"
+        write_json_atomic(log, log_dir / "mrpc" / f"{log['run_id']}.json")
+    out = tmp_path / "imgs"
+    names = {p.name for p in plots.main(log_dir, out)}
+    assert {"mrpc_minilm_r4_lr0.0001_history.png", "mrpc_minilm_r4_lr0.0001_epochs=2_history.png"} <= names
+    table = plots.summary_table(load_summaries(log_dir))
+    svd = table[(table.task == "mrpc") & (table.init == "svd") & (table.lr == 1e-4)].set_index("variant")
+    assert svd.loc["", "n"] == 3 and svd.loc["epochs=2", "n"] == 2
+    assert "| epochs=2 |" in (out / "summary.md").read_text()
+    matplotlib.pyplot.close("all")
+
+
+def test_show_task_displays_figures_and_table(log_dir, capsys):
+    table = plots.show_task(log_dir, "mrpc", lr=[1e-3], init=["random", "svd"])
+    assert list(table.init) == ["random", "svd", "–"] * 2  # f1 and accuracy; head baseline kept
+    assert capsys.readouterr().out.count("Figure") == 2  # history + lr summary
+    with pytest.raises(plots.NoRunsError, match="cola"):
+        plots.show_task(log_dir, "cola")

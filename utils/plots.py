@@ -14,8 +14,10 @@ is measured on the GLUE dev split.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
+import re
 import sys
 import zlib
 from pathlib import Path
@@ -30,7 +32,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from utils.config import model_short_name  # noqa: E402
+from utils.config import NAME_FIELDS, UNHASHED_FIELDS, RunConfig, model_short_name  # noqa: E402
 from utils.glue import get_task  # noqa: E402
 from utils.logs import load_runs, load_summaries  # noqa: E402
 
@@ -45,8 +47,7 @@ METHOD_LINES = {"lora-fa": "-", "lora": "--", "head": ":", "full": "-."}
 ADAPTER_METHODS = ("lora-fa", "lora")  # methods with a rank; head/full baselines have none
 METRIC_LABELS = {"mcc": "MCC", "f1": "F1", "accuracy": "accuracy", "pearson": "Pearson r",
                  "spearman": "Spearman ρ"}
-SETTING = ("task", "model", "rank", "lr")  # one history figure per setting
-plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 10})
+STYLE = {"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 10}  # applied per figure only
 
 
 class NoRunsError(ValueError):
@@ -134,6 +135,36 @@ def _n_text(ns) -> str:
     return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
 
 
+def add_variant(df: pd.DataFrame) -> pd.DataFrame:
+    """Copy of `df` with a "variant" column: the result-changing settings (RunConfig fields beyond
+    task/model/method/init/rank/lr/seed, e.g. epochs, batch_size) where a run differs from its
+    task's most common value, as "epochs=1, max_steps=4"; "" for the common configuration.
+    Runs of different variants are never averaged together."""
+    df = df.copy()
+    fields = [f.name for f in dataclasses.fields(RunConfig)
+              if f.name not in NAME_FIELDS + UNHASHED_FIELDS and f.name in df.columns]
+    adapter_only = {"alpha", "targets", "lora_dropout", "svd_method", "reg_lambda"}
+    parts = pd.Series([[] for _ in range(len(df))], index=df.index)
+    for _, g in df.groupby("task"):
+        for f in fields:
+            rows = g[g["method"].isin(ADAPTER_METHODS)] if f in adapter_only else g
+            values = rows[f].astype(str)
+            if values.nunique() > 1:
+                odd = values[values != values.value_counts().index[0]]
+                for i, v in odd.items():
+                    parts[i].append(f"{f}={v}")
+    df["variant"] = parts.map(", ".join)
+    return df
+
+
+def _with_variant(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` (runs or summaries) with the "variant" column, computed once per run if missing."""
+    if "variant" in df.columns or df.empty:
+        return df
+    variant = add_variant(df.drop_duplicates("run_id")).set_index("run_id")["variant"]
+    return df.assign(variant=df["run_id"].map(variant))
+
+
 # ------------------------------------------------------------------ figures
 
 def _legend(fig, handles, labels):
@@ -143,20 +174,21 @@ def _legend(fig, handles, labels):
                title="LoRA-FA init / baseline")
 
 
-def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, fig=None):
+@plt.rc_context(STYLE)
+def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, variant=None, fig=None):
     """Train loss, dev loss and the task's dev metric(s) against optimizer step, for one setting.
 
-    `df` is `load_runs` output; `model`/`rank`/`lr` pick the setting (needed only when `df` holds
-    several). Baselines (head/full) at the same lr are drawn too. One colour per series; lines are
+    `df` is `load_runs` output; `model`/`rank`/`lr`/`variant` (see `add_variant`) pick the setting
+    (needed only when `df` holds several). Baselines (head/full) at the same lr are drawn too. One colour per series; lines are
     means over seeds with a shaded 95% t-interval. Returns the figure (drawn into `fig` if given).
     """
     task = get_task(task)
-    runs = _select(df, task, model=model, rank=rank, lr=lr)
+    runs = _select(_with_variant(df), task, model=model, rank=rank, lr=lr, variant=variant)
     adapters = runs[runs["method"].isin(ADAPTER_METHODS)]
-    settings = adapters[["model", "rank", "lr"]].drop_duplicates() if len(adapters) else \
-        runs[["model", "lr"]].drop_duplicates()
+    settings = adapters[["model", "rank", "lr", "variant"]].drop_duplicates() if len(adapters) else \
+        runs[["model", "lr", "variant"]].drop_duplicates()
     if len(settings) != 1:
-        raise ValueError(f"{task.name}: {len(settings)} settings match (model/rank/lr); pick one of\n"
+        raise ValueError(f"{task.name}: {len(settings)} settings match (model/rank/lr/variant); pick one of\n"
                          f"{settings.to_string(index=False)}")
     metrics = task_metrics(task, runs.columns)
     panels = [("train_loss", "train loss"), ("dev_loss", "dev loss")] + \
@@ -183,29 +215,31 @@ def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, fi
     where = model_short_name(s["model"]) + (f" · rank {s['rank']} · " if "rank" in s else " · ")
     seeds = "single seed (n=1), no band" if max(ns) == 1 else \
         f"mean over {_n_text(ns)} seeds, band = 95% CI"
-    fig.suptitle(f"{task.folder} (GLUE dev split) · {where}lr {_fmt_lr(s['lr'])}\n{seeds}")
+    variant = f" · {s['variant']}" if s["variant"] else ""
+    fig.suptitle(f"{task.folder} (GLUE dev split) · {where}lr {_fmt_lr(s['lr'])}{variant}\n{seeds}")
     handles, labels = axes[0].get_legend_handles_labels()
     _legend(fig, handles, labels)
     return fig
 
 
+@plt.rc_context(STYLE)
 def summary_figure(summaries: pd.DataFrame, which: str = "final"):
     """Dev main metric (`which`: "final" or "best") against learning rate, one panel per
     task/model/rank; points are seed means with 95% t-interval error bars. Returns the figure."""
-    summaries = summaries.copy()
+    summaries = _with_variant(summaries).copy()
     summaries["_key"] = list(zip(summaries["method"], summaries["init"]))
     adapters = summaries[summaries["method"].isin(ADAPTER_METHODS)]
-    panels = sorted(adapters.groupby(["task", "model", "rank"]).groups)
-    panels += sorted((t, m, None) for t, m in summaries.groupby(["task", "model"]).groups
-                     if (t, m) not in {p[:2] for p in panels})  # tasks with baselines only
+    panels = sorted(adapters.groupby(["task", "model", "variant", "rank"]).groups)
+    panels += sorted((t, m, v, None) for t, m, v in summaries.groupby(["task", "model", "variant"]).groups
+                     if (t, m, v) not in {p[:3] for p in panels})  # baselines only
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig = plt.figure(figsize=(5.2 * ncols, 4.2 * nrows + 0.6), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     legend, ns = {}, []
-    for ax, (task, model, rank) in zip(axes, panels):
+    for ax, (task, model, variant, rank) in zip(axes, panels):
         metric = get_task(task).main_metric
-        sub = _select(summaries, task, model=model, rank=rank)
+        sub = _select(summaries, task, model=model, rank=rank, variant=variant)
         keys = sorted(sub["_key"].unique(), key=_series_order)
         for i, key in enumerate(keys):
             style = series_style(*key)
@@ -223,7 +257,8 @@ def summary_figure(summaries: pd.DataFrame, which: str = "final"):
         ax.set_xlim(10 ** (lo - pad), 10 ** (hi + pad))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel="learning rate (log scale)", ylabel=f"dev {metric_label(metric)} ({which})",
-               title=f"{get_task(task).folder} · {model_short_name(model)}" + (f" · rank {rank}" if rank is not None else ""))
+               title=" · ".join([get_task(task).folder, model_short_name(model)]
+                                + ([f"rank {rank}"] if rank is not None else []) + ([variant] if variant else [])))
         ax.grid(alpha=0.3)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
@@ -238,22 +273,22 @@ def summary_figure(summaries: pd.DataFrame, which: str = "final"):
 def summary_table(summaries: pd.DataFrame, metrics: str = "main") -> pd.DataFrame:
     """Per task/model/method/init/rank/lr: n seeds, mean and std (ddof=1) of the final and best
     dev metric. `metrics="main"` keeps each task's main metric, `"all"` every dev metric."""
-    rows = []
-    for task, by_task in summaries.groupby("task"):
+    rows, keys = [], ["model", "method", "init", "rank", "lr", "variant"]
+    for task, by_task in _with_variant(summaries).groupby("task"):
         names = task_metrics(task, [c.removeprefix("final_") for c in by_task.columns])
         by_task = by_task.assign(rank=by_task["rank"].where(by_task["method"].isin(ADAPTER_METHODS)))
         for name in names[:1] if metrics == "main" else names:
-            for key, g in by_task.groupby(["model", "method", "init", "rank", "lr"], dropna=False):
+            for key, g in by_task.groupby(keys, dropna=False):
                 final, best = t_interval(g[f"final_{name}"]), t_interval(g.get(f"best_{name}", []))
-                rows.append(dict(zip(["model", "method", "init", "rank", "lr"], key), task=task,
+                rows.append(dict(zip(keys, key), task=task,
                                  metric=name, n=final[2], final_mean=final[0], final_std=final[1],
                                  best_mean=best[0], best_std=best[1]))
-    cols = ["task", "model", "method", "init", "rank", "lr", "metric", "n",
-            "final_mean", "final_std", "best_mean", "best_std"]
+    cols = ["task", *keys, "metric", "n", "final_mean", "final_std", "best_mean", "best_std"]
     table = pd.DataFrame(rows, columns=cols)
     order = table.apply(lambda r: _series_order((r["method"], r["init"])), axis=1)
-    table = table.assign(_o=order).sort_values(["task", "model", "metric", "rank", "lr", "_o"])
-    return table.drop(columns="_o").reset_index(drop=True)
+    main = table["metric"] != [get_task(t).main_metric for t in table["task"]]  # main metric first
+    table = table.assign(_o=order, _m=main).sort_values(["task", "model", "variant", "_m", "rank", "lr", "_o"])
+    return table.drop(columns=["_o", "_m"]).reset_index(drop=True)
 
 
 def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
@@ -262,9 +297,12 @@ def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
         if pd.isna(mean):
             return "–"
         return f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
-    out = table[["task", "model", "method", "init", "rank", "lr", "metric", "n"]].copy()
+    extra = ["variant"] if table["variant"].astype(bool).any() else []
+    out = table[["task", "model", "method", "init", "rank", "lr", *extra, "metric", "n"]].copy()
     out["rank"] = [("–" if pd.isna(r) else str(int(r))) for r in out["rank"]]
     out["init"] = out["init"].where(out["method"].isin(ADAPTER_METHODS), "–")
+    if extra:
+        out["variant"] = out["variant"].replace("", "default")
     out["lr"] = [_fmt_lr(v) for v in out["lr"]]
     out["final (mean ± std)"] = [pm(m, s) for m, s in zip(table["final_mean"], table["final_std"])]
     out["best (mean ± std)"] = [pm(m, s) for m, s in zip(table["best_mean"], table["best_std"])]
@@ -280,46 +318,59 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 # ------------------------------------------------------------------ notebook and CLI entry points
 
-def _load(log_dir):
+def _load(log_dir, run_ids=None):
+    """(runs, summaries) of the finished runs in `log_dir` (only `run_ids` if given), with variants."""
     log_dir = Path(log_dir)
     runs = load_runs(log_dir) if log_dir.exists() else pd.DataFrame()
     if runs.empty:
         raise NoRunsError(f"no finished runs in {log_dir.resolve()} (looked for *.json run logs): "
                           f"run experiments first (the task notebooks or `python run_glue.py`)")
-    return runs, load_summaries(log_dir)
+    summaries = load_summaries(log_dir)
+    if run_ids is not None:
+        runs, summaries = runs[runs["run_id"].isin(run_ids)], summaries[summaries["run_id"].isin(run_ids)]
+    summaries = add_variant(summaries)
+    return runs.merge(summaries[["run_id", "variant"]], on="run_id"), summaries
 
 
-def _setting_name(task, model, rank, lr) -> str:
-    slug = model_short_name(model)
-    r = "" if rank is None or pd.isna(rank) else f"_r{int(rank)}"  # baselines have no rank
-    return f"{task}_{slug}{r}_lr{_fmt_lr(lr)}_history"
-
-
-def _settings(runs: pd.DataFrame):
-    """(task, model, rank, lr) of every history figure: adapter settings, else baseline-only ones."""
+def _settings(runs: pd.DataFrame) -> list[dict]:
+    """task/model/rank/lr/variant of every history figure; rank None for baseline-only settings."""
+    keys = ["task", "model", "rank", "lr", "variant"]
     adapters = runs[runs["method"].isin(ADAPTER_METHODS)]
-    found = set(adapters.groupby(list(SETTING)).groups)
-    covered = {(t, m, lr) for t, m, _, lr in found}
-    for t, m, lr in runs.groupby(["task", "model", "lr"]).groups:
-        if (t, m, lr) not in covered:
-            found.add((t, m, None, lr))
-    return sorted(found, key=lambda s: (s[0], str(s[1]), s[2] or 0, s[3]))
+    found = [dict(zip(keys, k)) for k in adapters.groupby(keys).groups]
+    covered = {(s["task"], s["model"], s["lr"], s["variant"]) for s in found}
+    for t, m, lr, v in runs.groupby(["task", "model", "lr", "variant"]).groups:
+        if (t, m, lr, v) not in covered:
+            found.append(dict(task=t, model=m, rank=None, lr=lr, variant=v))
+    return sorted(found, key=lambda s: (s["task"], str(s["model"]), s["variant"], s["rank"] or 0, s["lr"]))
 
 
-def show_task(log_dir, task, *, model=None, init=None, rank=None, lr=None) -> pd.DataFrame:
+def _file_name(task, model, rank, lr, variant) -> str:
+    """e.g. mrpc_minilm_r4_lr0.0001_history.png (+ _epochs=1 for a non-default variant)."""
+    r = "" if rank is None else f"_r{int(rank)}"  # baselines have no rank
+    v = "_" + re.sub(r"[^A-Za-z0-9.=-]+", "_", variant) if variant else ""
+    return f"{task}_{model_short_name(model)}{r}_lr{_fmt_lr(lr)}{v}_history.png"
+
+
+def grid_run_ids(config, grid: dict) -> set[str]:
+    """Run ids of the runs `utils.run_grid(config, grid)` does."""
+    from utils.grid import expand_grid  # lazy: pulls in the training stack
+    return {c.run_id for c in expand_grid(config, grid)}
+
+
+def show_task(log_dir, task, *, config=None, grid=None, **filters) -> pd.DataFrame:
     """Notebook view of one task: history figures per setting, the lr summary and the table.
 
-    The filters (a value or a list) restrict to the runs the notebook asked for; baselines with the
-    same model/lr are kept. Returns the formatted table of final/best dev metric per series.
+    With `config` and `grid` (as passed to `utils.run_grid`) exactly the runs of that grid are shown;
+    otherwise `filters` (model/init/rank/lr: a value or a list) select runs, baselines included.
+    Returns the formatted table of final/best dev metric per series.
     """
     from IPython.display import Markdown, display
-    runs, summaries = _load(log_dir)
-    runs = _select(runs, task, model=model, init=init, rank=rank, lr=lr)
-    summaries = _select(summaries, task, model=model, init=init, rank=rank, lr=lr)
+    runs, summaries = _load(log_dir, None if config is None else grid_run_ids(config, grid or {}))
+    runs, summaries = _select(runs, task, **filters), _select(summaries, task, **filters)
     if runs.empty:
-        raise NoRunsError(f"no finished {get_task(task).name} runs in {log_dir} match the filters")
-    for t, m, r, l in _settings(runs):
-        fig = plot_histories(runs, t, model=m, rank=r, lr=l)
+        raise NoRunsError(f"no finished {get_task(task).name} runs in {log_dir} match the selection")
+    for setting in _settings(runs):
+        fig = plot_histories(runs, **setting)
         display(fig)
         plt.close(fig)
     fig = summary_figure(summaries)
@@ -328,6 +379,16 @@ def show_task(log_dir, task, *, model=None, init=None, rank=None, lr=None) -> pd
     table = format_table(summary_table(summaries, metrics="all"))
     display(Markdown(to_markdown(table)))
     return table
+
+
+def show_files(paths) -> None:
+    """Display written PNGs and markdown files inline (notebooks)."""
+    from IPython.display import Image, Markdown, display
+    for p in map(Path, paths):
+        if p.suffix == ".png":
+            display(Markdown(f"`{p}`"), Image(filename=str(p)))
+        elif p.suffix == ".md":
+            display(Markdown(p.read_text()))
 
 
 def main(log_dir="logs", out_dir="imgs") -> list[Path]:
@@ -342,8 +403,8 @@ def main(log_dir="logs", out_dir="imgs") -> list[Path]:
         plt.close(fig)
         written.append(out / name)
 
-    for t, m, r, l in _settings(runs):
-        save(plot_histories(runs, t, model=m, rank=r, lr=l), _setting_name(t, m, r, l) + ".png")
+    for setting in _settings(runs):
+        save(plot_histories(runs, **setting), _file_name(**setting))
     for which in ("final", "best"):
         save(summary_figure(summaries, which), f"summary_{which}_metric.png")
     table = summary_table(summaries, metrics="all")
