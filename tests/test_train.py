@@ -24,7 +24,8 @@ from utils.grid import expand_grid, format_summary, parse_shard, select_shard, s
 from utils.logs import load_runs, load_summaries, read_log
 from utils.models import head_modules, load_model_and_tokenizer
 from utils.runlog import load_predictions, predictions_path
-from utils.train import TrainingDiverged, build_model, linear_schedule, run_experiment
+from utils.build import build_model, linear_schedule
+from utils.train import TrainingDiverged, run_experiment
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,8 @@ import pandas as pd
 
 from utils.config import RunConfig
 from utils.logs import load_summaries, summary_row
-from utils.train import process_state, run_experiment
+from utils.build import process_state
+from utils.train import run_experiment
 
 GROUP = ("task", "model", "method", "init", "rank", "lr")  # runs that differ only in seed
 
