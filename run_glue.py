@@ -5,7 +5,8 @@
     python run_glue.py --task rte --init random svd --seeds 0 1 2 --shard 0/4 --resume   # shard 0 of 4
     python run_glue.py summary --log-dir logs            # mean ± std over seeds of finished runs
     python run_glue.py plot --log-dir logs --out imgs    # figures (utils.plots)
-    torchrun --nproc_per_node 2 run_glue.py ...          # or: accelerate launch --num_processes 2 run_glue.py ...
+    torchrun --nproc_per_node 2 run_glue.py ...          # 2 processes (gloo on CPUs), or equally:
+    accelerate launch --multi_gpu --num_processes 2 run_glue.py ...
 
 Every RunConfig field is a flag (`max_steps` -> `--max-steps`). Flags that take several
 values define the grid: every combination runs (finished runs are skipped). Write `none`
@@ -43,7 +44,9 @@ def _converter(tp):
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_glue.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """One flag per RunConfig field (help: the field's comment), plus the grid flags."""
+    p = argparse.ArgumentParser(prog="run_glue.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     helps, hints = field_help(), typing.get_type_hints(RunConfig)
     for f in dataclasses.fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")

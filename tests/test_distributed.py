@@ -1,6 +1,7 @@
 """Two CPU processes (torchrun, gloo): same weights on both ranks, every dev row scored exactly once.
 
-`python -m torch.distributed.run` is torchrun; `accelerate launch --num_processes 2 --cpu` works too.
+`python -m torch.distributed.run` is torchrun; `accelerate launch --multi_gpu --num_processes 2` works
+too, also without GPUs (utils.build.process_state makes Accelerate use gloo on CPUs).
 """
 import os
 import subprocess

@@ -140,18 +140,23 @@ def latest_checkpoint(run_dir) -> Path | None:
 
 
 def load_checkpoint(folder, *, model, optimizer, scheduler, accelerator) -> dict:
-    """Restore parameters, optimizer, scheduler and this process's RNG; returns state.json."""
+    """Restore parameters, optimizer, scheduler and this process's RNG; returns state.json.
+
+    The batch position is per process, so the number of processes must be the one the
+    checkpoint was written with."""
     folder = Path(folder)
+    state = json.loads((folder / "state.json").read_text())
+    if state.get("processes", 1) != accelerator.num_processes:
+        raise ValueError(f"checkpoint {folder} was written by {state.get('processes', 1)} process(es); "
+                         f"resume it with as many (now {accelerator.num_processes}), or start afresh without resume")
     load_trainable(accelerator.unwrap_model(model), folder / "trainable.safetensors")
     opt = json.loads((folder / "optimizer.json").read_text())
     optimizer.load_state_dict(_join_optimizer(load_file(str(folder / "optimizer.safetensors")), opt["optimizer"]))
     scheduler.load_state_dict(opt["scheduler"])
     rank = accelerator.process_index
-    if not (folder / f"rng-{rank}.json").is_file():
-        raise ValueError(f"checkpoint {folder} was written by fewer processes; resume with as many as before")
     set_rng_state(load_file(str(folder / f"rng-{rank}.safetensors")),
                   json.loads((folder / f"rng-{rank}.json").read_text()))
-    return json.loads((folder / "state.json").read_text())
+    return state
 
 
 def delete_checkpoints(run_dir) -> None:

@@ -197,8 +197,8 @@ def _train(run: Run, pos: Position, progress: bool, on_eval) -> None:
                 sums[0], sums[1], sums[2] = sums[0] + task_loss + reg_loss, sums[1] + reg_loss, sums[2] + 1
             bar.update(1)
             if pos.step % cfg.log_every == 0 or pos.step == run.total:
-                loss_mean = pos.window[0] / pos.window[2]
-                run.log["train_loss"].append({"step": pos.step, "loss": loss_mean, "reg_loss": pos.window[1] / pos.window[2],
+                loss_mean, reg_mean = pos.window[0] / pos.window[2], pos.window[1] / pos.window[2]
+                run.log["train_loss"].append({"step": pos.step, "loss": loss_mean, "reg_loss": reg_mean,
                                               "lr": run.scheduler.get_last_lr()[0]})
                 bar.set_postfix(loss=f"{loss_mean:.4f}")
                 pos.window = [0.0, 0.0, 0]
@@ -234,7 +234,8 @@ def _evaluate_and_save(run: Run, pos: Position) -> None:
     if run.acc.is_main_process:
         runlog.save_predictions(runlog.predictions_path(run.cfg.log_path), pos.step, preds)
     state = {**dataclasses.asdict(pos), "elapsed": run.elapsed(pos), "run_id": run.cfg.run_id,
-             "history": run.log["history"], "train_loss": run.log["train_loss"]}
+             "processes": run.acc.num_processes, "history": run.log["history"],
+             "train_loss": run.log["train_loss"]}
     ckpt.save_checkpoint(run.cfg.ckpt_path, pos.step, model=run.model, optimizer=run.optimizer,
                          scheduler=run.scheduler, state=state, accelerator=run.acc)
 
