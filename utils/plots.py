@@ -27,7 +27,7 @@ import matplotlib
 if "ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND"):
     matplotlib.use("Agg")  # scripts and tests: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
@@ -204,13 +204,15 @@ def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, va
         ns.append(g["seed"].nunique())
         for ax, (col, _) in zip(axes, panels):
             c = seed_curve(g, col)
-            ax.plot(c["step"], c["mean"], color=style["color"], linestyle=style["linestyle"],
-                    label=f"{style['label']} (n={ns[-1]})", lw=1.8)
+            ax.plot(c["step"], c["mean"], color=style["color"], linestyle=style["linestyle"], lw=1.8,
+                    marker=style["marker"] if len(c) <= 30 else None, markersize=4,  # eval points
+                    label=f"{style['label']} (n={ns[-1]})")
             ax.fill_between(c["step"], c["lo"], c["hi"], color=style["color"], alpha=0.18, lw=0)
     for ax, (col, title) in zip(axes, panels):
         ax.set(title=title, xlabel="optimizer step",
                ylabel=loss if col.endswith("loss") else f"dev {metric_label(col)}")
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     s = settings.iloc[0]
     where = model_short_name(s["model"]) + (f" · rank {s['rank']} · " if "rank" in s else " · ")
     seeds = "single seed (n=1), no band" if max(ns) == 1 else \
