@@ -4,7 +4,6 @@ import zlib
 
 import matplotlib
 import numpy as np
-import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 from scipy import stats
