@@ -75,11 +75,18 @@ def machine_header(title: str) -> str:
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
         f"- software: Python {platform.python_version()}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, peft {peft_version}",
+        f"- thread settings: {thread_env()}",
         f"- load average at start (1, 5, 15 min): {load}",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}, commit {git_commit()}",
         f"- command: `{command_line()}`",
         "",
     ])
+
+
+def thread_env() -> str:
+    """The thread-count environment variables that are set (they also bind numpy/scipy's BLAS)."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    return ", ".join(f"{n}={os.environ[n]}" for n in names if n in os.environ) or "none set"
 
 
 def write_results(path: str | os.PathLike, text: str) -> Path:

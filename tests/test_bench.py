@@ -1,0 +1,125 @@
+"""Smoke tests of the benchmark scripts: each runs on a tiny model for a step or two in a
+subprocess and must write a markdown table with the expected rows and columns.
+Nothing here checks a timing.
+
+The subprocesses start together (module fixture) so their imports overlap.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STEP_ROWS = ["floor", "head", "full", "peft-lora", "peft-lora-fa", "peft-lorafa-opt", "ours-lora",
+             "ours-lora-fa-plain", "ours-lora-fa"]
+INIT_ROWS = ["ours random", "ours svd (lanczos)", "ours svd (full)", "ours svd (randomized)", "ours pissa (auto)",
+             "ours milora (full)", "PEFT default", "PEFT pissa", "PEFT pissa_niter_4"]
+
+
+def table_rows(text: str, header_start: str) -> tuple[list[str], list[list[str]]]:
+    """Columns and rows of the first markdown table whose header begins with `header_start`."""
+    lines = text.splitlines()
+    i = next(k for k, ln in enumerate(lines) if ln.startswith("| " + header_start))
+    columns = [c.strip() for c in lines[i].strip("|").split("|")]
+    rows = []
+    for ln in lines[i + 2:]:
+        if not ln.startswith("|"):
+            break
+        rows.append([c.strip() for c in ln.strip("|").split("|")])
+    return columns, rows
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Start every script at once; {name: (CompletedProcess-like, out folder)} once all finished."""
+    from tests.runner_helpers import write_glue
+    from tests.tiny import tiny_model_dir
+
+    out = tmp_path_factory.mktemp("bench")
+    model_dir, glue_dir = tiny_model_dir(out / "tiny-bert", "bert"), write_glue(out / "glue")
+    py = sys.executable
+    commands = {
+        "step": [py, "bench/step.py", "--model", "tiny", "--all", "--steps", "2", "--warmup", "1",
+                 "--batch", "4", "--seq", "16", "--no-rss", "--threads", "1", "--out", str(out / "step")],
+        "step-rss": [py, "bench/step.py", "--model", "tiny", "--only", "ours-lora-fa", "--rss",
+                     "--batch", "4", "--seq", "16", "--threads", "1"],
+        "epoch": [py, "bench/epoch.py", "--model", str(model_dir), "--data-dir", str(glue_dir), "--max-steps", "2",
+                  "--batch", "4", "--max-length", "32", "--dtypes", "bf16", "--threads", "1", "--out", str(out / "epoch")],
+        "init": [py, "bench/init.py", "--model", "tiny", "--repeats", "1", "--threads", "1", "--out", str(out / "init")],
+    }
+    env = {**os.environ, "LORA_FA_CACHE": str(out / "cache")}  # tokenised data stays in the tmp folder
+    procs = {k: subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k, c in commands.items()}
+    results = {}
+    for k, p in procs.items():
+        stdout, stderr = p.communicate(timeout=600)
+        results[k] = (p.returncode, stdout, stderr)
+    return results, out
+
+
+def check_ok(result):
+    rc, stdout, stderr = result
+    assert rc == 0, stderr[-3000:]
+    return stdout
+
+
+def test_step_table(runs):
+    results, out = runs
+    stdout = check_ok(results["step"])
+    text = (out / "step" / "step_tiny.md").read_text()
+    assert text.strip() == stdout.strip()
+    assert "- command: `python" in text and "bench/step.py --model tiny" in text
+    assert "- machine: " in text and "torch 2" in text
+    sections = [ln for ln in text.splitlines() if ln.startswith("## ")]
+    assert len(sections) == 4  # fp32/bf16 x attention/all-linear
+    assert {s.split(", ")[1] for s in sections} == {"fp32", "bf16"}
+    columns, rows = table_rows(text, "variant")
+    assert columns == ["variant", "trains", "trainable params", "step ms (median)", "IQR ms", "x peft-lora-fa",
+                       "x floor", "CPU ms (median)", "CPU x peft-lora-fa", "CPU x floor", "saved MiB (all)",
+                       "saved MiB (activations)", "peak RSS MiB", "RSS rise in steps MiB"]
+    assert [r[0] for r in rows] == STEP_ROWS
+    by = {r[0]: r for r in rows}
+    assert by["floor"][2] == "0" and by["peft-lora-fa"][5] == "1"
+    assert by["ours-lora-fa"][2] == by["peft-lora-fa"][2]  # same trainable parameters
+    assert by["ours-lora"][2] == by["peft-lora"][2]
+    assert float(by["ours-lora-fa"][11]) < float(by["ours-lora-fa-plain"][11])  # the fast path saves less
+    assert text.count("(target <= 1.0)") == 4 and text.count("(target <= 1.1)") == 4 and "LoRA-FA / LoRA saved bytes" in text
+
+
+def test_step_rss_child(runs):
+    results, _ = runs
+    stdout = check_ok(results["step-rss"])
+    report = json.loads([ln for ln in stdout.splitlines() if ln.startswith("{")][-1])
+    assert report["variant"] == "ours-lora-fa"
+    assert report["peak_rss_mib"] > 50 and report["step_peak_above_start_mib"] >= 0 and report["ru_maxrss_mib"] > 0
+
+
+def test_init_table(runs):
+    results, out = runs
+    check_ok(results["init"])
+    text = (out / "init" / "init.md").read_text()
+    columns, rows = table_rows(text, "model")
+    assert columns == ["model", "init", "layers", "seconds (median)", "x PEFT pissa", "max rel. error"]
+    assert [r[1] for r in rows] == INIT_ROWS
+    by = {r[1]: r for r in rows}
+    assert by["ours random"][5] == "n/a" and by["PEFT pissa"][4] == "1"
+    assert float(by["ours svd (full)"][5]) < 1e-5 and float(by["PEFT pissa"][5]) < 1e-4
+    assert "(target <= 0.5 x at <= 1e-4)" in text
+
+
+def test_epoch_table(runs):
+    results, out = runs
+    check_ok(results["epoch"])
+    text = (out / "epoch" / "epoch.md").read_text()
+    columns, rows = table_rows(text, "runner")
+    assert columns == ["runner", "dtype", "steps", "trainable params", "train+eval s", "x Trainer", "process s",
+                       "peak RSS MiB", "dev accuracy", "dev F1"]
+    assert [r[0] for r in rows] == ["ours (run_experiment, LoRA-FA)", "Trainer + PEFT (lora)"]
+    assert all(r[1] == "bf16" and r[2] == "2" for r in rows)
+    assert all(0 <= float(r[8]) <= 1 for r in rows)
+    assert "(target <= 1.0 x at equal or better F1)" in text and "failed" not in text
