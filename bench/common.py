@@ -208,7 +208,10 @@ def saved_tensor_bytes(fn, exclude: set[int] = frozenset()):
         k = storage_key(t)
         if k is not None:
             seen[k[0]] = max(seen.get(k[0], 0), k[1])
-        return t
+        # detach(): a saved *output* handed back as is would hold its own grad_fn, a reference
+        # cycle between the graph and the tensor that Python's GC cannot see (the whole graph
+        # and its activations leak). The detached tensor shares the storage, so backward still works.
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         result = fn()
