@@ -4,6 +4,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
+import torch
+
 from tests.tiny import CORPUS
 
 REAL_GLUE = Path(__file__).parents[1] / ".." / "shared" / "glue"
@@ -49,3 +52,20 @@ def tiny_config(tmp_path, model_dir, data_dir, **overrides):
                     eval_every=4, log_every=2, rank=2, init="random", seed=0)
     settings.update(overrides)
     return RunConfig(**settings)
+
+
+@pytest.fixture(autouse=True)
+def runner_env(tmp_path_factory, monkeypatch):
+    """Tokenised data cached in a per-session folder; one thread (tiny models run faster so).
+    Autouse in every test module that imports it."""
+    monkeypatch.setenv("LORA_FA_CACHE", str(tmp_path_factory.getbasetemp() / "lora_fa_cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory):
+    """Tiny GLUE-format files for every task (write_glue)."""
+    return write_glue(tmp_path_factory.mktemp("glue"))

@@ -7,23 +7,11 @@ import pytest
 import torch
 
 import run_glue
-from tests.runner_helpers import write_glue
+from tests.runner_helpers import glue_dir, runner_env, write_glue  # noqa: F401 (fixtures)
 from utils.config import RunConfig, field_help
 from utils.logs import load_summaries
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("LORA_FA_CACHE", str(tmp_path_factory.getbasetemp() / "lora_fa_cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def glue_dir(tmp_path_factory):
-    return write_glue(tmp_path_factory.mktemp("glue"))
 
 
 def _args(tmp_path, tiny_models, glue_dir, *extra):

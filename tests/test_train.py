@@ -14,7 +14,7 @@ from safetensors import safe_open
 from sklearn.metrics import accuracy_score, f1_score
 
 import lora
-from tests.runner_helpers import REAL_GLUE, tiny_config, write_glue
+from tests.runner_helpers import REAL_GLUE, glue_dir, runner_env, tiny_config, write_glue  # noqa: F401 (fixtures)
 from utils import checkpoint as ckpt
 from utils.config import RunConfig
 from utils.data import EpochSampler, tokenize_glue, train_loader
@@ -28,19 +28,6 @@ from utils.build import build_model, linear_schedule
 from utils.train import TrainingDiverged, run_experiment
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path_factory, monkeypatch):
-    """Tokenised data cached in a per-session folder; one thread (tiny models run faster so)."""
-    monkeypatch.setenv("LORA_FA_CACHE", str(tmp_path_factory.getbasetemp() / "lora_fa_cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def glue_dir(tmp_path_factory):
-    return write_glue(tmp_path_factory.mktemp("glue"))
 
 
 class Stop(Exception):
