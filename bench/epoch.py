@@ -18,7 +18,7 @@ trained, and the same seed (the data order differs: each side has its own sample
            save_strategy "no", then trainer.evaluate().
 
 Every run is a fresh subprocess of this script (`--worker ours|trainer --dtype ...`), so its
-peak RSS (ru_maxrss) is its own; runs alternate ours/trainer. Time = training + dev
+peak RSS (VmHWM) is its own; runs alternate ours/trainer. Time = training + dev
 evaluation (the timers of our runner, the calls to train() and evaluate() for the Trainer);
 the process wall time (imports, model load, our checkpoint writes) is listed too.
 """
@@ -123,7 +123,8 @@ def run_worker(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
         fn = worker_ours if args.worker == "ours" else worker_trainer
         out = fn(args, Path(tmp))
-    out.update(runner=args.worker, dtype=args.dtype, peak_rss_mib=common.peak_rss_mib())
+    # VmHWM: this process's own peak (ru_maxrss would also count the parent's, inherited at exec)
+    out.update(runner=args.worker, dtype=args.dtype, peak_rss_mib=common.peak_rss_mib(since_reset=True))
     return out
 
 
@@ -186,7 +187,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=1, help="runs per (runner, dtype), alternating")
     p.add_argument("--peft-method", choices=["lora", "lora-fa"], default="lora")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in the workers (0: default)")
-    p.add_argument("--out", default=str(common.RESULTS), help="folder for epoch.md")
+    p.add_argument("--out", default=str(common.RESULTS), help="folder for epoch_<dtypes>.md")
     p.add_argument("--worker", choices=["ours", "trainer"], help=argparse.SUPPRESS)
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -216,7 +217,7 @@ def main(argv=None):
                 f"lr {args.lr:g}, linear schedule with {WARMUP:.0%} warm-up, seed {args.seed}, "
                 + (f"{args.max_steps} steps" if args.max_steps else "one epoch") + ", data " + args.data_dir)
     text = "\n".join([header, settings, "", table(args, reports)])
-    path = common.write_results(Path(args.out) / "epoch.md", text)
+    path = common.write_results(Path(args.out) / f"epoch_{'_'.join(args.dtypes)}.md", text)
     print(text)
     print(f"written to {path}", file=sys.stderr)
 

@@ -115,7 +115,7 @@ def test_init_table(runs):
 def test_epoch_table(runs):
     results, out = runs
     check_ok(results["epoch"])
-    text = (out / "epoch" / "epoch.md").read_text()
+    text = (out / "epoch" / "epoch_bf16.md").read_text()
     columns, rows = table_rows(text, "runner")
     assert columns == ["runner", "dtype", "steps", "trainable params", "train+eval s", "x Trainer", "process s",
                        "peak RSS MiB", "dev accuracy", "dev F1"]

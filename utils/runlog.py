@@ -59,7 +59,8 @@ def new_log(cfg, extra_config: dict, env: dict) -> dict:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB). In a grid run in
+    one process this is the maximum over the runs so far, not the current run's own peak."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
