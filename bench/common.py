@@ -268,3 +268,12 @@ def peak_rss_mib(since_reset: bool = False) -> float:
         if kib is not None:
             return kib / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def split_variants(parser, text, choices):
+    """The comma-separated `--variants` value as a list; an unknown name is a parser error."""
+    variants = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = set(variants) - set(choices)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(choices)}")
+    return variants

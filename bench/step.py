@@ -288,10 +288,7 @@ def parse_args(argv=None):
     p.add_argument("--rss", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default=str(common.RESULTS), help="folder for step_<model>.md")
     args = p.parse_args(argv)
-    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = set(args.variants) - set(VARIANTS)
-    if unknown:
-        p.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    args.variants = common.split_variants(p, args.variants, VARIANTS)
     return args
 
 
