@@ -214,6 +214,7 @@ def test_run_id():
     a = RunConfig(task="MRPC", model="/some/where/my-model/", init="svd", lr=4e-4, seed=3)
     assert a.run_id.startswith("mrpc_my-model_lora-fa_svd_r4_lr0.0004_s3_") and a.run_id == a.run_id
     assert dataclasses.replace(a, log_dir="x", data_dir="y", resume=True, eval_batch_size=7).run_id == a.run_id
+    assert dataclasses.replace(a, alpha=8, reg_lambda=0).run_id == dataclasses.replace(a, alpha=8.0).run_id
     for change in (dict(batch_size=8), dict(reg_lambda=0.1), dict(model="/elsewhere/my-model"), dict(bf16=True)):
         assert dataclasses.replace(a, **change).run_id != a.run_id
     head = RunConfig(method="head")

@@ -29,6 +29,7 @@ SVD_METHODS = ("auto", "lanczos", "full", "randomized")
 NAME_FIELDS = ("task", "model", "method", "init", "rank", "lr", "seed")  # spelled out in run_id
 UNHASHED_FIELDS = ("data_dir", "log_dir", "ckpt_dir", "resume", "overwrite", "keep_checkpoint",
                    "eval_batch_size", "log_every")  # never change what a run computes
+FLOAT_FIELDS = ("alpha", "lora_dropout", "lr", "weight_decay", "warmup_ratio", "clip_norm", "reg_lambda")
 
 
 @dataclass
@@ -75,9 +76,11 @@ class RunConfig:
 
     # ------------------------------------------------------------------ derived
     def canonical(self) -> RunConfig:
-        """Validated copy with the task name normalised and, for head/full, init "none", rank 0."""
+        """Validated copy with the task name normalised, float fields as floats (alpha=8 and
+        alpha=8.0 are one run) and, for head/full, init "none", rank 0."""
         self.validate()
-        cfg = dataclasses.replace(self, task=get_task(self.task).name)
+        floats = {k: float(getattr(self, k)) for k in FLOAT_FIELDS if getattr(self, k) is not None}
+        cfg = dataclasses.replace(self, task=get_task(self.task).name, **floats)
         if cfg.method not in ADAPTER_METHODS:
             cfg = dataclasses.replace(cfg, init="none", rank=0, alpha=None, targets=None,
                                       lora_dropout=0.0, svd_method="auto")
