@@ -24,7 +24,7 @@ from utils.grid import expand_grid, format_summary, parse_shard, select_shard, s
 from utils.logs import load_runs, load_summaries, read_log
 from utils.models import head_modules, load_model_and_tokenizer
 from utils.runlog import load_predictions, predictions_path
-from utils.build import build_model, linear_schedule
+from utils.build import build_model, linear_schedule, make_optimizer
 from utils.train import TrainingDiverged, run_experiment
 
 
@@ -189,6 +189,25 @@ def test_methods_and_tasks(tmp_path, tiny_models, glue_dir, method, arch, task):
     assert log["summary"]["trainable_params"] == expected == info["trainable_params"]
     assert log["config"]["init"] == ("random" if method == "lora" else "none")
     assert set(log["summary"]["final"]) == set(get_task(task).metrics) | {"dev_loss"}
+
+
+def test_weight_decay_spares_adapters_biases_and_norms(tmp_path, tiny_models, glue_dir):
+    """With zero gradients one AdamW step only applies decoupled decay: p <- p (1 - lr wd).
+    The pissa B (nonzero init) must not move; a head weight must shrink by exactly that factor."""
+    cfg = tiny_config(tmp_path, tiny_models["bert"], glue_dir, method="lora-fa", init="pissa", weight_decay=0.5)
+    model, _, _ = build_model(cfg.canonical(), 2)
+    opt = make_optimizer(model, cfg)
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in named.items()}
+    for p in named.values():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    decayed = {n for n in named if not torch.equal(named[n], before[n])}
+    assert decayed == {n for n in named if n.endswith("weight") and "lora" not in n and "LayerNorm" not in n}
+    assert decayed  # the classifier weights
+    for n in decayed:
+        torch.testing.assert_close(named[n], before[n] * (1 - cfg.lr * 0.5), rtol=0, atol=1e-7)
+    assert any("lora_B" in n and before[n].abs().sum() > 0 for n in named)  # pissa B0 != 0 was kept
 
 
 # ---------------------------------------------------------------- config validation

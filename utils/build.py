@@ -52,13 +52,17 @@ def build_model(cfg: RunConfig, num_labels: int):
 
 
 def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; no weight decay on biases and normalisation weights."""
-    norm = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) or "Norm" in type(m).__name__
+    """AdamW over the trainable parameters. No weight decay on biases, normalisation weights and
+    adapter factors: AdamW's decay pulls a parameter toward 0, which for an adapter B with a nonzero
+    init B0 (`pissa`, `milora`) is not "toward the pretrained model"; leaving the adapters
+    undecayed treats every init alike (the decay would be < 1 % over a whole run anyway)."""
+    undecayed = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) or "Norm" in type(m).__name__
             for p in m.parameters(recurse=False)}
+    undecayed |= {id(p) for p in lora.get_lora_params(model)}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if name.endswith("bias") or id(p) in norm else decay).append(p)
+            (no_decay if name.endswith("bias") or id(p) in undecayed else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
 

@@ -50,7 +50,7 @@ class RunConfig:
     train_biases: bool = False  # also train every bias (BitFit-style)
     # -- optimisation
     lr: float = 1e-3  # peak learning rate (AdamW)
-    weight_decay: float = 0.01  # AdamW weight decay (biases and LayerNorm weights get none)
+    weight_decay: float = 0.01  # AdamW weight decay (biases, LayerNorm weights and adapter factors get none)
     warmup_ratio: float = 0.06  # fraction of the steps with linear warm-up; then linear decay to 0
     epochs: int = 3  # passes over the training set
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
