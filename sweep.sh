@@ -3,6 +3,9 @@
 # LoRA-FA?). Resumable: finished runs are skipped, interrupted ones continue from their last
 # checkpoint (--resume). Run it in the background and commit logs/ as cells finish:
 #     GLUE_DIR=../shared/glue WORKERS=2 nohup bash sweep.sh > sweep.out 2>&1 &
+# (To keep editing the code while it runs, run it from a worktree of a fixed commit:
+#     git worktree add ../sweep HEAD && cd ../sweep && \
+#     GLUE_DIR=$PWD/../shared/glue LOG_DIR=$OLDPWD/logs WORKERS=2 nohup bash sweep.sh > sweep.out 2>&1 &)
 # WORKERS=n runs n processes of one thread each; worker k takes runs k, k+n, k+2n, ... of the
 # list below (2 one-thread workers do 1.36x the runs per hour of one two-thread process on the
 # 2-core CPU this was sized for). Results do not depend on the thread count.
@@ -20,7 +23,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 : "${GLUE_DIR:=../shared/glue}"; export GLUE_DIR
 : "${WORKERS:=1}"
-common=(--model minilm --rank 4 --epochs 3 --batch-size 32 --max-length 128 --no-bf16 --resume --no-progress)
+: "${LOG_DIR:=logs}"   # e.g. an absolute path when the sweep runs from a separate git worktree
+common=(--model minilm --rank 4 --epochs 3 --batch-size 32 --max-length 128 --no-bf16 --resume --no-progress
+        --log-dir "$LOG_DIR")
 
 runs() {  # one line per run: task method init lr seed
   for task in mrpc rte cola; do
