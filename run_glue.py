@@ -4,7 +4,7 @@
     python run_glue.py --task mrpc --model minilm --init random svd --rank 4 --lr 1e-4 4e-4 --seeds 0 1 2
     python run_glue.py --task rte --init random svd --seeds 0 1 2 --shard 0/4 --resume   # shard 0 of 4
     python run_glue.py summary --log-dir logs            # mean ± std over seeds of finished runs
-    python run_glue.py plot --log-dir logs --out imgs    # figures (utils.plots)
+    python run_glue.py plot --log-dir logs --out imgs    # figures + summary/results tables (utils.plots, utils.stats)
     torchrun --nproc_per_node 2 run_glue.py ...          # 2 processes (gloo on CPUs), or equally:
     accelerate launch --multi_gpu --num_processes 2 run_glue.py ...
 

@@ -176,6 +176,44 @@ def test_fast_path_equals_plain_parametrization(init, freeze_a):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
+def test_lowrank_add_fa_matches_autograd_and_gradcheck():
+    """The fused LoRA-FA term against the same math as plain autograd ops (float64), and
+    torch.autograd.gradcheck of its hand-written backward (A is frozen: no gradient)."""
+    from lora.layers import LowRankAddFA
+
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(2, 3, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    x = torch.randn(2, 3, 7, dtype=torch.float64, generator=gen, requires_grad=True)
+    A = torch.randn(2, 7, dtype=torch.float64, generator=gen)  # (r, in), frozen
+    D = torch.randn(5, 2, dtype=torch.float64, generator=gen, requires_grad=True)  # (out, r)
+    G = torch.randn(2, 3, 5, dtype=torch.float64, generator=gen)
+    y = LowRankAddFA.apply(out, x, A, D, 0.75)
+    ref = out + 0.75 * (x @ A.T) @ D.T
+    torch.testing.assert_close(y, ref, atol=1e-12, rtol=0)
+    grads = torch.autograd.grad((y * G).sum(), (out, x, D))
+    refs = torch.autograd.grad((ref * G).sum(), (out, x, D))
+    for a, b in zip(grads, refs):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(lambda o, x_, d: LowRankAddFA.apply(o, x_, A, d, 0.75), (out, x, D))
+
+
+def test_lowrank_add_fa_bf16_autocast_keeps_dtypes():
+    from lora.layers import LowRankAddFA
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 8, generator=gen, requires_grad=True)  # float32 input, as after a LayerNorm
+    A, D = torch.randn(2, 8, generator=gen), torch.randn(6, 2, generator=gen).requires_grad_()
+    W = torch.randn(6, 8, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = F.linear(x, W)  # bfloat16
+        y = LowRankAddFA.apply(out, x, A, D, 2.0)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad.dtype == D.grad.dtype == torch.float32
+    ref = torch.ones(4, 6) @ (W + 2.0 * D.detach() @ A)  # dL/dx for L = sum(y), in float32
+    torch.testing.assert_close(x.grad, ref, atol=0.05 * ref.abs().max().item(), rtol=0)
+
+
 def test_fast_path_float32_bert():
     model = tiny_model()
     lora.add_lora(model, rank=4, init="pissa", targets=ENCODER)

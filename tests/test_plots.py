@@ -59,7 +59,7 @@ def test_main_writes_expected_files(log_dir, tmp_path):
     assert names == sorted([
         "mrpc_minilm_r4_lr0.0001_history.png", "mrpc_minilm_r4_lr0.001_history.png",
         "rte_minilm_r4_lr0.0001_history.png", "summary_final_metric.png", "summary_best_metric.png",
-        "summary.md", "summary.csv"])
+        "summary.md", "summary.csv", "results.md"])
     assert sorted(p.name for p in written) == names
     md = (out / "summary.md").read_text()
     assert "| mrpc | minilm | lora-fa | svd | 4 | 0.0001 | f1 | 3 |" in md

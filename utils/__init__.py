@@ -10,7 +10,7 @@ Submodules: `utils.config` (RunConfig, run ids), `utils.glue` (tasks, loading, m
 `utils.data` (tokenising, cache, loaders), `utils.models` (model loading, targets),
 `utils.train` (the run loop), `utils.evaluate` (dev evaluation), `utils.checkpoint`
 (resume), `utils.grid` (grids, summaries), `utils.logs` / `utils.runlog` (JSON run logs),
-`utils.plots` (figures).
+`utils.plots` (figures), `utils.stats` (tables, paired tests, the Results report).
 """
 import importlib
 

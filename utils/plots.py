@@ -14,7 +14,6 @@ is measured on the GLUE dev split.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import re
@@ -30,11 +29,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
 
-from utils.config import NAME_FIELDS, UNHASHED_FIELDS, RunConfig, model_short_name  # noqa: E402
+from utils.config import model_short_name  # noqa: E402
 from utils.glue import get_task  # noqa: E402
 from utils.logs import load_runs, load_summaries  # noqa: E402
+from utils.stats import (  # noqa: E402
+    ADAPTER_METHODS, add_variant, fmt_lr, format_table, report, series_order, summary_table, t_interval,
+    task_metrics, to_markdown, with_variant,
+)
 
 # Okabe & Ito (2008) colour-blind-safe palette; yellow is left out (invisible on white).
 OKABE_ITO = {"orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73", "blue": "#0072B2",
@@ -44,7 +46,6 @@ INIT_COLORS = {"random": OKABE_ITO["orange"], "svd": OKABE_ITO["blue"], "pissa":
 BASELINE_COLORS = {"head": OKABE_ITO["grey"], "full": OKABE_ITO["black"]}
 INIT_MARKERS = {"random": "o", "svd": "s", "pissa": "^", "milora": "D", "seed": "v"}
 METHOD_LINES = {"lora-fa": "-", "lora": "--", "head": ":", "full": "-."}
-ADAPTER_METHODS = ("lora-fa", "lora")  # methods with a rank; head/full baselines have none
 METRIC_LABELS = {"mcc": "MCC", "f1": "F1", "accuracy": "accuracy", "pearson": "Pearson r",
                  "spearman": "Spearman ρ"}
 STYLE = {"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 10}  # applied per figure only
@@ -69,26 +70,6 @@ def series_style(method: str, init: str | None) -> dict:
                 marker=INIT_MARKERS.get(init, "o"))
 
 
-def _series_order(key):
-    method, init = key
-    inits = list(INIT_COLORS)
-    methods = list(METHOD_LINES)
-    return (methods.index(method) if method in methods else 9,
-            inits.index(init) if init in inits else 9, str(init))
-
-
-def t_interval(values) -> tuple[float, float, int, float]:
-    """(mean, std with ddof=1, n, half-width of the 95% t-interval); NaNs dropped, NaN if n < 2."""
-    v = np.asarray(pd.Series(values, dtype=float).dropna())
-    n = len(v)
-    if n == 0:
-        return math.nan, math.nan, 0, math.nan
-    if n == 1:
-        return float(v[0]), math.nan, 1, math.nan
-    std = float(v.std(ddof=1))
-    return float(v.mean()), std, n, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
-
-
 def seed_curve(runs: pd.DataFrame, column: str) -> pd.DataFrame:
     """Mean, std, n and 95% CI bounds of `column` over seeds at each step (columns lo/hi)."""
     rows = [(step, *t_interval(g[column])) for step, g in runs.groupby("step")]
@@ -99,13 +80,6 @@ def seed_curve(runs: pd.DataFrame, column: str) -> pd.DataFrame:
 
 def metric_label(name: str) -> str:
     return METRIC_LABELS.get(name, name)
-
-
-def task_metrics(task, columns) -> list[str]:
-    """The task's dev metrics present in `columns`, main metric first."""
-    t = get_task(task)
-    names = [t.main_metric] + [m for m in t.metrics if m != t.main_metric]
-    return [m for m in names if m in columns]
 
 
 def _select(df: pd.DataFrame, task=None, **filters) -> pd.DataFrame:
@@ -126,43 +100,9 @@ def _select(df: pd.DataFrame, task=None, **filters) -> pd.DataFrame:
     return df[keep]
 
 
-def _fmt_lr(lr) -> str:
-    return f"{float(lr):g}"
-
-
 def _n_text(ns) -> str:
     ns = sorted(set(int(n) for n in ns))
     return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
-
-
-def add_variant(df: pd.DataFrame) -> pd.DataFrame:
-    """Copy of `df` with a "variant" column: the result-changing settings (RunConfig fields beyond
-    task/model/method/init/rank/lr/seed, e.g. epochs, batch_size) where a run differs from its
-    task's most common value, as "epochs=1, max_steps=4"; "" for the common configuration.
-    Runs of different variants are never averaged together."""
-    df = df.copy()
-    fields = [f.name for f in dataclasses.fields(RunConfig)
-              if f.name not in NAME_FIELDS + UNHASHED_FIELDS and f.name in df.columns]
-    adapter_only = {"alpha", "targets", "lora_dropout", "svd_method", "reg_lambda"}
-    parts = pd.Series([[] for _ in range(len(df))], index=df.index)
-    for _, g in df.groupby("task"):
-        for f in fields:
-            rows = g[g["method"].isin(ADAPTER_METHODS)] if f in adapter_only else g
-            values = rows[f].astype(str)
-            if values.nunique() > 1:
-                odd = values[values != values.value_counts().index[0]]
-                for i, v in odd.items():
-                    parts[i].append(f"{f}={v}")
-    df["variant"] = parts.map(", ".join)
-    return df
-
-
-def _with_variant(df: pd.DataFrame) -> pd.DataFrame:
-    """`df` (runs or summaries) with the "variant" column, computed once per run if missing."""
-    if "variant" in df.columns or df.empty:
-        return df
-    variant = add_variant(df.drop_duplicates("run_id")).set_index("run_id")["variant"]
-    return df.assign(variant=df["run_id"].map(variant))
 
 
 # ------------------------------------------------------------------ figures
@@ -183,7 +123,7 @@ def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, va
     means over seeds with a shaded 95% t-interval. Returns the figure (drawn into `fig` if given).
     """
     task = get_task(task)
-    runs = _select(_with_variant(df), task, model=model, rank=rank, lr=lr, variant=variant)
+    runs = _select(with_variant(df), task, model=model, rank=rank, lr=lr, variant=variant)
     adapters = runs[runs["method"].isin(ADAPTER_METHODS)]
     settings = adapters[["model", "rank", "lr", "variant"]].drop_duplicates() if len(adapters) else \
         runs[["model", "lr", "variant"]].drop_duplicates()
@@ -199,7 +139,7 @@ def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, va
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     loss = "MSE loss" if task.is_regression else "cross-entropy loss"
     ns = []
-    for (method, init), g in sorted(runs.groupby(["method", "init"]), key=lambda kv: _series_order(kv[0])):
+    for (method, init), g in sorted(runs.groupby(["method", "init"]), key=lambda kv: series_order(kv[0])):
         style = series_style(method, init)
         ns.append(g["seed"].nunique())
         for ax, (col, _) in zip(axes, panels):
@@ -218,7 +158,7 @@ def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, va
     seeds = "single seed (n=1), no band" if max(ns) == 1 else \
         f"mean over {_n_text(ns)} seeds, band = 95% CI"
     variant = f" · {s['variant']}" if s["variant"] else ""
-    fig.suptitle(f"{task.folder} (GLUE dev split) · {where}lr {_fmt_lr(s['lr'])}{variant}\n{seeds}")
+    fig.suptitle(f"{task.folder} (GLUE dev split) · {where}lr {fmt_lr(s['lr'])}{variant}\n{seeds}")
     handles, labels = axes[0].get_legend_handles_labels()
     _legend(fig, handles, labels)
     return fig
@@ -228,7 +168,7 @@ def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, va
 def summary_figure(summaries: pd.DataFrame, which: str = "final"):
     """Dev main metric (`which`: "final" or "best") against learning rate, one panel per
     task/model/rank; points are seed means with 95% t-interval error bars. Returns the figure."""
-    summaries = _with_variant(summaries).copy()
+    summaries = with_variant(summaries).copy()
     summaries["_key"] = list(zip(summaries["method"], summaries["init"]))
     adapters = summaries[summaries["method"].isin(ADAPTER_METHODS)]
     panels = sorted(adapters.groupby(["task", "model", "variant", "rank"]).groups)
@@ -242,7 +182,7 @@ def summary_figure(summaries: pd.DataFrame, which: str = "final"):
     for ax, (task, model, variant, rank) in zip(axes, panels):
         metric = get_task(task).main_metric
         sub = _select(summaries, task, model=model, rank=rank, variant=variant)
-        keys = sorted(sub["_key"].unique(), key=_series_order)
+        keys = sorted(sub["_key"].unique(), key=series_order)
         for i, key in enumerate(keys):
             style = series_style(*key)
             pts = [(lr, *t_interval(g[f"{which}_{metric}"])) for lr, g in
@@ -268,54 +208,6 @@ def summary_figure(summaries: pd.DataFrame, which: str = "final"):
                  f"mean over {_n_text(ns)} seeds per point, error bars = 95% CI")
     _legend(fig, list(legend.values()), list(legend))
     return fig
-
-
-# ------------------------------------------------------------------ tables
-
-def summary_table(summaries: pd.DataFrame, metrics: str = "main") -> pd.DataFrame:
-    """Per task/model/method/init/rank/lr: n seeds, mean and std (ddof=1) of the final and best
-    dev metric. `metrics="main"` keeps each task's main metric, `"all"` every dev metric."""
-    rows, keys = [], ["model", "method", "init", "rank", "lr", "variant"]
-    for task, by_task in _with_variant(summaries).groupby("task"):
-        names = task_metrics(task, [c.removeprefix("final_") for c in by_task.columns])
-        by_task = by_task.assign(rank=by_task["rank"].where(by_task["method"].isin(ADAPTER_METHODS)))
-        for name in names[:1] if metrics == "main" else names:
-            for key, g in by_task.groupby(keys, dropna=False):
-                final, best = t_interval(g[f"final_{name}"]), t_interval(g.get(f"best_{name}", []))
-                rows.append(dict(zip(keys, key), task=task,
-                                 metric=name, n=final[2], final_mean=final[0], final_std=final[1],
-                                 best_mean=best[0], best_std=best[1]))
-    cols = ["task", *keys, "metric", "n", "final_mean", "final_std", "best_mean", "best_std"]
-    table = pd.DataFrame(rows, columns=cols)
-    order = table.apply(lambda r: _series_order((r["method"], r["init"])), axis=1)
-    main = table["metric"] != [get_task(t).main_metric for t in table["task"]]  # main metric first
-    table = table.assign(_o=order, _m=main).sort_values(["task", "model", "variant", "_m", "rank", "lr", "_o"])
-    return table.drop(columns=["_o", "_m"]).reset_index(drop=True)
-
-
-def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """`summary_table` output as strings: "mean ± std" per final/best, "–" where undefined."""
-    def pm(mean, std):
-        if pd.isna(mean):
-            return "–"
-        return f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
-    extra = ["variant"] if table["variant"].astype(bool).any() else []
-    out = table[["task", "model", "method", "init", "rank", "lr", *extra, "metric", "n"]].copy()
-    out["rank"] = [("–" if pd.isna(r) else str(int(r))) for r in out["rank"]]
-    out["init"] = out["init"].where(out["method"].isin(ADAPTER_METHODS), "–")
-    if extra:
-        out["variant"] = out["variant"].replace("", "default")
-    out["lr"] = [_fmt_lr(v) for v in out["lr"]]
-    out["final (mean ± std)"] = [pm(m, s) for m, s in zip(table["final_mean"], table["final_std"])]
-    out["best (mean ± std)"] = [pm(m, s) for m, s in zip(table["best_mean"], table["best_std"])]
-    return out
-
-
-def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub markdown table of `df` (no extra dependency)."""
-    cells = [[str(c) for c in df.columns]] + [[str(v) for v in row] for row in df.itertuples(index=False)]
-    lines = ["| " + " | ".join(r) + " |" for r in cells]
-    return "\n".join([lines[0], "|" + "---|" * len(df.columns), *lines[1:]]) + "\n"
 
 
 # ------------------------------------------------------------------ notebook and CLI entry points
@@ -350,7 +242,7 @@ def _file_name(task, model, rank, lr, variant) -> str:
     """e.g. mrpc_minilm_r4_lr0.0001_history.png (+ _epochs=1 for a non-default variant)."""
     r = "" if rank is None else f"_r{int(rank)}"  # baselines have no rank
     v = "_" + re.sub(r"[^A-Za-z0-9.=-]+", "_", variant) if variant else ""
-    return f"{task}_{model_short_name(model)}{r}_lr{_fmt_lr(lr)}{v}_history.png"
+    return f"{task}_{model_short_name(model)}{r}_lr{fmt_lr(lr)}{v}_history.png"
 
 
 def grid_run_ids(config, grid: dict) -> set[str]:
@@ -394,7 +286,8 @@ def show_files(paths) -> None:
 
 
 def main(log_dir="logs", out_dir="imgs") -> list[Path]:
-    """Write every history figure, the summary figures and imgs/summary.md (+ .csv) from `log_dir`."""
+    """Write every history figure, the summary figures, summary.md (+ .csv) and results.md (the
+    statistics of `utils.stats.report`) from `log_dir` into `out_dir`."""
     runs, summaries = _load(log_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -414,7 +307,8 @@ def main(log_dir="logs", out_dir="imgs") -> list[Path]:
     (out / "summary.md").write_text(
         "# Final and best dev metric per setting (mean ± std over seeds; GLUE dev split)\n\n"
         + to_markdown(format_table(table)))
-    return written + [out / "summary.csv", out / "summary.md"]
+    (out / "results.md").write_text("# Results (generated by `python run_glue.py plot`)\n\n" + report(log_dir))
+    return written + [out / "summary.csv", out / "summary.md", out / "results.md"]
 
 
 def cli(argv=None) -> int:

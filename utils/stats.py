@@ -1,0 +1,257 @@
+"""Tables and statistics from the run logs: mean ± std over seeds, 95% t-intervals, the paired
+svd-vs-random comparison, steps to a target metric, and the markdown report behind the README's
+Results (`python run_glue.py plot` writes it to imgs/results.md, next to the figures).
+
+Inputs are the tables of `utils.logs`: `load_summaries` (one row per run) and `load_runs` (one row
+per evaluation). Every metric is measured on the GLUE dev split; seeds are paired by their number
+(the same seed gives the same head init, data order and dropout masks for every init).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from utils.config import NAME_FIELDS, UNHASHED_FIELDS, RunConfig
+from utils.glue import compute_metrics, get_task
+from utils.logs import load_runs, load_summaries, read_log
+from utils.runlog import load_predictions, predictions_path
+
+ADAPTER_METHODS = ("lora-fa", "lora")  # methods with a rank; head/full baselines have none
+SERIES_INITS = ("random", "svd", "pissa", "milora", "seed")  # table/legend order of the inits
+SERIES_METHODS = ("lora-fa", "lora", "head", "full")  # and of the methods
+
+
+def series_order(key):
+    """Sort key of a (method, init) series: methods, then inits, in the orders above."""
+    method, init = key
+    return (SERIES_METHODS.index(method) if method in SERIES_METHODS else 9,
+            SERIES_INITS.index(init) if init in SERIES_INITS else 9, str(init))
+
+
+def task_metrics(task, columns) -> list[str]:
+    """The task's dev metrics present in `columns`, main metric first."""
+    t = get_task(task)
+    names = [t.main_metric] + [m for m in t.metrics if m != t.main_metric]
+    return [m for m in names if m in columns]
+
+
+def fmt_lr(lr) -> str:
+    return f"{float(lr):g}"
+
+
+def t_interval(values) -> tuple[float, float, int, float]:
+    """(mean, std with ddof=1, n, half-width of the 95% t-interval); NaNs dropped, NaN if n < 2."""
+    v = np.asarray(pd.Series(values, dtype=float).dropna())
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, 0, math.nan
+    if n == 1:
+        return float(v[0]), math.nan, 1, math.nan
+    std = float(v.std(ddof=1))
+    return float(v.mean()), std, n, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+
+
+def add_variant(df: pd.DataFrame) -> pd.DataFrame:
+    """Copy of `df` with a "variant" column: the result-changing settings (RunConfig fields beyond
+    task/model/method/init/rank/lr/seed, e.g. epochs, batch_size) where a run differs from its
+    task's most common value, as "epochs=1, max_steps=4"; "" for the common configuration.
+    Runs of different variants are never averaged together."""
+    df = df.copy()
+    fields = [f.name for f in dataclasses.fields(RunConfig)
+              if f.name not in NAME_FIELDS + UNHASHED_FIELDS and f.name in df.columns]
+    adapter_only = {"alpha", "targets", "lora_dropout", "svd_method", "reg_lambda"}
+    parts = pd.Series([[] for _ in range(len(df))], index=df.index)
+    for _, g in df.groupby("task"):
+        for f in fields:
+            rows = g[g["method"].isin(ADAPTER_METHODS)] if f in adapter_only else g
+            values = rows[f].astype(str)
+            if values.nunique() > 1:
+                odd = values[values != values.value_counts().index[0]]
+                for i, v in odd.items():
+                    parts[i].append(f"{f}={v}")
+    df["variant"] = parts.map(", ".join)
+    return df
+
+
+def with_variant(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` (runs or summaries) with the "variant" column, computed once per run if missing."""
+    if "variant" in df.columns or df.empty:
+        return df
+    variant = add_variant(df.drop_duplicates("run_id")).set_index("run_id")["variant"]
+    return df.assign(variant=df["run_id"].map(variant))
+
+
+
+# ------------------------------------------------------------------ tables
+
+def summary_table(summaries: pd.DataFrame, metrics: str = "main") -> pd.DataFrame:
+    """Per task/model/method/init/rank/lr: n seeds, mean and std (ddof=1) of the final and best
+    dev metric. `metrics="main"` keeps each task's main metric, `"all"` every dev metric."""
+    rows, keys = [], ["model", "method", "init", "rank", "lr", "variant"]
+    for task, by_task in with_variant(summaries).groupby("task"):
+        names = task_metrics(task, [c.removeprefix("final_") for c in by_task.columns])
+        by_task = by_task.assign(rank=by_task["rank"].where(by_task["method"].isin(ADAPTER_METHODS)))
+        for name in names[:1] if metrics == "main" else names:
+            for key, g in by_task.groupby(keys, dropna=False):
+                final, best = t_interval(g[f"final_{name}"]), t_interval(g.get(f"best_{name}", []))
+                rows.append(dict(zip(keys, key), task=task,
+                                 metric=name, n=final[2], final_mean=final[0], final_std=final[1],
+                                 final_half=final[3], best_mean=best[0], best_std=best[1]))
+    cols = ["task", *keys, "metric", "n", "final_mean", "final_std", "final_half", "best_mean", "best_std"]
+    table = pd.DataFrame(rows, columns=cols)
+    order = table.apply(lambda r: series_order((r["method"], r["init"])), axis=1)
+    main = table["metric"] != [get_task(t).main_metric for t in table["task"]]  # main metric first
+    table = table.assign(_o=order, _m=main).sort_values(["task", "model", "variant", "_m", "rank", "lr", "_o"])
+    return table.drop(columns=["_o", "_m"]).reset_index(drop=True)
+
+
+def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """`summary_table` output as strings: "mean ± std" per final/best, "–" where undefined."""
+    def pm(mean, std):
+        if pd.isna(mean):
+            return "–"
+        return f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
+    extra = ["variant"] if table["variant"].astype(bool).any() else []
+    out = table[["task", "model", "method", "init", "rank", "lr", *extra, "metric", "n"]].copy()
+    out["rank"] = [("–" if pd.isna(r) else str(int(r))) for r in out["rank"]]
+    out["init"] = out["init"].where(out["method"].isin(ADAPTER_METHODS), "–")
+    if extra:
+        out["variant"] = out["variant"].replace("", "default")
+    out["lr"] = [fmt_lr(v) for v in out["lr"]]
+    out["final (mean ± std)"] = [pm(m, s) for m, s in zip(table["final_mean"], table["final_std"])]
+    out["best (mean ± std)"] = [pm(m, s) for m, s in zip(table["best_mean"], table["best_std"])]
+    return out
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub markdown table of `df` (no extra dependency)."""
+    cells = [[str(c) for c in df.columns]] + [[str(v) for v in row] for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(r) + " |" for r in cells]
+    return "\n".join([lines[0], "|" + "---|" * len(df.columns), *lines[1:]]) + "\n"
+
+
+
+
+# ------------------------------------------------------------------ statistics for the verdict
+
+def majority_metrics(log_dir) -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} of the constant majority-class prediction on the dev split, from the
+    dev labels stored next to the logs (`*.preds.npz`). Regression tasks are left out."""
+    out = {}
+    for path in sorted(Path(log_dir).rglob("*.json")):
+        log = read_log(path)
+        task = get_task(log["config"]["task"])
+        pred_file = predictions_path(path)
+        if task.name in out or task.is_regression or not pred_file.exists():
+            continue
+        labels = np.asarray(load_predictions(pred_file)["dev"]["label"])
+        majority = np.full_like(labels, np.bincount(labels).argmax())
+        out[task.name] = compute_metrics(task.name, majority, labels)
+    return out
+
+
+def paired_comparison(summaries: pd.DataFrame, a: str = "svd", b: str = "random",
+                      which: str = "final") -> pd.DataFrame:
+    """Init `a` against init `b` on the same seeds, per task/model/method/rank/lr/variant, on the
+    task's main metric (`which`: "final" or "best"): n pairs, both means, the mean paired
+    difference a − b with its 95% t-interval, the two-sided paired t-test p-value (NaN for n < 2)
+    and how many seeds `a` won."""
+    df = with_variant(summaries)
+    df = df[df["method"].isin(ADAPTER_METHODS) & df["init"].isin([a, b])]
+    keys, rows = ["task", "model", "method", "rank", "lr", "variant"], []
+    for key, g in df.groupby(keys):
+        metric = get_task(key[0]).main_metric
+        col = f"{which}_{metric}"
+        wide = g.pivot_table(index="seed", columns="init", values=col).dropna()
+        if a not in wide or b not in wide or wide.empty:
+            continue
+        diff = wide[a] - wide[b]
+        mean, std, n, half = t_interval(diff)
+        p = float(stats.ttest_rel(wide[a], wide[b]).pvalue) if n >= 2 and std > 0 else math.nan
+        rows.append(dict(zip(keys, key), a=a, b=b, metric=metric, which=which, n=n, mean_a=float(wide[a].mean()),
+                         mean_b=float(wide[b].mean()), diff=mean, diff_lo=mean - half, diff_hi=mean + half,
+                         p=p, wins=int((diff > 0).sum())))
+    return pd.DataFrame(rows)
+
+
+def steps_to_target(runs: pd.DataFrame, baselines: dict, frac: float = 0.9) -> pd.DataFrame:
+    """First evaluated step at which each run's main dev metric reaches the target
+
+        target = m0 + frac · (m_best − m0)
+
+    per task/model/lr/variant setting (all series at that lr, baselines included), where m0 is the majority-class metric (`baselines`,
+    see `majority_metrics`; 0 if missing) and m_best the highest mean-over-seeds best metric of
+    any series in that setting. (A plain fraction of the best would be met at step 0 by MRPC's
+    F1, whose majority-class value is 0.81.) NaN steps: the run never reached the target."""
+    df = with_variant(runs)
+    keys, rows = ["task", "model", "lr", "variant"], []
+    for key, g in df.groupby(keys):
+        metric = get_task(key[0]).main_metric
+        m0 = baselines.get(get_task(key[0]).name, {}).get(metric, 0.0)
+        best_per_run = g.groupby(["method", "init", "rank", "seed"], dropna=False)[metric].max()
+        m_best = best_per_run.groupby(level=["method", "init", "rank"], dropna=False).mean().max()
+        target = m0 + frac * (m_best - m0)
+        for (method, init, rank, seed), r in g.groupby(["method", "init", "rank", "seed"], dropna=False):
+            hit = r[r[metric] >= target]["step"]
+            rows.append(dict(zip(keys, key), method=method, init=init, rank=rank, seed=seed, metric=metric,
+                             target=target, step=float(hit.min()) if len(hit) else math.nan))
+    return pd.DataFrame(rows)
+
+
+def _pm(mean, std, digits=3):
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
+
+
+def report(log_dir="logs", frac: float = 0.9) -> str:
+    """The Results tables as markdown, per task: final/best main dev metric per series (mean ± std,
+    n, 95% CI of the final), svd and pissa against random on paired seeds, and steps to target."""
+    summaries, runs = load_summaries(log_dir), load_runs(log_dir)
+    if summaries.empty:
+        return "No finished runs.\n"
+    summaries = add_variant(summaries)
+    runs = runs.merge(summaries[["run_id", "variant"]], on="run_id")
+    baselines = majority_metrics(log_dir)
+    out = ["All metrics on the GLUE dev split. mean ± std over seeds (n seeds); 95% CI: t-interval of "
+           "the mean. Paired: same seed numbers, difference init − random, two-sided paired t-test.\n"]
+    for task in sorted(summaries["task"].unique()):
+        t = get_task(task)
+        s = summaries[summaries["task"] == task]
+        base = baselines.get(t.name, {})
+        out.append(f"\n### {t.name.upper()} ({t.main_metric}; majority-class {t.main_metric} = "
+                   f"{base.get(t.main_metric, float('nan')):.3f})\n")
+        table = summary_table(s)
+        f = format_table(table)
+        f["95% CI (final)"] = [("–" if pd.isna(h) else f"{m - h:.3f} – {m + h:.3f}")
+                               for m, h in zip(table["final_mean"], table["final_half"])]
+        out.append(to_markdown(f.drop(columns=["task", "metric"])))
+        pairs = pd.concat([paired_comparison(s, a, "random", w) for a in ("svd", "pissa")
+                           for w in ("final", "best")], ignore_index=True)
+        if not pairs.empty:
+            out.append("\nPaired comparison with `random` (same seeds):\n")
+            out.append(to_markdown(pd.DataFrame({
+                "comparison": [f"{a} − {b}" for a, b in zip(pairs["a"], pairs["b"])],
+                "lr": [fmt_lr(v) for v in pairs["lr"]], "which": pairs["which"], "n": pairs["n"],
+                "difference (95% CI)": [f"{d:+.3f}" + ("" if pd.isna(lo) else f" ({lo:+.3f}, {hi:+.3f})")
+                                        for d, lo, hi in zip(pairs["diff"], pairs["diff_lo"], pairs["diff_hi"])],
+                "p": [("–" if pd.isna(p) else f"{p:.3f}") for p in pairs["p"]],
+                "seeds won": [f"{w}/{n}" for w, n in zip(pairs["wins"], pairs["n"])]})))
+        steps = steps_to_target(runs[runs["task"] == task], baselines, frac)
+        if not steps.empty:
+            out.append(f"\nSteps to reach {frac:.0%} of the way from the majority-class {t.main_metric} to "
+                       f"the best series' mean best (first evaluation at or above the target):\n")
+            rows = []
+            groups = steps.groupby(["lr", "method", "init"])
+            for (lr, method, init), g in sorted(groups, key=lambda kv: (kv[0][0], series_order(kv[0][1:]))):
+                m, sd, n, _ = t_interval(g["step"])
+                rows.append({"lr": fmt_lr(lr), "method": method, "init": init if method in ADAPTER_METHODS else "–",
+                             "target": f"{g['target'].iloc[0]:.3f}", "reached": f"{g['step'].notna().sum()}/{len(g)}",
+                             "steps (mean ± std over runs that reached it)": _pm(m, sd, 0)})
+            out.append(to_markdown(pd.DataFrame(rows)))
+    return "\n".join(out)
