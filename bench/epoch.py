@@ -112,7 +112,7 @@ def warm_token_cache(args) -> None:
 
     from utils.data import tokenize_glue  # noqa: PLC0415
     from utils.glue import load_glue  # noqa: PLC0415
-    from utils.models import resolve_model  # noqa: PLC0415
+    from utils.model_files import resolve_model  # noqa: PLC0415
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
     tokenize_glue(load_glue("mrpc", args.data_dir), tokenizer, min(args.max_length, tokenizer.model_max_length))

