@@ -3,6 +3,7 @@
     python bench/step.py                          # minilm, attention targets, fp32
     python bench/step.py --targets all-linear --dtype bf16
     python bench/step.py --all                    # fp32/bf16 x attention/all-linear, one file
+    python bench/step.py --dtype fp32 --targets attention all-linear   # any subset of those
     python bench/step.py --model tiny --steps 2 --warmup 1 --no-rss --out /tmp/x   # smoke run
 
 Every variant starts from the same model (one load, deep copies), gets the same random
@@ -166,13 +167,13 @@ def rss_child(args) -> dict:
     """`--only VARIANT --rss`: build that one variant, run 2 steps (optimizer state exists after the
     first), report ru_maxrss and the rise of VmHWM during the steps."""
     base = common.load_model(args.model, seq=args.seq, seed=args.seed)
-    v = build_variant(args.only, base, args.targets, copy_model=False)
+    v = build_variant(args.only, base, args.targets[0], copy_model=False)
     batch = make_batch(base.config.vocab_size, args.batch, args.seq, args.seed)
     load_peak = common.peak_rss_mib(since_reset=True)  # VmHWM: loading's peak
     common.reset_peak_rss()
     before = common.rss_now_mib()
     for i in range(2):
-        train_step(v, batch, args.dtype, args.seed + i)
+        train_step(v, batch, args.dtype[0], args.seed + i)
     step_peak = common.peak_rss_mib(since_reset=True)
     return {"variant": args.only, "peak_rss_mib": max(load_peak, step_peak), "step_peak_above_start_mib":
             step_peak - before, "ru_maxrss_mib": common.peak_rss_mib()}
@@ -275,8 +276,8 @@ def parse_args(argv=None):
     p.add_argument("--model", default="minilm", help="minilm | mpnet | tiny | a model folder")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--targets", choices=["attention", "all-linear"], default="attention")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--targets", choices=["attention", "all-linear"], nargs="+", default=["attention"])
+    p.add_argument("--dtype", choices=["fp32", "bf16"], nargs="+", default=["fp32"])
     p.add_argument("--all", action="store_true", help="fp32 and bf16 x attention and all-linear")
     p.add_argument("--steps", type=int, default=12, help="timed rounds (use >= 10 for real numbers)")
     p.add_argument("--warmup", type=int, default=3)
@@ -286,7 +287,7 @@ def parse_args(argv=None):
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
     p.add_argument("--only", choices=list(VARIANTS), help=argparse.SUPPRESS)
     p.add_argument("--rss", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--out", default=str(common.RESULTS), help="folder for step_<model>.md")
+    p.add_argument("--out", default=str(common.RESULTS), help="folder for step_<model>_<dtypes>.md")
     args = p.parse_args(argv)
     args.variants = common.split_variants(p, args.variants, VARIANTS)
     return args
@@ -299,13 +300,15 @@ def main(argv=None):
     if args.only:
         print(json.dumps(rss_child(args)))
         return
-    configs = ([(d, t) for d in ("fp32", "bf16") for t in ("attention", "all-linear")] if args.all
-               else [(args.dtype, args.targets)])
+    if args.all:
+        args.dtype, args.targets = ["fp32", "bf16"], ["attention", "all-linear"]
+    configs = [(d, t) for d in args.dtype for t in args.targets]  # one table each, one file
     header = common.machine_header(f"Training step: {args.model}")
     base = common.load_model(args.model, seq=args.seq, seed=args.seed)
     sections = [run_config(args, base, d, t) for d, t in configs]
     text = header + "\nRows (what each variant trains):\n\n" + legend() + "\n\n" + "\n".join(sections)
-    path = common.write_results(Path(args.out) / f"step_{Path(args.model).name}.md", text)
+    name = f"step_{Path(args.model).name}_{'_'.join(args.dtype)}.md"  # e.g. step_minilm_fp32.md
+    path = common.write_results(Path(args.out) / name, text)
     print(text)
     print(f"written to {path}", file=sys.stderr)
 

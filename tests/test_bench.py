@@ -71,7 +71,7 @@ def check_ok(result):
 def test_step_table(runs):
     results, out = runs
     stdout = check_ok(results["step"])
-    text = (out / "step" / "step_tiny.md").read_text()
+    text = (out / "step" / "step_tiny_fp32_bf16.md").read_text()
     assert text.strip() == stdout.strip()
     assert "- command: `python" in text and "bench/step.py --model tiny" in text
     assert "- machine: " in text and "torch 2" in text
