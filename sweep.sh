@@ -9,7 +9,7 @@
 # WORKERS=n runs n processes of one thread each; worker k takes runs k, k+n, k+2n, ... of the
 # list below (2 one-thread workers do 1.36x the runs per hour of one two-thread process on the
 # 2-core CPU this was sized for). Results do not depend on the thread count.
-# Everything shared by every cell: all-MiniLM-L6-v2 (`minilm`), rank 4 on the attention
+# Everything shared by every cell: all-MiniLM-L6-v2 (`minilm`; MODEL=... for another), rank 4 on the attention
 # projections (query, key, value, attention.output.dense), classifier head trained, AdamW
 # (no decay on adapters), 6% warm-up then linear decay, batch 32, max length 128, float32,
 # 3 epochs, dev split. (No bf16: this CPU, an AVX2 EPYC without bf16 instructions, runs bf16
@@ -24,7 +24,9 @@ cd "$(dirname "$0")"
 : "${GLUE_DIR:=../shared/glue}"; export GLUE_DIR
 : "${WORKERS:=1}"
 : "${LOG_DIR:=logs}"   # e.g. an absolute path when the sweep runs from a separate git worktree
-common=(--model minilm --rank 4 --epochs 3 --batch-size 32 --max-length 128 --no-bf16 --resume --no-progress
+: "${MODEL:=minilm}"    # the original setting on a GPU with hub access: MODEL=roberta-base PRECISION=--bf16
+: "${PRECISION:=--no-bf16}"
+common=(--model "$MODEL" --rank 4 --epochs 3 --batch-size 32 --max-length 128 "$PRECISION" --resume --no-progress
         --log-dir "$LOG_DIR")
 
 runs() {  # one line per run: task method init lr seed
