@@ -270,6 +270,20 @@ def peak_rss_mib(since_reset: bool = False) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def add_run_args(parser, variants=None, out_help="folder for the results table"):
+    """The flags every bench script shares: --seed, --threads, --variants (if `variants`), --out."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    if variants is not None:
+        parser.add_argument("--variants", default=",".join(variants), help="comma-separated subset of the rows")
+    parser.add_argument("--out", default=str(RESULTS), help=out_help)
+
+
+def set_threads(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
 def split_variants(parser, text, choices):
     """The comma-separated `--variants` value as a list; an unknown name is a parser error."""
     variants = [v.strip() for v in text.split(",") if v.strip()]

@@ -127,10 +127,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="mpnet,minilm", help="comma-separated: mpnet, minilm, tiny, folders")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the rows")
-    p.add_argument("--out", default=str(common.RESULTS), help="folder for init.md")
+    common.add_run_args(p, VARIANTS, "folder for init.md")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.model.split(",") if m.strip()]
     args.variants = common.split_variants(p, args.variants, VARIANTS)
@@ -139,8 +136,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.set_threads(args)
     header = common.machine_header("Adapter init: time and accuracy")
     rows, lines = [], []
     for name in args.models:

@@ -281,13 +281,10 @@ def parse_args(argv=None):
     p.add_argument("--all", action="store_true", help="fp32 and bf16 x attention and all-linear")
     p.add_argument("--steps", type=int, default=12, help="timed rounds (use >= 10 for real numbers)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the rows")
+    common.add_run_args(p, VARIANTS, "folder for step_<model>_<dtypes>.md")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
     p.add_argument("--only", choices=list(VARIANTS), help=argparse.SUPPRESS)
     p.add_argument("--rss", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--out", default=str(common.RESULTS), help="folder for step_<model>_<dtypes>.md")
     args = p.parse_args(argv)
     args.variants = common.split_variants(p, args.variants, VARIANTS)
     return args
@@ -295,8 +292,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.set_threads(args)
     if args.only:
         print(json.dumps(rss_child(args)))
         return
