@@ -16,7 +16,7 @@ so W_eff (out × in) is never built, the full weight gradient is never computed,
 and with A frozen only x Aᵀ (N × r) is kept for the adapter, not x (N × in): this is
 what makes LoRA-FA save memory. With A frozen the term is one autograd Function
 (`LowRankAddFA`: one addmm into the layer output, the backward written out by hand),
-which takes about 40 % less time than the same math as separate autograd ops. `lora.set_fast_path(model, False)` switches
+cheaper than the same math as separate autograd ops (bench/step.py measures it). `lora.set_fast_path(model, False)` switches
 back to the plain parametrization (W_eff materialised), e.g. to compare the two.
 """
 import torch
