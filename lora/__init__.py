@@ -26,3 +26,9 @@ from .model import (
 )
 
 __version__ = "0.1.0"
+__all__ = [
+    "INITS", "init_milora", "init_pissa", "init_random", "init_seed", "init_svd", "top_r_svd",
+    "export_peft", "load_lora", "save_lora", "LoRAFAParametrization", "LoRAParametrization",
+    "add_lora", "adapted_modules", "disable_lora", "enable_lora", "get_lora_params", "get_lora_state_dict",
+    "lora_config", "mark_only_lora_trainable", "merge_lora", "remove_lora", "set_fast_path",
+]

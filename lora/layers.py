@@ -6,18 +6,18 @@ B0 is the initial B for residual inits (`pissa`, `milora`), so W_eff = W at init
 (the same as PiSSA's base weight W − s·B0·A plus s·B·A), and zero otherwise. The
 pretrained W itself is never modified: `remove_lora` gives it back bit for bit.
 
-Reading `layer.weight` gives W_eff, as in minLoRA. Inside the layer's forward the
-parametrization does something cheaper (the *fast path*): the weight it hands to
-F.linear is the base W, and a forward hook adds the low-rank term
+Reading `layer.weight` gives W_eff, as in minLoRA. The layer's own forward does something
+cheaper (the *fast path*, `adapted_linear_forward`, installed on each adapted nn.Linear):
+it computes with the base W and adds the low-rank term,
 
     y = x Wᵀ + b + s·((x Aᵀ)(B − B0)ᵀ)
 
-so W_eff (out × in) is never built, the full weight gradient is never computed,
-and with A frozen only x Aᵀ (N × r) is kept for the adapter, not x (N × in): this is
-what makes LoRA-FA save memory. With A frozen the term is one autograd Function
-(`LowRankAddFA`: one addmm into the layer output, the backward written out by hand),
-cheaper than the same math as separate autograd ops (bench/step.py measures it). `lora.set_fast_path(model, False)` switches
-back to the plain parametrization (W_eff materialised), e.g. to compare the two.
+so W_eff (out × in) is never built and the full weight gradient is never computed. With A
+(and W) frozen the whole layer is one autograd Function, `LoRAFALinear`: it keeps only
+x Aᵀ (N × r) for the adapter, never x (N × in), which is what makes LoRA-FA save memory,
+and its backward adds the adapter's input gradient into the base GEMM's output in place.
+`lora.set_fast_path(model, False)` switches to the plain parametrization (W_eff
+materialised), e.g. to compare the two.
 """
 import torch
 import torch.nn.functional as F
@@ -48,8 +48,7 @@ class LoRAParametrization(nn.Module):
         self.residual = bool(residual)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.enabled = True  # False: the layer computes with its base weight
-        self.fast = True  # use the low-rank forward inside the layer's forward
-        self._bypass = False  # set by the pre-hook while the fast path runs
+        self.fast = True  # the layer's forward uses W and the low-rank term, not W_eff
 
     # -- the math ---------------------------------------------------------------------------
     def delta_B(self):
@@ -66,8 +65,6 @@ class LoRAParametrization(nn.Module):
         return self.scaling * (self.delta_B() @ self.lora_A)  # (out, in)
 
     def forward(self, W):
-        if self._bypass:  # inside the layer's forward: the hook adds the low-rank term
-            return W
         if not self.enabled and not self.residual:
             return W
         A = self.lora_A
@@ -81,12 +78,6 @@ class LoRAParametrization(nn.Module):
         """s·(dropout(x) Aᵀ) Dᵀ for an input x (..., in): the adapter's share of the output."""
         h = F.linear(self.dropout(x), self.lora_A.to(x.dtype))  # (..., r)
         return F.linear(h, self.delta_B().to(x.dtype)) * self.scaling  # (..., out)
-
-    def add_lowrank(self, out, x):
-        """out + lowrank(x); with A frozen, through the fused LowRankAddFA."""
-        if self.lora_A.requires_grad:
-            return out + self.lowrank(x)
-        return LowRankAddFA.apply(out, self.dropout(x), self.lora_A, self.delta_B(), self.scaling)
 
     @classmethod
     def from_linear(cls, layer, rank=4, alpha=None, init="random", dropout=0.0, generator=None,
@@ -115,57 +106,73 @@ class LoRAFAParametrization(LoRAParametrization):
     freeze_a = True
 
 
-class LowRankAddFA(torch.autograd.Function):
-    """y = out + s·(x Aᵀ) Dᵀ for a frozen A, as one addmm; backward by hand.
+class LoRAFALinear(torch.autograd.Function):
+    """y = x Wᵀ + b + s·(x_d Aᵀ) Dᵀ for frozen W and A, with the backward written out.
 
-    Shapes: x (..., in), out (..., n_out), A (r, in), D (n_out, r); N = the product of the
-    leading dims. Saved for backward: h = x Aᵀ (N, r), A and D; never x. With g = dL/dy (N, n_out):
-        dL/dout = g,    dL/dD = s·gᵀ h  (n_out, r),    dL/dx = s·(g D) A  (N, in).
-    Computed in out's dtype (bf16 under autocast), autocast off inside, so forward and
-    backward see the same dtypes; gradients are returned in the inputs' dtypes.
+    Shapes: x, x_d (..., in) (x_d = dropout(x), or x itself), W (out, in), b (out,) or None,
+    A (r, in), D (out, r); N = the product of the leading dims. Saved for backward:
+    h = x_d Aᵀ (N, r), W, A and D, never x. With g = dL/dy (N, out):
+        dL/dx = g W (+ s·(g D) A, added in place, when x_d is x),   dL/dx_d = s·(g D) A,
+        dL/dD = s·gᵀ h (out, r),   dL/db = Σ_N g.
+    Computed in the autocast dtype if autocast is on (as F.linear would), else in x's dtype,
+    with autocast off inside, so the backward sees the forward's dtypes.
     """
 
     @staticmethod
-    def forward(ctx, out, x, A, D, s):
-        dt = out.dtype
-        with torch.autocast(out.device.type, enabled=False):
-            A_, D_ = A.to(dt), D.to(dt)  # (r, in), (n_out, r)
-            h = x.reshape(-1, x.shape[-1]).to(dt) @ A_.T  # (N, r)
-            y = torch.addmm(out.reshape(-1, out.shape[-1]), h, D_.T, alpha=s)  # (N, n_out)
-        ctx.save_for_backward(h, A_, D_)
-        ctx.s, ctx.x_shape, ctx.x_dtype, ctx.D_dtype = s, x.shape, x.dtype, D.dtype
-        return y.view(out.shape)
+    def forward(ctx, x, xd, W, b, A, D, s):
+        dev = x.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        with torch.autocast(dev, enabled=False):
+            W_, A_, D_ = W.to(dt), A.to(dt), D.to(dt)  # (out, in), (r, in), (out, r)
+            x2 = x.reshape(-1, x.shape[-1]).to(dt)  # (N, in)
+            y = x2 @ W_.T if b is None else torch.addmm(b.to(dt), x2, W_.T)  # (N, out)
+            h = (x2 if xd is x else xd.reshape(-1, xd.shape[-1]).to(dt)) @ A_.T  # (N, r)
+            y.addmm_(h, D_.T, alpha=s)
+        ctx.save_for_backward(h, W_, A_, D_)
+        ctx.same, ctx.s = xd is x, s
+        ctx.x_meta, ctx.xd_meta = (x.shape, x.dtype), (xd.shape, xd.dtype)
+        ctx.b_dtype, ctx.D_dtype = (None if b is None else b.dtype), D.dtype
+        return y.view(*x.shape[:-1], W.shape[0])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        h, A, D = ctx.saved_tensors
-        g2 = g.reshape(-1, g.shape[-1]).to(h.dtype)  # (N, n_out)
-        gx = gD = None
-        if ctx.needs_input_grad[1]:
-            gx = ((g2 @ D) @ A).mul_(ctx.s).to(ctx.x_dtype).view(ctx.x_shape)  # (..., in)
-        if ctx.needs_input_grad[3]:
-            gD = (g2.T @ h).mul_(ctx.s).to(ctx.D_dtype)  # (n_out, r)
-        return (g if ctx.needs_input_grad[0] else None), gx, None, gD, None
+        h, W, A, D = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g2 = g.reshape(-1, g.shape[-1]).to(h.dtype)  # (N, out)
+        gx = gxd = gb = gD = None
+        gh = g2 @ D if need[0] or need[1] else None  # (N, r)
+        if need[0]:
+            gx = g2 @ W  # (N, in)
+            if ctx.same:
+                gx.addmm_(gh, A, alpha=ctx.s)
+            gx = gx.to(ctx.x_meta[1]).view(ctx.x_meta[0])
+        if need[1] and not ctx.same:
+            gxd = (gh @ A).mul_(ctx.s).to(ctx.xd_meta[1]).view(ctx.xd_meta[0])  # (..., in)
+        if need[3]:
+            gb = g2.sum(0).to(ctx.b_dtype)  # (out,)
+        if need[5]:
+            gD = (g2.T @ h).mul_(ctx.s).to(ctx.D_dtype)  # (out, r)
+        return gx, gxd, None, gb, None, gD, None
 
 
-# -- fast path: forward hooks on the parametrized Linear ----------------------------------------
+# -- fast path: the adapted nn.Linear's forward --------------------------------------------------
 def _adapter(module):
     return module.parametrizations.weight[0]
 
 
-def fast_path_pre_hook(module, args):
-    """Before Linear.forward: hand F.linear the base weight when the fast path applies."""
-    p = _adapter(module)
-    p._bypass = p.fast and (p.enabled or p.residual)
+def adapted_linear_forward(self, x):
+    """forward of an adapted nn.Linear (bound to the instance by `lora.add_lora`).
 
-
-def fast_path_hook(module, args, output):
-    """After Linear.forward: add the low-rank term if the pre-hook bypassed the weight."""
-    p = _adapter(module)
-    if not p._bypass:
-        return output
-    p._bypass = False
-    if output is None:  # the forward raised; this hook runs anyway (always_call) to reset
-        return None
-    return p.add_lowrank(output, args[0])
+    Plain path (`fast` off): F.linear with `self.weight`, i.e. W_eff. Fast path: the base W
+    plus the low-rank term; with W and A frozen, through `LoRAFALinear`."""
+    p = _adapter(self)
+    if not p.fast:
+        return F.linear(x, self.weight, self.bias)
+    W = self.parametrizations.weight.original  # (out, in)
+    if not p.enabled and not p.residual:
+        return F.linear(x, W, self.bias)
+    if p.lora_A.requires_grad or W.requires_grad:  # plain LoRA (or W unfrozen): autograd does it
+        return F.linear(x, W, self.bias) + p.lowrank(x)
+    xd = p.dropout(x) if p.training and isinstance(p.dropout, nn.Dropout) else x
+    return LoRAFALinear.apply(x, xd, W, self.bias, p.lora_A, p.delta_B(), p.scaling)

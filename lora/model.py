@@ -2,14 +2,17 @@
 
 Layers are chosen by module type (`nn.Linear`) and an explicit list of module-name
 suffixes, never by position in a name. Each adapted layer gets one parametrization
-of its `weight` (see `lora.layers`) and two forward hooks for the fast path.
+of its `weight` (see `lora.layers`) and the fast-path forward (`adapted_linear_forward`,
+bound to the module instance; removing the adapter deletes it again).
 """
+import types
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .inits import INITS
-from .layers import LoRAFAParametrization, LoRAParametrization, fast_path_hook, fast_path_pre_hook
+from .layers import LoRAFAParametrization, LoRAParametrization, adapted_linear_forward
 
 
 def is_adapted(module):
@@ -43,19 +46,15 @@ def find_targets(model, targets=None):
 
 
 def attach(module, parametrization):
-    """Register `parametrization` on `module.weight`, freeze W, install the fast-path hooks."""
+    """Register `parametrization` on `module.weight`, freeze W, install the fast-path forward."""
     parametrize.register_parametrization(module, "weight", parametrization)
     module.parametrizations.weight.original.requires_grad_(False)
-    module.register_forward_pre_hook(fast_path_pre_hook)
-    module.register_forward_hook(fast_path_hook, always_call=True)
+    module.forward = types.MethodType(adapted_linear_forward, module)  # instance attribute
 
 
 def detach(module, keep_weight=None):
-    """Undo `attach`: remove the hooks and the parametrization, restoring W (or `keep_weight`)."""
-    for hooks, fn in ((module._forward_pre_hooks, fast_path_pre_hook), (module._forward_hooks, fast_path_hook)):
-        for key in [k for k, h in hooks.items() if h is fn]:
-            del hooks[key]
-            module._forward_hooks_always_called.pop(key, None)
+    """Undo `attach`: remove the fast-path forward and the parametrization, restoring W (or `keep_weight`)."""
+    module.__dict__.pop("forward", None)
     parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
     if keep_weight is not None:
         with torch.no_grad():

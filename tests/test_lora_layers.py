@@ -176,38 +176,49 @@ def test_fast_path_equals_plain_parametrization(init, freeze_a):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
-def test_lowrank_add_fa_matches_autograd_and_gradcheck():
-    """The fused LoRA-FA term against the same math as plain autograd ops (float64), and
-    torch.autograd.gradcheck of its hand-written backward (A is frozen: no gradient)."""
-    from lora.layers import LowRankAddFA
+@pytest.mark.parametrize("with_bias, with_dropout", [(True, False), (False, False), (True, True)])
+def test_lora_fa_linear_matches_autograd_and_gradcheck(with_bias, with_dropout):
+    """The fused LoRA-FA layer against the same math as plain autograd ops (float64), and
+    torch.autograd.gradcheck of its hand-written backward (W and A frozen: no gradient).
+    With dropout, x_d is a different tensor and gets its own gradient."""
+    from lora.layers import LoRAFALinear
 
     gen = torch.Generator().manual_seed(0)
-    out = torch.randn(2, 3, 5, dtype=torch.float64, generator=gen, requires_grad=True)
     x = torch.randn(2, 3, 7, dtype=torch.float64, generator=gen, requires_grad=True)
+    W = torch.randn(5, 7, dtype=torch.float64, generator=gen)  # (out, in), frozen
+    b = torch.randn(5, dtype=torch.float64, generator=gen, requires_grad=True) if with_bias else None
     A = torch.randn(2, 7, dtype=torch.float64, generator=gen)  # (r, in), frozen
     D = torch.randn(5, 2, dtype=torch.float64, generator=gen, requires_grad=True)  # (out, r)
+    mask = (torch.rand(2, 3, 7, generator=gen) > 0.3).double() / 0.7
     G = torch.randn(2, 3, 5, dtype=torch.float64, generator=gen)
-    y = LowRankAddFA.apply(out, x, A, D, 0.75)
-    ref = out + 0.75 * (x @ A.T) @ D.T
-    torch.testing.assert_close(y, ref, atol=1e-12, rtol=0)
-    grads = torch.autograd.grad((y * G).sum(), (out, x, D))
-    refs = torch.autograd.grad((ref * G).sum(), (out, x, D))
-    for a, b in zip(grads, refs):
-        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
-    assert torch.autograd.gradcheck(lambda o, x_, d: LowRankAddFA.apply(o, x_, A, d, 0.75), (out, x, D))
+
+    def fused(x_, b_, d):
+        return LoRAFALinear.apply(x_, x_ * mask if with_dropout else x_, W, b_, A, d, 0.75)
+
+    def reference(x_, b_, d):
+        xd = x_ * mask if with_dropout else x_
+        return F.linear(x_, W, b_) + 0.75 * (xd @ A.T) @ d.T
+
+    torch.testing.assert_close(fused(x, b, D), reference(x, b, D), atol=1e-12, rtol=0)
+    inputs = [t for t in (x, b, D) if t is not None]
+    grads = torch.autograd.grad((fused(x, b, D) * G).sum(), inputs)
+    refs = torch.autograd.grad((reference(x, b, D) * G).sum(), inputs)
+    for a, r in zip(grads, refs):
+        torch.testing.assert_close(a, r, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(fused, (x, b, D))
 
 
-def test_lowrank_add_fa_bf16_autocast_keeps_dtypes():
-    from lora.layers import LowRankAddFA
+def test_lora_fa_linear_bf16_autocast_keeps_dtypes():
+    from lora.layers import LoRAFALinear
 
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(4, 8, generator=gen, requires_grad=True)  # float32 input, as after a LayerNorm
     A, D = torch.randn(2, 8, generator=gen), torch.randn(6, 2, generator=gen).requires_grad_()
-    W = torch.randn(6, 8, generator=gen)
+    W, b = torch.randn(6, 8, generator=gen), torch.randn(6, generator=gen)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = F.linear(x, W)  # bfloat16
-        y = LowRankAddFA.apply(out, x, A, D, 2.0)
-    assert y.dtype == torch.bfloat16
+        y = LoRAFALinear.apply(x, x, W, b, A, D, 2.0)
+        y_ref = F.linear(x, W, b)  # what the frozen layer alone gives under autocast
+    assert y.dtype == y_ref.dtype == torch.bfloat16
     y.float().sum().backward()
     assert x.grad.dtype == D.grad.dtype == torch.float32
     ref = torch.ones(4, 6) @ (W + 2.0 * D.detach() @ A)  # dL/dx for L = sum(y), in float32
