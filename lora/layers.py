@@ -14,8 +14,9 @@ it computes with the base W and adds the low-rank term,
 
 so W_eff (out × in) is never built and the full weight gradient is never computed. With A
 (and W) frozen the whole layer is one autograd Function, `LoRAFALinear`: it keeps only
-x Aᵀ (N × r) for the adapter, never x (N × in), which is what makes LoRA-FA save memory,
-and its backward adds the adapter's input gradient into the base GEMM's output in place.
+x Aᵀ (N × r) for the adapter, never x (N × in), which is what makes LoRA-FA save memory;
+its GEMMs use a transient W_eff (out × in, rebuilt, never saved), so the adapter adds only
+two thin passes (x Aᵀ and gᵀ h) to the frozen layer's cost.
 `lora.set_fast_path(model, False)` switches to the plain parametrization (W_eff
 materialised), e.g. to compare the two.
 """
@@ -111,9 +112,11 @@ class LoRAFALinear(torch.autograd.Function):
 
     Shapes: x, x_d (..., in) (x_d = dropout(x), or x itself), W (out, in), b (out,) or None,
     A (r, in), D (out, r); N = the product of the leading dims. Saved for backward:
-    h = x_d Aᵀ (N, r), W, A and D, never x. With g = dL/dy (N, out):
-        dL/dx = g W (+ s·(g D) A, added in place, when x_d is x),   dL/dx_d = s·(g D) A,
+    h = x_d Aᵀ (N, r), W, A and D, never x and never an (out, in) W_eff. With g = dL/dy (N, out):
+        dL/dx = g W_eff = g (W + s·D A) when x_d is x, else g W and dL/dx_d = s·(g D) A,
         dL/dD = s·gᵀ h (out, r),   dL/db = Σ_N g.
+    Without dropout both GEMMs use W_eff, rebuilt in forward and backward (out × in, cheap next
+    to the N × in / N × out passes a separate low-rank term would add).
     Computed in the autocast dtype if autocast is on (as F.linear would), else in x's dtype,
     with autocast off inside, so the backward sees the forward's dtypes.
     """
@@ -122,14 +125,19 @@ class LoRAFALinear(torch.autograd.Function):
     def forward(ctx, x, xd, W, b, A, D, s):
         dev = x.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        same = xd is x
         with torch.autocast(dev, enabled=False):
             W_, A_, D_ = W.to(dt), A.to(dt), D.to(dt)  # (out, in), (r, in), (out, r)
             x2 = x.reshape(-1, x.shape[-1]).to(dt)  # (N, in)
-            y = x2 @ W_.T if b is None else torch.addmm(b.to(dt), x2, W_.T)  # (N, out)
-            h = (x2 if xd is x else xd.reshape(-1, xd.shape[-1]).to(dt)) @ A_.T  # (N, r)
-            y.addmm_(h, D_.T, alpha=s)
+            # without dropout, one GEMM with the transient W_eff = W + s·D·A (out, in): cheaper
+            # than a rank-r update of the (N, out) output; W_eff is not kept for backward
+            M = torch.addmm(W_, D_, A_, alpha=s) if same else W_  # (out, in)
+            y = x2 @ M.T if b is None else torch.addmm(b.to(dt), x2, M.T)  # (N, out)
+            h = (x2 if same else xd.reshape(-1, xd.shape[-1]).to(dt)) @ A_.T  # (N, r)
+            if not same:
+                y.addmm_(h, D_.T, alpha=s)
         ctx.save_for_backward(h, W_, A_, D_)
-        ctx.same, ctx.s = xd is x, s
+        ctx.same, ctx.s = same, s
         ctx.x_meta, ctx.xd_meta = (x.shape, x.dtype), (xd.shape, xd.dtype)
         ctx.b_dtype, ctx.D_dtype = (None if b is None else b.dtype), D.dtype
         return y.view(*x.shape[:-1], W.shape[0])
@@ -141,14 +149,11 @@ class LoRAFALinear(torch.autograd.Function):
         need = ctx.needs_input_grad
         g2 = g.reshape(-1, g.shape[-1]).to(h.dtype)  # (N, out)
         gx = gxd = gb = gD = None
-        gh = g2 @ D if need[0] or need[1] else None  # (N, r)
-        if need[0]:
-            gx = g2 @ W  # (N, in)
-            if ctx.same:
-                gx.addmm_(gh, A, alpha=ctx.s)
+        if need[0]:  # without dropout: g·W_eff, W_eff rebuilt (out, in), one GEMM
+            gx = g2 @ (torch.addmm(W, D, A, alpha=ctx.s) if ctx.same else W)  # (N, in)
             gx = gx.to(ctx.x_meta[1]).view(ctx.x_meta[0])
         if need[1] and not ctx.same:
-            gxd = (gh @ A).mul_(ctx.s).to(ctx.xd_meta[1]).view(ctx.xd_meta[0])  # (..., in)
+            gxd = ((g2 @ D) @ A).mul_(ctx.s).to(ctx.xd_meta[1]).view(ctx.xd_meta[0])  # (..., in)
         if need[3]:
             gb = g2.sum(0).to(ctx.b_dtype)  # (out,)
         if need[5]:
