@@ -70,3 +70,15 @@ def test_report_has_every_section(log_dir):  # noqa: F811
     assert md.count("Paired comparison with `random`") == 2  # MRPC and RTE both have svd and random
     assert "| svd − random | 0.0001 | final | 3 |" in md and "| pissa − random | 0.001 | best | 3 |" in md
     assert "Steps to reach 90%" in md and "95% CI (final)" in md
+
+
+def test_majority_level_is_drawn_on_metric_panels_only(log_dir):  # noqa: F811
+    from utils import plots
+    from utils.logs import load_runs
+
+    runs = load_runs(log_dir)
+    fig = plots.plot_histories(runs, "mrpc", lr=1e-4, majority={"mrpc": {"f1": 0.8123, "accuracy": 0.6838}})
+    levels = {ax.get_title(): [ln.get_ydata()[0] for ln in ax.lines if ln.get_label() == "majority class"]
+              for ax in fig.axes if ax.get_title()}
+    assert levels == {"train loss": [], "dev loss": [], "dev F1": [0.8123], "dev accuracy": [0.6838]}
+    plots.plt.close(fig)

@@ -34,7 +34,8 @@ from utils.config import model_short_name  # noqa: E402
 from utils.glue import get_task  # noqa: E402
 from utils.logs import load_runs, load_summaries  # noqa: E402
 from utils.stats import (  # noqa: E402
-    ADAPTER_METHODS, add_variant, fmt_lr, format_table, report, series_order, summary_table, t_interval,
+    ADAPTER_METHODS, add_variant, fmt_lr, format_table, majority_metrics, report, series_order, summary_table,
+    t_interval,
     task_metrics, to_markdown, with_variant,
 )
 
@@ -115,12 +116,23 @@ def _legend(fig, handles, labels):
 
 
 @plt.rc_context(STYLE)
-def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, variant=None, fig=None):
+def _majority_line(ax, majority, task, metric):
+    """A dashed grey line at the majority-class value of `metric` (if known); returns it or None."""
+    value = (majority or {}).get(get_task(task).name, {}).get(metric)
+    if value is None:
+        return None
+    return ax.axhline(value, color="#444444", linestyle=(0, (6, 3)), lw=1.0, label="majority class")
+
+
+def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, variant=None, fig=None,
+                   majority=None):
     """Train loss, dev loss and the task's dev metric(s) against optimizer step, for one setting.
 
     `df` is `load_runs` output; `model`/`rank`/`lr`/`variant` (see `add_variant`) pick the setting
     (needed only when `df` holds several). Baselines (head/full) at the same lr are drawn too. One colour per series; lines are
-    means over seeds with a shaded 95% t-interval. Returns the figure (drawn into `fig` if given).
+    means over seeds with a shaded 95% t-interval. `majority` ({task: {metric: value}}, see
+    `utils.stats.majority_metrics`) adds the majority-class level to the metric panels.
+    Returns the figure (drawn into `fig` if given).
     """
     task = get_task(task)
     runs = _select(with_variant(df), task, model=model, rank=rank, lr=lr, variant=variant)
@@ -148,6 +160,7 @@ def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, va
                     marker=style["marker"] if len(c) <= 30 else None, markersize=4,  # eval points
                     label=f"{style['label']} (n={ns[-1]})")
             ax.fill_between(c["step"], c["lo"], c["hi"], color=style["color"], alpha=0.18, lw=0)
+    ref = [_majority_line(ax, majority, task, col) for ax, (col, _) in zip(axes, panels)]
     for ax, (col, title) in zip(axes, panels):
         ax.set(title=title, xlabel="optimizer step",
                ylabel=loss if col.endswith("loss") else f"dev {metric_label(col)}")
@@ -160,14 +173,16 @@ def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, va
     variant = f" · {s['variant']}" if s["variant"] else ""
     fig.suptitle(f"{task.folder} (GLUE dev split) · {where}lr {fmt_lr(s['lr'])}{variant}\n{seeds}")
     handles, labels = axes[0].get_legend_handles_labels()
-    _legend(fig, handles, labels)
+    ref = [h for h in ref if h is not None]
+    _legend(fig, handles + ref[:1], labels + [h.get_label() for h in ref[:1]])
     return fig
 
 
 @plt.rc_context(STYLE)
-def summary_figure(summaries: pd.DataFrame, which: str = "final"):
+def summary_figure(summaries: pd.DataFrame, which: str = "final", majority=None):
     """Dev main metric (`which`: "final" or "best") against learning rate, one panel per
-    task/model/rank; points are seed means with 95% t-interval error bars. Returns the figure."""
+    task/model/rank; points are seed means with 95% t-interval error bars; `majority` as in
+    `plot_histories`. Returns the figure."""
     summaries = with_variant(summaries).copy()
     summaries["_key"] = list(zip(summaries["method"], summaries["init"]))
     adapters = summaries[summaries["method"].isin(ADAPTER_METHODS)]
@@ -193,6 +208,9 @@ def summary_figure(summaries: pd.DataFrame, which: str = "final"):
             h = ax.errorbar(lr * dodge, mean, yerr=np.nan_to_num(half), color=style["color"],
                             linestyle=style["linestyle"], marker=style["marker"], capsize=3, lw=1.5)
             legend.setdefault(style["label"], h)
+        line = _majority_line(ax, majority, task, metric)
+        if line is not None:
+            legend.setdefault(line.get_label(), line)
         ax.set_xscale("log")
         lo, hi = np.log10(sub["lr"].min()), np.log10(sub["lr"].max())
         pad = max(0.25, (1 - (hi - lo)) / 2)  # show at least one decade: a labelled major tick
@@ -263,11 +281,12 @@ def show_task(log_dir, task, *, config=None, grid=None, **filters) -> pd.DataFra
     runs, summaries = _select(runs, task, **filters), _select(summaries, task, **filters)
     if runs.empty:
         raise NoRunsError(f"no finished {get_task(task).name} runs in {log_dir} match the selection")
+    majority = majority_metrics(log_dir)
     for setting in _settings(runs):
-        fig = plot_histories(runs, **setting)
+        fig = plot_histories(runs, **setting, majority=majority)
         display(fig)
         plt.close(fig)
-    fig = summary_figure(summaries)
+    fig = summary_figure(summaries, majority=majority)
     display(fig)
     plt.close(fig)
     table = format_table(summary_table(summaries, metrics="all"))
@@ -298,10 +317,11 @@ def main(log_dir="logs", out_dir="imgs") -> list[Path]:
         plt.close(fig)
         written.append(out / name)
 
+    majority = majority_metrics(log_dir)
     for setting in _settings(runs):
-        save(plot_histories(runs, **setting), _file_name(**setting))
+        save(plot_histories(runs, **setting, majority=majority), _file_name(**setting))
     for which in ("final", "best"):
-        save(summary_figure(summaries, which), f"summary_{which}_metric.png")
+        save(summary_figure(summaries, which, majority), f"summary_{which}_metric.png")
     table = summary_table(summaries, metrics="all")
     table.to_csv(out / "summary.csv", index=False)
     (out / "summary.md").write_text(
