@@ -16,12 +16,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from utils.config import NAME_FIELDS, UNHASHED_FIELDS, RunConfig
+from utils.config import ADAPTER_METHODS, NAME_FIELDS, UNHASHED_FIELDS, RunConfig
 from utils.glue import compute_metrics, get_task
 from utils.logs import load_runs, load_summaries, read_log
 from utils.runlog import load_predictions, predictions_path
 
-ADAPTER_METHODS = ("lora-fa", "lora")  # methods with a rank; head/full baselines have none
 SERIES_INITS = ("random", "svd", "pissa", "milora", "seed")  # table/legend order of the inits
 SERIES_METHODS = ("lora-fa", "lora", "head", "full")  # and of the methods
 
@@ -110,12 +109,15 @@ def summary_table(summaries: pd.DataFrame, metrics: str = "main") -> pd.DataFram
     return table.drop(columns=["_o", "_m"]).reset_index(drop=True)
 
 
+def _pm(mean, std, digits=3):
+    """"mean ± std", or just the mean when std is undefined, "–" when the mean is."""
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
+
+
 def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """`summary_table` output as strings: "mean ± std" per final/best, "–" where undefined."""
-    def pm(mean, std):
-        if pd.isna(mean):
-            return "–"
-        return f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
     extra = ["variant"] if table["variant"].astype(bool).any() else []
     out = table[["task", "model", "method", "init", "rank", "lr", *extra, "metric", "n"]].copy()
     out["rank"] = [("–" if pd.isna(r) else str(int(r))) for r in out["rank"]]
@@ -123,8 +125,8 @@ def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     if extra:
         out["variant"] = out["variant"].replace("", "default")
     out["lr"] = [fmt_lr(v) for v in out["lr"]]
-    out["final (mean ± std)"] = [pm(m, s) for m, s in zip(table["final_mean"], table["final_std"])]
-    out["best (mean ± std)"] = [pm(m, s) for m, s in zip(table["best_mean"], table["best_std"])]
+    out["final (mean ± std)"] = [_pm(m, s, digits) for m, s in zip(table["final_mean"], table["final_std"])]
+    out["best (mean ± std)"] = [_pm(m, s, digits) for m, s in zip(table["best_mean"], table["best_std"])]
     return out
 
 
@@ -203,21 +205,20 @@ def steps_to_target(runs: pd.DataFrame, baselines: dict, frac: float = 0.9) -> p
     return pd.DataFrame(rows)
 
 
-def _pm(mean, std, digits=3):
-    if pd.isna(mean):
-        return "–"
-    return f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
-
-
 def report(log_dir="logs", frac: float = 0.9) -> str:
+    """The Results tables as markdown from the finished runs in `log_dir` (see `format_report`)."""
+    return format_report(load_runs(log_dir), load_summaries(log_dir), majority_metrics(log_dir), frac)
+
+
+def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, frac: float = 0.9) -> str:
     """The Results tables as markdown, per task: final/best main dev metric per series (mean ± std,
-    n, 95% CI of the final), svd and pissa against random on paired seeds, and steps to target."""
-    summaries, runs = load_summaries(log_dir), load_runs(log_dir)
+    n, 95% CI of the final), svd and pissa against random on paired seeds, and steps to target.
+    `runs`/`summaries` as from `load_runs`/`load_summaries`, `baselines` from `majority_metrics`."""
     if summaries.empty:
         return "No finished runs.\n"
-    summaries = add_variant(summaries)
-    runs = runs.merge(summaries[["run_id", "variant"]], on="run_id")
-    baselines = majority_metrics(log_dir)
+    summaries = with_variant(summaries)
+    if "variant" not in runs.columns:
+        runs = runs.merge(summaries[["run_id", "variant"]], on="run_id")
     out = ["All metrics on the GLUE dev split. mean ± std over seeds (n seeds); 95% CI: t-interval of "
            "the mean. Paired: same seed numbers, difference init − random, two-sided paired t-test.\n"]
     for task in sorted(summaries["task"].unique()):
