@@ -16,20 +16,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from utils.config import ADAPTER_METHODS, NAME_FIELDS, UNHASHED_FIELDS, RunConfig
+from lora.inits import INITS
+from utils.config import ADAPTER_METHODS, METHODS, NAME_FIELDS, UNHASHED_FIELDS, RunConfig
 from utils.glue import compute_metrics, get_task
 from utils.logs import load_runs, load_summaries, read_log
 from utils.runlog import load_predictions, predictions_path
 
-SERIES_INITS = ("random", "svd", "pissa", "milora", "seed")  # table/legend order of the inits
-SERIES_METHODS = ("lora-fa", "lora", "head", "full")  # and of the methods
-
-
 def series_order(key):
-    """Sort key of a (method, init) series: methods, then inits, in the orders above."""
+    """Sort key of a (method, init) series in tables and legends: methods in utils.config.METHODS
+    order, then inits in lora.inits.INITS order (unknown names last, alphabetically)."""
     method, init = key
-    return (SERIES_METHODS.index(method) if method in SERIES_METHODS else 9,
-            SERIES_INITS.index(init) if init in SERIES_INITS else 9, str(init))
+    return (METHODS.index(method) if method in METHODS else 9,
+            INITS.index(init) if init in INITS else 9, str(init))
 
 
 def task_metrics(task, columns) -> list[str]:
