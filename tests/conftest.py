@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.runner_helpers import glue_dir, runner_env  # noqa: F401 (fixtures, shared by every test module)
 from tests.tiny import ARCHS, tiny_model_dir
 
 

@@ -4,10 +4,8 @@ import sys
 import types
 
 import pytest
-import torch
 
 import run_glue
-from tests.runner_helpers import glue_dir, runner_env, write_glue  # noqa: F401 (fixtures)
 from utils.config import RunConfig, field_help
 from utils.logs import load_summaries
 

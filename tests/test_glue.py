@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from utils.glue import (TASKS, DataNotFoundError, GlueFormatError, GlueTask, compute_metrics,
+from utils.glue import (TASKS, DataNotFoundError, GlueFormatError, compute_metrics,
                         get_task, load_glue, read_tsv)
 
 REAL_GLUE = Path(__file__).parents[1] / ".." / "shared" / "glue"

@@ -24,9 +24,9 @@ ATTENTION_CLASS = {"bert": BertAttention, "roberta": RobertaAttention, "mpnet": 
 
 def expected_counts(config, num_labels):
     """(total params, head params) of a *ForSequenceClassification, from config dims."""
-    H, I, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    H, M, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
     linear = lambda n_in, n_out: n_in * n_out + n_out  # noqa: E731
-    layer = 4 * linear(H, H) + linear(H, I) + linear(I, H) + 2 * 2 * H  # q,k,v,o + MLP + 2 LayerNorms
+    layer = 4 * linear(H, H) + linear(H, M) + linear(M, H) + 2 * 2 * H  # q,k,v,o + MLP + 2 LayerNorms
     embeddings = (V + config.max_position_embeddings) * H + 2 * H  # + LayerNorm
     if config.model_type == "mpnet":
         embeddings += config.relative_attention_num_buckets * config.num_attention_heads

@@ -64,12 +64,21 @@ def test_majority_metrics_from_stored_labels(tmp_path):
     assert base == {"mrpc": pytest.approx({"accuracy": 0.75, "f1": 2 * 0.75 / 1.75})}
 
 
+def test_compute_table_sums_logged_wall_time():
+    df = _summaries([0.8, 0.9], [0.7, 0.6, 0.5]).assign(wall_time_s=[600.0, 1200.0, 1800.0, 2400.0, 3000.0])
+    df.loc[df["init"] == "random", "method"] = "head"
+    out = stats.compute_table(df).set_index("method")
+    assert out.loc["lora-fa", "runs"] == 2 and out.loc["lora-fa", "total hours"] == "0.5"  # 30 min
+    assert out.loc["head", "minutes per run (median, range)"] == "40 (30–50)"
+    assert out.loc["head", "total hours"] == "2.0"
+
+
 def test_report_has_every_section(log_dir):  # noqa: F811
     md = stats.report(log_dir)
     assert "### MRPC (f1;" in md and "### RTE (accuracy;" in md
     assert md.count("Paired comparison with `random`") == 2  # MRPC and RTE both have svd and random
     assert "| svd − random | 0.0001 | final | 3 |" in md and "| pissa − random | 0.001 | best | 3 |" in md
-    assert "Steps to reach 90%" in md and "95% CI (final)" in md
+    assert "Steps to reach 90%" in md and "95% CI (final)" in md and "### Compute" in md
 
 
 def test_majority_level_is_drawn_on_metric_panels_only(log_dir):  # noqa: F811

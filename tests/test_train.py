@@ -14,7 +14,7 @@ from safetensors import safe_open
 from sklearn.metrics import accuracy_score, f1_score
 
 import lora
-from tests.runner_helpers import REAL_GLUE, glue_dir, runner_env, tiny_config, write_glue  # noqa: F401 (fixtures)
+from tests.runner_helpers import REAL_GLUE, tiny_config
 from utils import checkpoint as ckpt
 from utils.config import RunConfig
 from utils.data import EpochSampler, tokenize_glue, train_loader

@@ -203,6 +203,18 @@ def steps_to_target(runs: pd.DataFrame, baselines: dict, frac: float = 0.9) -> p
     return pd.DataFrame(rows)
 
 
+def compute_table(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Wall time of the finished runs per task and method: runs, median and range per run in
+    minutes, total CPU-process hours (each run's own wall clock, summed; threads as logged)."""
+    rows = []
+    for (task, method), g in summaries.groupby(["task", "method"]):
+        minutes = g["wall_time_s"].astype(float) / 60
+        rows.append({"task": task, "method": method, "runs": len(g),
+                     "minutes per run (median, range)": f"{minutes.median():.0f} ({minutes.min():.0f}–{minutes.max():.0f})",
+                     "total hours": f"{minutes.sum() / 60:.1f}"})
+    return pd.DataFrame(rows)
+
+
 def report(log_dir="logs", frac: float = 0.9) -> str:
     """The Results tables as markdown from the finished runs in `log_dir` (see `format_report`)."""
     return format_report(load_runs(log_dir), load_summaries(log_dir), majority_metrics(log_dir), frac)
@@ -253,4 +265,6 @@ def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
                              "target": f"{g['target'].iloc[0]:.3f}", "reached": f"{g['step'].notna().sum()}/{len(g)}",
                              "steps (mean ± std over runs that reached it)": _pm(m, sd, 0)})
             out.append(to_markdown(pd.DataFrame(rows)))
+    out.append("\n### Compute (wall time of each finished run, as logged)\n")
+    out.append(to_markdown(compute_table(summaries)))
     return "\n".join(out)
