@@ -1,6 +1,6 @@
 """One MRPC epoch + dev evaluation: our runner (LoRA-FA) against transformers' Trainer + PEFT.
 
-    python bench/epoch.py                                   # minilm, fp32 and bf16
+    python bench/epoch.py                                   # minilm, fp32 and bf16, PEFT LoRA and LoRA-FA
     python bench/epoch.py --max-steps 5 --dtypes fp32       # smoke run
     python bench/epoch.py --model path/to/folder --data-dir path/to/glue --max-steps 2
 
@@ -13,12 +13,12 @@ adapters (alpha 4, no dropout) on Q, K, V, O, the classification head (and BERT'
 trained, and the same seed (the data order differs: each side has its own sampler).
 
 * ours:    utils.run_experiment(RunConfig(method="lora-fa", init="random", ...))
-* trainer: peft.get_peft_model(LoraConfig(...)) (A trained for --peft-method lora, the
-           default; frozen for lora-fa) + transformers.Trainer(use_cpu=True, bf16=...),
-           save_strategy "no", then trainer.evaluate().
+* trainer: peft.get_peft_model(LoraConfig(...)) (A trained for PEFT method `lora`, frozen
+           for `lora-fa`; --peft-methods runs each) + transformers.Trainer(use_cpu=True,
+           bf16=...), save_strategy "no", then trainer.evaluate().
 
 Every run is a fresh subprocess of this script (`--worker ours|trainer --dtype ...`), so its
-peak RSS (VmHWM) is its own; runs alternate ours/trainer. Time = training + dev
+peak RSS (VmHWM) is its own; runs alternate ours / Trainer + each PEFT method, --repeats times. Time = training + dev
 evaluation (the timers of our runner, the calls to train() and evaluate() for the Trainer);
 the process wall time (imports, model load, our checkpoint writes) is listed too.
 """
@@ -39,6 +39,7 @@ from bench import common  # noqa: E402
 
 RANK = 4
 WARMUP = 0.06
+PEFT_METHODS = ("lora", "lora-fa")  # the Trainer reference: PEFT LoRA with A trained, or frozen (LoRA-FA)
 WEIGHT_DECAY = 0.01
 
 
@@ -128,11 +129,12 @@ def run_worker(args) -> dict:
     return out
 
 
-def spawn(args, worker: str, dtype: str) -> dict:
-    """Run one worker subprocess; its JSON report (or {"error": ...})."""
+def spawn(args, worker: str, dtype: str, peft_method: str = "lora") -> dict:
+    """Run one worker subprocess; its JSON report (or {"error": ...}), labelled with its runner name."""
+    name = "ours" if worker == "ours" else f"trainer-{peft_method}"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--dtype", dtype, "--model", args.model,
            "--data-dir", args.data_dir, "--batch", str(args.batch), "--max-length", str(args.max_length),
-           "--lr", str(args.lr), "--seed", str(args.seed), "--peft-method", args.peft_method,
+           "--lr", str(args.lr), "--seed", str(args.seed), "--peft-method", peft_method,
            "--threads", str(args.threads)]
     if args.max_steps:
         cmd += ["--max-steps", str(args.max_steps)]
@@ -141,31 +143,32 @@ def spawn(args, worker: str, dtype: str) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         print(f"{worker}/{dtype} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-        return {"runner": worker, "dtype": dtype, "error": proc.stderr.strip().splitlines()[-1:]}
-    report = json.loads(lines[-1])
+        return {"runner": name, "dtype": dtype, "error": proc.stderr.strip().splitlines()[-1:]}
+    report = json.loads(lines[-1]) | {"runner": name}
     report["process_s"] = time.time() - t0  # includes interpreter start and imports
     return report
 
 
 def table(args, reports: list[dict]) -> str:
-    names = {"ours": "ours (run_experiment, LoRA-FA)", "trainer": f"Trainer + PEFT ({args.peft_method})"}
+    """One row per run; `x Trainer` is against the median Trainer + PEFT LoRA-FA run of the same dtype
+    (the like-for-like reference; PEFT LoRA if that was not run), and one target line per PEFT method."""
+    names = {"ours": "ours (run_experiment, LoRA-FA)"} | {f"trainer-{m}": f"Trainer + PEFT ({m})" for m in PEFT_METHODS}
     rows, lines = [], []
     for dtype in args.dtypes:
-        ours = [r for r in reports if r["dtype"] == dtype and r["runner"] == "ours" and "error" not in r]
-        ref = [r for r in reports if r["dtype"] == dtype and r["runner"] == "trainer" and "error" not in r]
-        ref_t = common.median([r["train_eval_s"] for r in ref]) if ref else None
-        for group in (ours, ref):
+        runs = {k: [r for r in reports if r["dtype"] == dtype and r["runner"] == k and "error" not in r] for k in names}
+        t = {k: common.median([r["train_eval_s"] for r in g]) for k, g in runs.items() if g}
+        ref_t = t.get("trainer-lora-fa") or t.get("trainer-lora")
+        for k, group in runs.items():
             for r in group:
                 m = r["metrics"]
-                rows.append([names[r["runner"]], dtype, r["steps"], r["trainable"], r["train_eval_s"],
+                rows.append([names[k], dtype, r["steps"], r["trainable"], r["train_eval_s"],
                              r["train_eval_s"] / ref_t if ref_t else None, r["process_s"], r["peak_rss_mib"],
                              m.get("accuracy"), m.get("f1")])
-        if ours and ref:
-            t = common.median([r["train_eval_s"] for r in ours]) / ref_t
-            f1_ours, f1_ref = (common.median([r["metrics"]["f1"] for r in g]) for g in (ours, ref))
-            ok = t <= 1.0 and f1_ours >= f1_ref
-            lines.append(f"- {dtype}: ours takes {t:.3f} x the Trainer's time, dev F1 {f1_ours:.4f} vs {f1_ref:.4f} "
-                         f"(target <= 1.0 x at equal or better F1): {common.verdict(ok)}")
+        f1 = {k: common.median([r["metrics"]["f1"] for r in g]) for k, g in runs.items() if g}
+        for k in [k for k in t if k != "ours" and "ours" in t]:
+            ratio, ok = t["ours"] / t[k], t["ours"] <= t[k] and f1["ours"] >= f1[k]
+            lines.append(f"- {dtype}: ours takes {ratio:.3f} x the time of {names[k]}, dev F1 {f1['ours']:.4f} vs "
+                         f"{f1[k]:.4f} (target <= 1.0 x at equal or better F1): {common.verdict(ok)}")
     for r in reports:
         if "error" in r:
             lines.append(f"- {r['runner']}/{r['dtype']} failed: {r['error']}")
@@ -185,7 +188,8 @@ def parse_args(argv=None):
     p.add_argument("--max-steps", type=int, default=None, help="stop after N steps (smoke runs)")
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
     p.add_argument("--repeats", type=int, default=1, help="runs per (runner, dtype), alternating")
-    p.add_argument("--peft-method", choices=["lora", "lora-fa"], default="lora")
+    p.add_argument("--peft-methods", default="lora,lora-fa", help="comma-separated PEFT references: lora, lora-fa")
+    p.add_argument("--peft-method", choices=PEFT_METHODS, default="lora", help=argparse.SUPPRESS)  # worker mode
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in the workers (0: default)")
     p.add_argument("--out", default=str(common.RESULTS), help="folder for epoch_<dtypes>.md")
     p.add_argument("--worker", choices=["ours", "trainer"], help=argparse.SUPPRESS)
@@ -194,6 +198,9 @@ def parse_args(argv=None):
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if set(args.dtypes) - {"fp32", "bf16"}:
         p.error(f"--dtypes takes fp32 and/or bf16, got {args.dtypes}")
+    args.peft_methods = [m.strip() for m in args.peft_methods.split(",") if m.strip()]
+    if not args.peft_methods or set(args.peft_methods) - set(PEFT_METHODS):
+        p.error(f"--peft-methods takes {' and/or '.join(PEFT_METHODS)}, got {args.peft_methods}")
     return args
 
 
@@ -210,9 +217,9 @@ def main(argv=None):
     reports = []
     for _ in range(args.repeats):
         for dtype in args.dtypes:
-            for worker in ("ours", "trainer"):
-                reports.append(spawn(args, worker, dtype))
-                print(f"  {worker}/{dtype} done", file=sys.stderr, flush=True)
+            for worker, method in [("ours", "lora")] + [("trainer", m) for m in args.peft_methods]:
+                reports.append(spawn(args, worker, dtype, method))
+                print(f"  {reports[-1]['runner']}/{dtype} done", file=sys.stderr, flush=True)
     settings = (f"MRPC, model {args.model}, rank {RANK}, batch {args.batch}, max length {args.max_length}, "
                 f"lr {args.lr:g}, linear schedule with {WARMUP:.0%} warm-up, seed {args.seed}, "
                 + (f"{args.max_steps} steps" if args.max_steps else "one epoch") + ", data " + args.data_dir)

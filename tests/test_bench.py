@@ -119,7 +119,9 @@ def test_epoch_table(runs):
     columns, rows = table_rows(text, "runner")
     assert columns == ["runner", "dtype", "steps", "trainable params", "train+eval s", "x Trainer", "process s",
                        "peak RSS MiB", "dev accuracy", "dev F1"]
-    assert [r[0] for r in rows] == ["ours (run_experiment, LoRA-FA)", "Trainer + PEFT (lora)"]
+    assert [r[0] for r in rows] == ["ours (run_experiment, LoRA-FA)", "Trainer + PEFT (lora)", "Trainer + PEFT (lora-fa)"]
+    assert rows[1][3] != rows[2][3] and rows[0][3] == rows[2][3]  # A frozen: ours and PEFT LoRA-FA train as many
+    assert float(rows[2][5]) == 1.0  # x Trainer: against PEFT LoRA-FA
     assert all(r[1] == "bf16" and r[2] == "2" for r in rows)
     assert all(0 <= float(r[8]) <= 1 for r in rows)
-    assert "(target <= 1.0 x at equal or better F1)" in text and "failed" not in text
+    assert text.count("(target <= 1.0 x at equal or better F1)") == 2 and "failed" not in text
