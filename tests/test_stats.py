@@ -50,6 +50,9 @@ def test_steps_to_target_uses_the_majority_baseline():
     out = stats.steps_to_target(pd.DataFrame(rows), {"mrpc": {"f1": 0.8}}, frac=0.9).set_index("init")
     assert out.loc["svd", "target"] == pytest.approx(0.89)
     assert out.loc["svd", "step"] == 20 and math.isnan(out.loc["random", "step"])
+    # nothing beats a majority level of 0.95: no target, nobody "reaches" it
+    out = stats.steps_to_target(pd.DataFrame(rows), {"mrpc": {"f1": 0.95}}, frac=0.9)
+    assert out["target"].isna().all() and out["step"].isna().all()
     # without a baseline m0 = 0: target 0.81, reached at the second evaluation by both
     out = stats.steps_to_target(pd.DataFrame(rows), {}, frac=0.9).set_index("init")
     assert out["step"].tolist() == [20.0, 20.0]

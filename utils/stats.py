@@ -187,7 +187,8 @@ def steps_to_target(runs: pd.DataFrame, baselines: dict, frac: float = 0.9) -> p
     per task/model/lr/variant setting (all series at that lr, baselines included), where m0 is the majority-class metric (`baselines`,
     see `majority_metrics`; 0 if missing) and m_best the highest mean-over-seeds best metric of
     any series in that setting. (A plain fraction of the best would be met at step 0 by MRPC's
-    F1, whose majority-class value is 0.81.) NaN steps: the run never reached the target."""
+    F1, whose majority-class value is 0.81.) NaN steps: the run never reached the target; NaN target:
+    no series' mean best beat the majority class."""
     df = with_variant(runs)
     keys, rows = ["task", "model", "lr", "variant"], []
     for key, g in df.groupby(keys):
@@ -195,7 +196,8 @@ def steps_to_target(runs: pd.DataFrame, baselines: dict, frac: float = 0.9) -> p
         m0 = baselines.get(get_task(key[0]).name, {}).get(metric, 0.0)
         best_per_run = g.groupby(["method", "init", "rank", "seed"], dropna=False)[metric].max()
         m_best = best_per_run.groupby(level=["method", "init", "rank"], dropna=False).mean().max()
-        target = m0 + frac * (m_best - m0)
+        # no series beat the trivial predictor: "converging" has no target to reach
+        target = m0 + frac * (m_best - m0) if m_best > m0 else math.nan
         for (method, init, rank, seed), r in g.groupby(["method", "init", "rank", "seed"], dropna=False):
             hit = r[r[metric] >= target]["step"]
             rows.append(dict(zip(keys, key), method=method, init=init, rank=rank, seed=seed, metric=metric,
@@ -262,7 +264,7 @@ def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
             for (lr, method, init), g in sorted(groups, key=lambda kv: (kv[0][0], series_order(kv[0][1:]))):
                 m, sd, n, _ = t_interval(g["step"])
                 rows.append({"lr": fmt_lr(lr), "method": method, "init": init if method in ADAPTER_METHODS else "–",
-                             "target": f"{g['target'].iloc[0]:.3f}", "reached": f"{g['step'].notna().sum()}/{len(g)}",
+                             "target": _pm(g["target"].iloc[0], math.nan), "reached": f"{g['step'].notna().sum()}/{len(g)}",
                              "steps (mean ± std over runs that reached it)": _pm(m, sd, 0)})
             out.append(to_markdown(pd.DataFrame(rows)))
     out.append("\n### Compute (wall time of each finished run, as logged)\n")
