@@ -93,4 +93,6 @@ def test_majority_level_is_drawn_on_metric_panels_only(log_dir):  # noqa: F811
     levels = {ax.get_title(): [ln.get_ydata()[0] for ln in ax.lines if ln.get_label() == "majority class"]
               for ax in fig.axes if ax.get_title()}
     assert levels == {"train loss": [], "dev loss": [], "dev F1": [0.8123], "dev accuracy": [0.6838]}
+    # the figure style applies to the whole figure (plot_histories runs inside plt.rc_context(STYLE))
+    assert {ax.xaxis.label.get_fontsize() for ax in fig.axes if ax.get_title()} == {plots.STYLE["font.size"]}
     plots.plt.close(fig)

@@ -115,7 +115,6 @@ def _legend(fig, handles, labels):
                title="LoRA-FA init / baseline")
 
 
-@plt.rc_context(STYLE)
 def _majority_line(ax, majority, task, metric):
     """A dashed grey line at the majority-class value of `metric` (if known); returns it or None."""
     value = (majority or {}).get(get_task(task).name, {}).get(metric)
@@ -124,6 +123,7 @@ def _majority_line(ax, majority, task, metric):
     return ax.axhline(value, color="#444444", linestyle=(0, (6, 3)), lw=1.0, label="majority class")
 
 
+@plt.rc_context(STYLE)
 def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, variant=None, fig=None,
                    majority=None):
     """Train loss, dev loss and the task's dev metric(s) against optimizer step, for one setting.

@@ -207,7 +207,8 @@ def steps_to_target(runs: pd.DataFrame, baselines: dict, frac: float = 0.9) -> p
 
 def compute_table(summaries: pd.DataFrame) -> pd.DataFrame:
     """Wall time of the finished runs per task and method: runs, median and range per run in
-    minutes, total CPU-process hours (each run's own wall clock, summed; threads as logged)."""
+    minutes, and total hours (each run's own logged wall clock, summed; runs that shared the CPU
+    overlap in real time, so this is run time, not elapsed time)."""
     rows = []
     for (task, method), g in summaries.groupby(["task", "method"]):
         minutes = g["wall_time_s"].astype(float) / 60
