@@ -12,7 +12,8 @@ LayerNorm weights, gradient clipping at 1.0, a linear schedule with 6% warm-up, 
 adapters (alpha 4, no dropout) on Q, K, V, O, the classification head (and BERT's pooler)
 trained, and the same seed (the data order differs: each side has its own sampler).
 
-* ours:    utils.run_experiment(RunConfig(method="lora-fa", init="random", ...))
+* ours:    utils.run_experiment(RunConfig(method="lora-fa", init="random", ...)); --ours-methods
+           lora-fa,lora adds our LoRA (A trained), the like-for-like row for PEFT LoRA
 * trainer: peft.get_peft_model(LoraConfig(...)) (A trained for PEFT method `lora`, frozen
            for `lora-fa`; --peft-methods runs each) + transformers.Trainer(use_cpu=True,
            bf16=...), save_strategy "no", then trainer.evaluate().
@@ -36,10 +37,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
+from utils.config import ADAPTER_METHODS  # noqa: E402
 
 RANK = 4
 WARMUP = 0.06
-PEFT_METHODS = ("lora", "lora-fa")  # the Trainer reference: PEFT LoRA with A trained, or frozen (LoRA-FA)
+METHODS = ADAPTER_METHODS  # lora-fa (A frozen) or lora (A trained), for ours and for the Trainer + PEFT reference
+LABELS = {"lora-fa": "LoRA-FA", "lora": "LoRA"}
 WEIGHT_DECAY = 0.01
 
 
@@ -48,11 +51,11 @@ def default_data_dir() -> str:
 
 
 def worker_ours(args, tmp: Path) -> dict:
-    """Our runner; returns times, metrics and memory of one run."""
+    """Our runner (LoRA-FA, or LoRA for --method lora); returns times, metrics and memory of one run."""
     from utils import run_experiment  # noqa: PLC0415
     from utils.config import RunConfig  # noqa: PLC0415
 
-    cfg = RunConfig(task="mrpc", model=args.model, method="lora-fa", init="random", rank=RANK, lr=args.lr,
+    cfg = RunConfig(task="mrpc", model=args.model, method=args.method, init="random", rank=RANK, lr=args.lr,
                     weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP, epochs=1, max_steps=args.max_steps,
                     batch_size=args.batch, max_length=args.max_length, clip_norm=1.0,
                     bf16=args.dtype == "bf16", seed=args.seed, data_dir=args.data_dir,
@@ -79,7 +82,7 @@ def worker_trainer(args, tmp: Path) -> dict:
     peft_model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=RANK, target_modules=default_targets(model),
                                                   lora_dropout=0.0))
     set_trainable(model, "lora")  # + head (and BERT pooler), exactly what our runner trains
-    if args.peft_method == "lora-fa":
+    if args.method == "lora-fa":
         for n, p in model.named_parameters():
             if "lora_A" in n:
                 p.requires_grad_(False)
@@ -129,12 +132,12 @@ def run_worker(args) -> dict:
     return out
 
 
-def spawn(args, worker: str, dtype: str, peft_method: str = "lora") -> dict:
+def spawn(args, worker: str, dtype: str, method: str) -> dict:
     """Run one worker subprocess; its JSON report (or {"error": ...}), labelled with its runner name."""
-    name = "ours" if worker == "ours" else f"trainer-{peft_method}"
+    name = f"{worker}-{method}"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--dtype", dtype, "--model", args.model,
            "--data-dir", args.data_dir, "--batch", str(args.batch), "--max-length", str(args.max_length),
-           "--lr", str(args.lr), "--seed", str(args.seed), "--peft-method", peft_method,
+           "--lr", str(args.lr), "--seed", str(args.seed), "--method", method,
            "--threads", str(args.threads)]
     if args.max_steps:
         cmd += ["--max-steps", str(args.max_steps)]
@@ -151,8 +154,9 @@ def spawn(args, worker: str, dtype: str, peft_method: str = "lora") -> dict:
 
 def table(args, reports: list[dict]) -> str:
     """One row per run; `x Trainer` is against the median Trainer + PEFT LoRA-FA run of the same dtype
-    (the like-for-like reference; PEFT LoRA if that was not run), and one target line per PEFT method."""
-    names = {"ours": "ours (run_experiment, LoRA-FA)"} | {f"trainer-{m}": f"Trainer + PEFT ({m})" for m in PEFT_METHODS}
+    (the like-for-like reference; PEFT LoRA if that was not run), and one target line per (ours, PEFT) pair."""
+    names = ({f"ours-{m}": f"ours (run_experiment, {LABELS[m]})" for m in METHODS}
+             | {f"trainer-{m}": f"Trainer + PEFT ({m})" for m in METHODS})
     rows, lines = [], []
     for dtype in args.dtypes:
         runs = {k: [r for r in reports if r["dtype"] == dtype and r["runner"] == k and "error" not in r] for k in names}
@@ -165,9 +169,9 @@ def table(args, reports: list[dict]) -> str:
                              r["train_eval_s"] / ref_t if ref_t else None, r["process_s"], r["peak_rss_mib"],
                              m.get("accuracy"), m.get("f1")])
         f1 = {k: common.median([r["metrics"]["f1"] for r in g]) for k, g in runs.items() if g}
-        for k in [k for k in t if k != "ours" and "ours" in t]:
-            ratio, ok = t["ours"] / t[k], t["ours"] <= t[k] and f1["ours"] >= f1[k]
-            lines.append(f"- {dtype}: ours takes {ratio:.3f} x the time of {names[k]}, dev F1 {f1['ours']:.4f} vs "
+        for o, k in [(o, k) for o in t if o.startswith("ours") for k in t if k.startswith("trainer")]:
+            ratio, ok = t[o] / t[k], t[o] <= t[k] and f1[o] >= f1[k]
+            lines.append(f"- {dtype}: {names[o]} takes {ratio:.3f} x the time of {names[k]}, dev F1 {f1[o]:.4f} vs "
                          f"{f1[k]:.4f} (target <= 1.0 x at equal or better F1): {common.verdict(ok)}")
     for r in reports:
         if "error" in r:
@@ -189,7 +193,8 @@ def parse_args(argv=None):
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
     p.add_argument("--repeats", type=int, default=1, help="runs per (runner, dtype), alternating")
     p.add_argument("--peft-methods", default="lora,lora-fa", help="comma-separated PEFT references: lora, lora-fa")
-    p.add_argument("--peft-method", choices=PEFT_METHODS, default="lora", help=argparse.SUPPRESS)  # worker mode
+    p.add_argument("--ours-methods", default="lora-fa", help="comma-separated runs of ours: lora-fa, lora")
+    p.add_argument("--method", choices=METHODS, default="lora-fa", help=argparse.SUPPRESS)  # worker mode
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in the workers (0: default)")
     p.add_argument("--out", default=str(common.RESULTS), help="folder for epoch_<dtypes>.md")
     p.add_argument("--worker", choices=["ours", "trainer"], help=argparse.SUPPRESS)
@@ -198,9 +203,11 @@ def parse_args(argv=None):
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if set(args.dtypes) - {"fp32", "bf16"}:
         p.error(f"--dtypes takes fp32 and/or bf16, got {args.dtypes}")
-    args.peft_methods = [m.strip() for m in args.peft_methods.split(",") if m.strip()]
-    if not args.peft_methods or set(args.peft_methods) - set(PEFT_METHODS):
-        p.error(f"--peft-methods takes {' and/or '.join(PEFT_METHODS)}, got {args.peft_methods}")
+    for flag in ("peft_methods", "ours_methods"):
+        methods = [m.strip() for m in getattr(args, flag).split(",") if m.strip()]
+        if not methods or set(methods) - set(METHODS):
+            p.error(f"--{flag.replace('_', '-')} takes {' and/or '.join(METHODS)}, got {methods}")
+        setattr(args, flag, methods)
     return args
 
 
@@ -217,7 +224,7 @@ def main(argv=None):
     reports = []
     for _ in range(args.repeats):
         for dtype in args.dtypes:
-            for worker, method in [("ours", "lora")] + [("trainer", m) for m in args.peft_methods]:
+            for worker, method in [("ours", m) for m in args.ours_methods] + [("trainer", m) for m in args.peft_methods]:
                 reports.append(spawn(args, worker, dtype, method))
                 print(f"  {reports[-1]['runner']}/{dtype} done", file=sys.stderr, flush=True)
     settings = (f"MRPC, model {args.model}, rank {RANK}, batch {args.batch}, max length {args.max_length}, "

@@ -49,7 +49,8 @@ def runs(tmp_path_factory):
         "step-rss": [py, "bench/step.py", "--model", "tiny", "--only", "ours-lora-fa", "--rss",
                      "--batch", "4", "--seq", "16", "--threads", "1"],
         "epoch": [py, "bench/epoch.py", "--model", str(model_dir), "--data-dir", str(glue_dir), "--max-steps", "2",
-                  "--batch", "4", "--max-length", "32", "--dtypes", "bf16", "--threads", "1", "--out", str(out / "epoch")],
+                  "--batch", "4", "--max-length", "32", "--dtypes", "bf16", "--ours-methods", "lora-fa,lora",
+                  "--threads", "1", "--out", str(out / "epoch")],
         "init": [py, "bench/init.py", "--model", "tiny", "--repeats", "1", "--threads", "1", "--out", str(out / "init")],
     }
     env = {**os.environ, "LORA_FA_CACHE": str(out / "cache")}  # tokenised data stays in the tmp folder
@@ -119,9 +120,13 @@ def test_epoch_table(runs):
     columns, rows = table_rows(text, "runner")
     assert columns == ["runner", "dtype", "steps", "trainable params", "train+eval s", "x Trainer", "process s",
                        "peak RSS MiB", "dev accuracy", "dev F1"]
-    assert [r[0] for r in rows] == ["ours (run_experiment, LoRA-FA)", "Trainer + PEFT (lora)", "Trainer + PEFT (lora-fa)"]
-    assert rows[1][3] != rows[2][3] and rows[0][3] == rows[2][3]  # A frozen: ours and PEFT LoRA-FA train as many
+    assert [r[0] for r in rows] == ["ours (run_experiment, LoRA-FA)", "ours (run_experiment, LoRA)",
+                                    "Trainer + PEFT (lora-fa)", "Trainer + PEFT (lora)"]
+    trainable = [int(r[3].replace(",", "")) for r in rows]
+    # A frozen vs trained: ours and PEFT train as many parameters, method for method; LoRA trains rank*in more
+    assert trainable[0] == trainable[2] < trainable[1] == trainable[3]
     assert float(rows[2][5]) == 1.0  # x Trainer: against PEFT LoRA-FA
     assert all(r[1] == "bf16" and r[2] == "2" for r in rows)
     assert all(0 <= float(r[8]) <= 1 for r in rows)
-    assert text.count("(target <= 1.0 x at equal or better F1)") == 2 and "failed" not in text
+    assert text.count("(target <= 1.0 x at equal or better F1)") == 4 and "failed" not in text
+    assert "ours (run_experiment, LoRA) takes" in text and "of Trainer + PEFT (lora)," in text
