@@ -19,7 +19,7 @@ trained, and the same seed (the data order differs: each side has its own sample
            bf16=...), save_strategy "no", then trainer.evaluate().
 
 Every run is a fresh subprocess of this script (`--worker ours|trainer --dtype ...`), so its
-peak RSS (VmHWM) is its own; runs alternate ours / Trainer + each PEFT method, --repeats times. Time = training + dev
+peak RSS (VmHWM) is its own; each round runs ours (each --ours-methods) then the Trainer (each --peft-methods), --repeats rounds. Time = training + dev
 evaluation (the timers of our runner, the calls to train() and evaluate() for the Trainer);
 the process wall time (imports, model load, our checkpoint writes) is listed too.
 """
@@ -41,8 +41,7 @@ from utils.config import ADAPTER_METHODS  # noqa: E402
 
 RANK = 4
 WARMUP = 0.06
-METHODS = ADAPTER_METHODS  # lora-fa (A frozen) or lora (A trained), for ours and for the Trainer + PEFT reference
-LABELS = {"lora-fa": "LoRA-FA", "lora": "LoRA"}
+LABELS = {"lora-fa": "LoRA-FA", "lora": "LoRA"}  # ADAPTER_METHODS: A frozen or trained, for ours and for PEFT
 WEIGHT_DECAY = 0.01
 
 
@@ -145,7 +144,7 @@ def spawn(args, worker: str, dtype: str, method: str) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        print(f"{worker}/{dtype} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+        print(f"{name}/{dtype} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
         return {"runner": name, "dtype": dtype, "error": proc.stderr.strip().splitlines()[-1:]}
     report = json.loads(lines[-1]) | {"runner": name}
     report["process_s"] = time.time() - t0  # includes interpreter start and imports
@@ -155,8 +154,8 @@ def spawn(args, worker: str, dtype: str, method: str) -> dict:
 def table(args, reports: list[dict]) -> str:
     """One row per run; `x Trainer` is against the median Trainer + PEFT LoRA-FA run of the same dtype
     (the like-for-like reference; PEFT LoRA if that was not run), and one target line per (ours, PEFT) pair."""
-    names = ({f"ours-{m}": f"ours (run_experiment, {LABELS[m]})" for m in METHODS}
-             | {f"trainer-{m}": f"Trainer + PEFT ({m})" for m in METHODS})
+    names = ({f"ours-{m}": f"ours (run_experiment, {LABELS[m]})" for m in ADAPTER_METHODS}
+             | {f"trainer-{m}": f"Trainer + PEFT ({m})" for m in ADAPTER_METHODS})
     rows, lines = [], []
     for dtype in args.dtypes:
         runs = {k: [r for r in reports if r["dtype"] == dtype and r["runner"] == k and "error" not in r] for k in names}
@@ -194,7 +193,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=1, help="runs per (runner, dtype), alternating")
     p.add_argument("--peft-methods", default="lora,lora-fa", help="comma-separated PEFT references: lora, lora-fa")
     p.add_argument("--ours-methods", default="lora-fa", help="comma-separated runs of ours: lora-fa, lora")
-    p.add_argument("--method", choices=METHODS, default="lora-fa", help=argparse.SUPPRESS)  # worker mode
+    p.add_argument("--method", choices=ADAPTER_METHODS, default="lora-fa", help=argparse.SUPPRESS)  # worker mode
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in the workers (0: default)")
     p.add_argument("--out", default=str(common.RESULTS), help="folder for epoch_<dtypes>.md")
     p.add_argument("--worker", choices=["ours", "trainer"], help=argparse.SUPPRESS)
@@ -205,8 +204,8 @@ def parse_args(argv=None):
         p.error(f"--dtypes takes fp32 and/or bf16, got {args.dtypes}")
     for flag in ("peft_methods", "ours_methods"):
         methods = [m.strip() for m in getattr(args, flag).split(",") if m.strip()]
-        if not methods or set(methods) - set(METHODS):
-            p.error(f"--{flag.replace('_', '-')} takes {' and/or '.join(METHODS)}, got {methods}")
+        if not methods or set(methods) - set(ADAPTER_METHODS):
+            p.error(f"--{flag.replace('_', '-')} takes {' and/or '.join(ADAPTER_METHODS)}, got {methods}")
         setattr(args, flag, methods)
     return args
 
