@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.test_plots import fake_log, log_dir  # noqa: F401 (fixture)
 from utils import stats
@@ -38,6 +40,24 @@ def test_paired_comparison_pairs_by_seed_and_skips_unpaired():
     row = stats.paired_comparison(df).iloc[0]
     assert row["n"] == 2 and row["diff"] == pytest.approx(0.2) and row["mean_b"] == pytest.approx(0.65)
     assert stats.paired_comparison(df[df["init"] == "svd"]).empty
+
+
+def test_holm_matches_hand_computation():
+    # m = 4 non-NaN tests; sorted 0.01, 0.03, 0.04, 0.5 scale by 4, 3, 2, 1 -> 0.04, 0.09, 0.08, 0.5,
+    # and the running maximum lifts 0.08 to 0.09
+    out = stats.holm([0.01, 0.04, 0.03, math.nan, 0.5])
+    assert out[:3] == pytest.approx([0.04, 0.09, 0.09]) and math.isnan(out[3]) and out[4] == pytest.approx(0.5)
+    assert stats.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # 2 · 0.6 clipped at 1, then the maximum
+    assert stats.holm([0.2]) == pytest.approx([0.2]) and stats.holm([]).shape == (0,)
+
+
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=12))
+def test_holm_is_monotone_and_between_p_and_bonferroni(ps):
+    adj = stats.holm(ps)
+    p = np.asarray(ps)
+    assert np.all(adj >= p - 1e-12) and np.all(adj <= np.minimum(1, len(p) * p) + 1e-12)
+    order = np.argsort(p, kind="stable")
+    assert np.all(np.diff(adj[order]) >= -1e-12)  # a smaller p never gets a larger adjusted p
 
 
 def test_steps_to_target_uses_the_majority_baseline():
@@ -82,6 +102,8 @@ def test_report_has_every_section(log_dir):  # noqa: F811
     assert md.count("Paired comparison with `random`") == 2  # MRPC and RTE both have svd and random
     assert "| svd − random | 0.0001 | final | 3 |" in md and "| pissa − random | 0.001 | best | 3 |" in md
     assert "Steps to reach 90%" in md and "95% CI (final)" in md and "### Compute" in md
+    # one Holm family over every paired test of the report: 2 tasks x svd/pissa x final/best
+    assert "adjusted over all 8 paired tests" in md and "| p | p (Holm) | seeds won |" in md
 
 
 def test_majority_level_is_drawn_on_metric_panels_only(log_dir):  # noqa: F811

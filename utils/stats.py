@@ -179,6 +179,21 @@ def paired_comparison(summaries: pd.DataFrame, a: str = "svd", b: str = "random"
     return pd.DataFrame(rows)
 
 
+def holm(pvalues) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values of one family of tests (NaNs stay NaN and are not counted):
+    with the m p-values sorted, p_(1) <= ... <= p_(m), the adjusted p_(i) = max over j <= i of
+    min(1, (m - j + 1) · p_(j)). Rejecting where adjusted p < alpha keeps the family-wise error
+    rate at alpha under any dependence between the tests."""
+    p = np.asarray(pd.Series(pvalues, dtype=float))
+    out, ok = np.full(p.shape, math.nan), ~np.isnan(p)
+    m, order = int(ok.sum()), np.argsort(p[ok])
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[ok][order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(scaled)
+    out[ok] = adjusted
+    return out
+
+
 def steps_to_target(runs: pd.DataFrame, baselines: dict, frac: float = 0.9) -> pd.DataFrame:
     """First evaluated step at which each run's main dev metric reaches the target
 
@@ -232,8 +247,15 @@ def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
     summaries = with_variant(summaries)
     if "variant" not in runs.columns:
         runs = runs.merge(summaries[["run_id", "variant"]], on="run_id")
+    pairs_all = pd.concat([paired_comparison(summaries, a, "random", w) for a in ("svd", "pissa")
+                           for w in ("final", "best")], ignore_index=True)
+    tests = int(pairs_all["p"].notna().sum()) if not pairs_all.empty else 0
+    if not pairs_all.empty:
+        pairs_all["p_holm"] = holm(pairs_all["p"])
     out = ["All metrics on the GLUE dev split. mean ± std over seeds (n seeds); 95% CI: t-interval of "
-           "the mean. Paired: same seed numbers, difference init − random, two-sided paired t-test.\n"]
+           "the mean. Paired: same seed numbers, difference init − random, two-sided paired t-test; "
+           f"p (Holm): Holm-Bonferroni adjusted over all {tests} paired tests in this report (every task, "
+           "lr, init, final and best).\n"]
     for task in sorted(summaries["task"].unique()):
         t = get_task(task)
         s = summaries[summaries["task"] == task]
@@ -245,8 +267,7 @@ def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
         f["95% CI (final)"] = [("–" if pd.isna(h) else f"{m - h:.3f} – {m + h:.3f}")
                                for m, h in zip(table["final_mean"], table["final_half"])]
         out.append(to_markdown(f.drop(columns=["task", "metric"])))
-        pairs = pd.concat([paired_comparison(s, a, "random", w) for a in ("svd", "pissa")
-                           for w in ("final", "best")], ignore_index=True)
+        pairs = pairs_all[pairs_all["task"] == task] if not pairs_all.empty else pairs_all
         if not pairs.empty:
             out.append("\nPaired comparison with `random` (same seeds):\n")
             out.append(to_markdown(pd.DataFrame({
@@ -255,6 +276,7 @@ def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
                 "difference (95% CI)": [f"{d:+.3f}" + ("" if pd.isna(lo) else f" ({lo:+.3f}, {hi:+.3f})")
                                         for d, lo, hi in zip(pairs["diff"], pairs["diff_lo"], pairs["diff_hi"])],
                 "p": [("–" if pd.isna(p) else f"{p:.3f}") for p in pairs["p"]],
+                "p (Holm)": [("–" if pd.isna(p) else f"{p:.3f}") for p in pairs["p_holm"]],
                 "seeds won": [f"{w}/{n}" for w, n in zip(pairs["wins"], pairs["n"])]})))
         steps = steps_to_target(runs[runs["task"] == task], baselines, frac)
         if not steps.empty:
