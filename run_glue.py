@@ -5,6 +5,7 @@
     python run_glue.py --task rte --init random svd --seeds 0 1 2 --shard 0/4 --resume   # shard 0 of 4
     python run_glue.py summary --log-dir logs            # mean ± std over seeds of finished runs
     python run_glue.py plot --log-dir logs --out imgs    # figures + summary/results tables (utils.plots, utils.stats)
+    python run_glue.py geometry --task mrpc --model minilm --rank 4   # what each init's frozen A passes (utils.geometry)
     torchrun --nproc_per_node 2 run_glue.py ...          # 2 processes (gloo on CPUs), or equally:
     accelerate launch --multi_gpu --num_processes 2 run_glue.py ...
 
@@ -149,11 +150,38 @@ def cmd_plot(argv) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "summary": cmd_summary, "plot": cmd_plot}
+def cmd_geometry(argv) -> int:
+    p = argparse.ArgumentParser(prog="run_glue.py geometry", description="how much of each adapted layer's "
+                                "input the frozen A of `random` and `svd` captures (utils.geometry)")
+    p.add_argument("--task", required=True, help="GLUE task whose training inputs are measured")
+    p.add_argument("--model", default="minilm", help="model name or folder (default: minilm)")
+    p.add_argument("--rank", type=int, default=4, help="adapter rank r (default: 4)")
+    p.add_argument("--targets", nargs="+", default=None, help="target module suffixes (default: the model's attention projections)")
+    p.add_argument("--examples", type=int, default=512, help="first N training examples (default: 512)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random A, as a run's --seed (default: 0)")
+    p.add_argument("--max-length", type=int, default=128, help="tokenizer max length (default: 128)")
+    p.add_argument("--data-dir", default=None, help="glue_data folder (default: $GLUE_DIR)")
+    p.add_argument("--csv", default=None, help="also write the per-layer table to this CSV file")
+    args = p.parse_args(argv)
+    from utils.geometry import measure, summarize_geometry
+    from utils.stats import to_markdown
+
+    df = measure(args.task, args.model, args.rank, args.targets, args.examples, max_length=args.max_length,
+                 seed=args.seed, data_dir=args.data_dir)
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+    summary = summarize_geometry(df).reset_index().round(4)
+    print(f"{args.task}, {args.model}, rank {args.rank}, first {args.examples} training examples; "
+          "share of the layer's input energy captured by A (mean over layers):\n")
+    print(to_markdown(summary))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "summary": cmd_summary, "plot": cmd_plot, "geometry": cmd_geometry}
 
 
 def main(argv=None) -> int:
-    """Dispatch `[train|summary|plot] ...`; without a command word, train."""
+    """Dispatch `[train|summary|plot|geometry] ...`; without a command word, train."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]](argv[1:])

@@ -1,0 +1,89 @@
+"""utils.geometry: input Gram matrices and the captured-energy shares against float64 numpy
+references on a tiny BERT (padding excluded, random A as add_lora draws it), plus properties."""
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import lora
+from lora.model import adapted_modules
+from tests.tiny import CORPUS
+from utils import geometry
+from utils.models import load_model_and_tokenizer
+
+TARGETS = ["query", "attention.output.dense"]
+
+
+def test_grams_and_shares_match_numpy(tiny_models):
+    model, tok = load_model_and_tokenizer(str(tiny_models["bert"]), 2)
+    batch = dict(tok(CORPUS[:3], CORPUS[3:6], padding=True, return_tensors="pt"))
+    assert (batch["attention_mask"] == 0).any()  # the batch has padding, which must not count
+    names = lora.model.find_targets(model, TARGETS)
+    seen = {}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(
+        lambda m, a, n=n: seen.__setitem__(n, a[0].detach().numpy().astype(np.float64))) for n in names]
+    grams = geometry.input_grams(model, names, [batch])
+    for h in hooks:
+        h.remove()
+    keep = batch["attention_mask"].numpy().astype(bool)
+    df = geometry.init_geometry(model, grams, rank=3, seed=7).set_index("module")
+
+    reference = copy.deepcopy(model)  # the random A that a run with --seed 7 trains with
+    lora.add_lora(reference, rank=3, init="random", targets=TARGETS, generator=torch.Generator().manual_seed(7))
+    random_A = {n: p.lora_A.detach().double().numpy() for n, _, p in adapted_modules(reference)}
+    assert list(random_A) == names
+
+    for n in names:
+        X = seen[n][keep]  # (tokens, in), padding dropped
+        C = X.T @ X
+        np.testing.assert_allclose(grams[n].numpy(), C, rtol=1e-10, atol=1e-10)
+        W = model.get_submodule(n).weight.detach().double().numpy()  # (out, in)
+        U, S, Vt = np.linalg.svd(W)
+        A_svd, W_r = Vt[:3], (U[:, :3] * S[:3]) @ Vt[:3]
+        row = df.loc[n]
+        assert row["svd"] == pytest.approx(np.trace(A_svd @ C @ A_svd.T) / np.trace(C), rel=1e-6)
+        assert row["random"] == pytest.approx(np.trace(random_A[n] @ C @ random_A[n].T) / np.trace(C), rel=1e-5)
+        assert row["best"] == pytest.approx(np.linalg.eigvalsh(C)[-3:].sum() / np.trace(C), rel=1e-8)
+        assert row["uniform"] == pytest.approx(3 / W.shape[1])
+        shift = np.linalg.norm(X @ W_r.T) / np.linalg.norm(X @ W.T)
+        assert row["start_shift"] == pytest.approx(shift, rel=1e-6)
+        assert row["svd_over_random"] == pytest.approx(row["svd"] / row["random"])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 9), st.integers(3, 9), st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_shares_lie_between_zero_and_the_top_eigenvalues(out_f, in_f, r, seed):
+    g = torch.Generator().manual_seed(seed)
+    r = min(r, out_f, in_f)
+    model = nn.Sequential(nn.Linear(in_f, out_f))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randn(out_f, in_f, generator=g))
+    X = torch.randn(20, in_f, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3, in_f, dtype=torch.float64)
+    row = geometry.init_geometry(model, {"0": X.T @ X}, rank=r, seed=seed).iloc[0]
+    for init in ("random", "svd"):  # Ky Fan: no r orthonormal directions capture more than the top r eigenvalues
+        assert -1e-12 <= row[init] <= row["best"] + 1e-9
+    assert row["best"] <= 1 + 1e-12 and row["start_shift"] >= 0
+
+
+def test_summary_means_per_kind():
+    df = pd.DataFrame([{"kind": k, "uniform": 0.1, "random": 0.1, "svd": s, "best": 0.9, "svd_over_random": q,
+                        "start_shift": 0.0} for k, s, q in [("a", 0.1, 1.0), ("a", 0.3, 3.0), ("b", 0.5, 5.0)]])
+    out = geometry.summarize_geometry(df)
+    assert out.loc["a", "svd"] == pytest.approx(0.2) and out.loc["a", "layers"] == 2
+    assert out.loc["all", "svd_over_random"] == pytest.approx(3.0) and out.loc["all", "layers"] == 3
+
+
+def test_cli_prints_the_table(tiny_models, glue_dir, capsys, tmp_path):
+    from run_glue import main
+
+    csv = tmp_path / "geo.csv"
+    assert main(["geometry", "--task", "mrpc", "--model", str(tiny_models["bert"]), "--data-dir", str(glue_dir),
+                 "--rank", "2", "--examples", "4", "--csv", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert "| kind | uniform | random | svd | best |" in out and "| all |" in out
+    assert len(pd.read_csv(csv)) == 8  # 2 layers x (query, key, value, attention.output.dense)
