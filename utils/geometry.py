@@ -12,9 +12,10 @@ step of B moves the layer's output. For A with orthonormal rows it is a share of
 
 which is r / in in expectation for a uniformly random orthonormal A (the `random` init) and at most
 the share of C's r largest eigenvalues (Ky Fan). If `svd`'s A = V_rᵀ (W's top right singular vectors)
-captures k times what the random A does, one learning rate is a k times larger B-gradient (SGD) and
-a √k times larger output change per AdamW step (Adam's step is about lr per entry whatever the
-gradient's size): the same lr is not the same step size across inits.
+captures k times what the random A does, one learning rate moves the output about k times as far per
+SGD step (gradient and its effect both scale with ‖X Aᵀ‖) and about √k times as far per AdamW step
+(Adam's step is about lr per entry whatever the gradient's size): the same lr is not the same step
+size across inits.
 
 `svd` also moves the starting point (W_eff = W + W_r): `start_shift` = ‖X W_rᵀ‖ / ‖X Wᵀ‖ is the
 relative change of the layer's output at step 0 (`pissa` starts at W, with `svd`'s A).
