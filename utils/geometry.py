@@ -98,13 +98,13 @@ def measure(task: str, model_name: str, rank: int = 4, targets: list[str] | None
     from lora.model import find_targets
     from utils.data import eval_loader, tokenize_glue
     from utils.glue import get_task, load_glue
-    from utils.models import default_targets, load_model_and_tokenizer
+    from utils.models import default_targets, load_model_and_tokenizer, matches_suffix
 
     t = get_task(task)
     model, tokenizer = load_model_and_tokenizer(model_name, t.num_labels)
     targets = list(targets or default_targets(model))
     names = find_targets(model, targets)
-    kinds = {n: next(s for s in targets if n == s or n.endswith("." + s)) for n in names}
+    kinds = {n: next(s for s in targets if matches_suffix(n, s)) for n in names}
     train = tokenize_glue(load_glue(t, data_dir), tokenizer, max_length)["train"]
     train = train.select(range(min(examples, len(train))))
     grams = input_grams(model, names, eval_loader(train, tokenizer, batch_size))
