@@ -99,11 +99,13 @@ def test_compute_table_sums_logged_wall_time():
 def test_report_has_every_section(log_dir):  # noqa: F811
     md = stats.report(log_dir)
     assert "### MRPC (f1;" in md and "### RTE (accuracy;" in md
-    assert md.count("Paired comparison with `random`") == 2  # MRPC and RTE both have svd and random
+    assert md.count("Paired comparisons (same seeds)") == 2  # MRPC and RTE both have svd and random
     assert "| svd − random | 0.0001 | final | 3 |" in md and "| pissa − random | 0.001 | best | 3 |" in md
     assert "Steps to reach 90%" in md and "95% CI (final)" in md and "### Compute" in md
-    # one Holm family over every paired test of the report: 2 tasks x svd/pissa x final/best
-    assert "adjusted over all 8 paired tests" in md and "| p | p (Holm) | seeds won |" in md
+    assert "| pissa − svd | 0.0001 | final | 3 |" in md  # the start-shift contrast
+    # one Holm family over every paired test with n >= 2 (RTE has 1 seed): MRPC's 2 lrs x 3 contrasts
+    # (svd − random, pissa − random, pissa − svd) x final/best
+    assert "adjusted over all 12 paired tests" in md and "| p | p (Holm) | seeds won |" in md
 
 
 def test_majority_level_is_drawn_on_metric_panels_only(log_dir):  # noqa: F811

@@ -155,6 +155,12 @@ def majority_metrics(log_dir) -> dict[str, dict[str, float]]:
     return out
 
 
+# The paired tests of the report (a − b), one Holm family: each SVD-based init against random, and
+# pissa against svd, which share A and B at step 0 and differ only in the base (W − W_r vs W): that
+# contrast isolates svd's start shift W_eff = W + W_r from its A (added before any pissa run finished).
+CONTRASTS = (("svd", "random"), ("pissa", "random"), ("pissa", "svd"))
+
+
 def paired_comparison(summaries: pd.DataFrame, a: str = "svd", b: str = "random",
                       which: str = "final") -> pd.DataFrame:
     """Init `a` against init `b` on the same seeds, per task/model/method/rank/lr/variant, on the
@@ -240,20 +246,20 @@ def report(log_dir="logs", frac: float = 0.9) -> str:
 
 def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, frac: float = 0.9) -> str:
     """The Results tables as markdown, per task: final/best main dev metric per series (mean ± std,
-    n, 95% CI of the final), svd and pissa against random on paired seeds, and steps to target.
+    n, 95% CI of the final), the `CONTRASTS` on paired seeds, and steps to target.
     `runs`/`summaries` as from `load_runs`/`load_summaries`, `baselines` from `majority_metrics`."""
     if summaries.empty:
         return "No finished runs.\n"
     summaries = with_variant(summaries)
     if "variant" not in runs.columns:
         runs = runs.merge(summaries[["run_id", "variant"]], on="run_id")
-    pairs_all = pd.concat([paired_comparison(summaries, a, "random", w) for a in ("svd", "pissa")
+    pairs_all = pd.concat([paired_comparison(summaries, a, b, w) for a, b in CONTRASTS
                            for w in ("final", "best")], ignore_index=True)
     tests = int(pairs_all["p"].notna().sum()) if not pairs_all.empty else 0
     if not pairs_all.empty:
         pairs_all["p_holm"] = holm(pairs_all["p"])
     out = ["All metrics on the GLUE dev split. mean ± std over seeds (n seeds); 95% CI: t-interval of "
-           "the mean. Paired: same seed numbers, difference init − random, two-sided paired t-test; "
+           "the mean. Paired: same seed numbers, difference a − b, two-sided paired t-test; "
            f"p (Holm): Holm-Bonferroni adjusted over all {tests} paired tests in this report (every task, "
            "lr, init, final and best).\n"]
     for task in sorted(summaries["task"].unique()):
@@ -269,7 +275,7 @@ def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
         out.append(to_markdown(f.drop(columns=["task", "metric"])))
         pairs = pairs_all[pairs_all["task"] == task] if not pairs_all.empty else pairs_all
         if not pairs.empty:
-            out.append("\nPaired comparison with `random` (same seeds):\n")
+            out.append("\nPaired comparisons (same seeds):\n")
             out.append(to_markdown(pd.DataFrame({
                 "comparison": [f"{a} − {b}" for a, b in zip(pairs["a"], pairs["b"])],
                 "lr": [fmt_lr(v) for v in pairs["lr"]], "which": pairs["which"], "n": pairs["n"],
