@@ -42,6 +42,10 @@ def test_paired_comparison_pairs_by_seed_and_skips_unpaired():
     assert stats.paired_comparison(df[df["init"] == "svd"]).empty
 
 
+def test_fmt_p_never_prints_zero():
+    assert [stats.fmt_p(p) for p in (0.0004, 0.0005, 0.0123, 1.0, math.nan)] == ["<0.001", "0.001", "0.012", "1.000", "–"]
+
+
 def test_holm_matches_hand_computation():
     # m = 4 non-NaN tests; sorted 0.01, 0.03, 0.04, 0.5 scale by 4, 3, 2, 1 -> 0.04, 0.09, 0.08, 0.5,
     # and the running maximum lifts 0.08 to 0.09

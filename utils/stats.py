@@ -185,6 +185,11 @@ def paired_comparison(summaries: pd.DataFrame, a: str = "svd", b: str = "random"
     return pd.DataFrame(rows)
 
 
+def fmt_p(p: float) -> str:
+    """A p-value to 3 decimals, "<0.001" below that (never "0.000"), "–" for NaN."""
+    return "–" if pd.isna(p) else ("<0.001" if p < 0.0005 else f"{p:.3f}")
+
+
 def holm(pvalues) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values of one family of tests (NaNs stay NaN and are not counted):
     with the m p-values sorted, p_(1) <= ... <= p_(m), the adjusted p_(i) = max over j <= i of
@@ -281,8 +286,7 @@ def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
                 "lr": [fmt_lr(v) for v in pairs["lr"]], "which": pairs["which"], "n": pairs["n"],
                 "difference (95% CI)": [f"{d:+.3f}" + ("" if pd.isna(lo) else f" ({lo:+.3f}, {hi:+.3f})")
                                         for d, lo, hi in zip(pairs["diff"], pairs["diff_lo"], pairs["diff_hi"])],
-                "p": [("–" if pd.isna(p) else f"{p:.3f}") for p in pairs["p"]],
-                "p (Holm)": [("–" if pd.isna(p) else f"{p:.3f}") for p in pairs["p_holm"]],
+                "p": [fmt_p(p) for p in pairs["p"]], "p (Holm)": [fmt_p(p) for p in pairs["p_holm"]],
                 "seeds won": [f"{w}/{n}" for w, n in zip(pairs["wins"], pairs["n"])]})))
         steps = steps_to_target(runs[runs["task"] == task], baselines, frac)
         if not steps.empty:
