@@ -266,7 +266,7 @@ def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
     out = ["All metrics on the GLUE dev split. mean ± std over seeds (n seeds); 95% CI: t-interval of "
            "the mean. Paired: same seed numbers, difference a − b, two-sided paired t-test; "
            f"p (Holm): Holm-Bonferroni adjusted over all {tests} paired tests in this report (every task, "
-           "lr, init, final and best).\n"]
+           "lr, contrast, final and best).\n"]
     for task in sorted(summaries["task"].unique()):
         t = get_task(task)
         s = summaries[summaries["task"] == task]
