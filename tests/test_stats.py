@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.test_plots import fake_log, log_dir  # noqa: F401 (fixture)
+from tests.test_plots import SEEDS, fake_log, log_dir  # noqa: F401 (fixture)
 from utils import stats
 from utils.logs import write_json_atomic
 from utils.runlog import predictions_path, save_predictions
@@ -110,6 +110,17 @@ def test_report_has_every_section(log_dir):  # noqa: F811
     # one Holm family over every paired test with n >= 2 (RTE has 1 seed): MRPC's 2 lrs x 3 contrasts
     # (svd − random, pissa − random, pissa − svd) x final/best
     assert "adjusted over all 12 paired tests" in md and "| p | p (Holm) | seeds won |" in md
+    assert "seed − random" not in md  # no seed-init runs, no row
+
+
+def test_report_adds_seed_contrast_to_the_holm_family(log_dir):  # noqa: F811
+    for s in SEEDS:  # the original factorization, small lr only (as in the grid)
+        log = fake_log("mrpc", "lora-fa", "seed", 1e-4, s)
+        write_json_atomic(log, log_dir / "mrpc" / f"{log['run_id']}.json")
+    md = stats.report(log_dir)
+    assert "| seed − random | 0.0001 | final | 3 |" in md and "| seed − random | 0.0001 | best | 3 |" in md
+    assert "| seed − random | 0.001 |" not in md
+    assert "adjusted over all 14 paired tests" in md
 
 
 def test_majority_level_is_drawn_on_metric_panels_only(log_dir):  # noqa: F811
