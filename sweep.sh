@@ -47,7 +47,7 @@ runs() {  # one line per run: task method init lr seed
   for seed in 0 1 2; do echo "mrpc lora-fa seed 2e-4 $seed"; done   #    baseline) and the original
                                                                       #    (wrong) factorization, MRPC only
   for seed in 0 1 2; do for lr in 2e-4 5e-3; do   # 5. pissa on RTE last: nothing learns RTE at this
-    echo "rte lora-fa pissa $lr $seed"; done; done  #    budget (every run so far <= majority class)
+    echo "rte lora-fa pissa $lr $seed"; done; done  #    budget (no random or svd cell mean above the majority class)
 }
 
 worker() {  # worker $1 of $WORKERS
