@@ -48,6 +48,8 @@ runs() {  # one line per run: task method init lr seed
                                                                       #    (wrong) factorization, MRPC only
   for seed in 0 1 2; do for lr in 2e-4 5e-3; do   # 5. pissa on RTE last: nothing learns RTE at this
     echo "rte lora-fa pissa $lr $seed"; done; done  #    budget (no random or svd cell mean above the majority class)
+  for init in random svd; do   # 6. pilot for a per-init lr sweep (seed 0 only, not part of the paired
+    echo "cola lora-fa $init 1e-3 0"; done   #    grid): does svd learn CoLA at an lr between 2e-4 and 5e-3?
 }
 
 worker() {  # worker $1 of $WORKERS
