@@ -20,7 +20,7 @@
 # Order = priority: the paired random-vs-svd comparison on all three tasks first, then the
 # head-only baseline, then pissa on CoLA and MRPC, then MRPC's full fine-tuning and seed init,
 # then pissa on RTE, so a partial sweep still answers the main question with complete, paired
-# seeds on every task.
+# seeds on every task. Last, a one-seed lr pilot (6.), outside the paired grid.
 set -euo pipefail
 cd "$(dirname "$0")"
 : "${GLUE_DIR:=../shared/glue}"; export GLUE_DIR
