@@ -22,10 +22,10 @@ import sys
 import types
 import typing
 
+from lora import INITS
 from utils.config import METHODS, SVD_METHODS, RunConfig, field_help
 
-CHOICES = {"method": METHODS, "init": ("random", "svd", "pissa", "milora", "seed", "none"),
-           "svd_method": SVD_METHODS}
+CHOICES = {"method": METHODS, "init": INITS + ("none",), "svd_method": SVD_METHODS}
 SINGLE = ("data_dir", "log_dir", "ckpt_dir")  # paths: one value, not a grid axis
 
 

@@ -28,8 +28,14 @@ ADAPTER_METHODS = ("lora-fa", "lora")
 SVD_METHODS = ("auto", "lanczos", "full", "randomized")
 NAME_FIELDS = ("task", "model", "method", "init", "rank", "lr", "seed")  # spelled out in run_id
 UNHASHED_FIELDS = ("data_dir", "log_dir", "ckpt_dir", "resume", "overwrite", "keep_checkpoint",
-                   "eval_batch_size", "log_every")  # never change what a run computes
-FLOAT_FIELDS = ("alpha", "lora_dropout", "lr", "weight_decay", "warmup_ratio", "clip_norm", "reg_lambda")
+                   "eval_batch_size", "log_every", "threads")  # never change what a run computes
+# Fields added after the first logs were written, with the value every older run used. A field
+# at its legacy value is left out of the run id's hash, so the ids of committed logs stay valid,
+# and readers fill a log that lacks the field with this value (`with_legacy_defaults`).
+LEGACY_DEFAULTS = {"group_by_length": False, "holdout": 0.0, "init_batches": None, "threads": None}
+DATA_INITS = ("eva", "grad")  # inits computed from calibration batches (`init_batches`)
+FLOAT_FIELDS = ("alpha", "lora_dropout", "lr", "weight_decay", "warmup_ratio", "clip_norm", "reg_lambda",
+                "holdout")
 
 
 @dataclass
@@ -40,7 +46,7 @@ class RunConfig:
     task: str = "mrpc"  # GLUE task: cola sst2 mrpc qqp stsb mnli qnli rte wnli
     model: str = "minilm"  # hub id, local folder, or alias minilm / mpnet
     method: str = "lora-fa"  # lora-fa (A frozen, B trained), lora (A and B), head (head only), full
-    init: str = "random"  # adapter init: random svd pissa milora seed ("none" for head/full)
+    init: str = "random"  # adapter init: random svd pissa milora seed eva grad ("none" for head/full)
     rank: int = 4  # adapter rank r (0 for head/full)
     alpha: float | None = None  # scaling s = alpha/rank; none: lora's default (alpha=rank; 1 for seed)
     targets: list[str] | None = None  # module-name suffixes to adapt; none: Q, K, V, O of every layer
@@ -61,8 +67,11 @@ class RunConfig:
     bf16: bool = False  # bf16 autocast (weights and optimizer state stay float32)
     reg_lambda: float = 0.0  # lambda of lambda*sum ||B - B0||_F^2, added to the training loss only
     seed: int = 0  # seeds python/numpy/torch, the new head, random A, and the data order
+    group_by_length: bool = True  # batches of similar length (seeded, random batch order); off: plain shuffle
+    init_batches: int | None = 8  # eva/grad inits: training batches drawn with the seed to compute A from
     # -- evaluation and logging
     eval_every: int | None = None  # also evaluate every N optimizer steps; none: at epoch ends only
+    holdout: float = 0.0  # fraction of train held out (seeded by task only, label-stratified), evaluated next to dev
     eval_batch_size: int | None = None  # dev batch size; none: 2 x batch_size
     log_every: int = 10  # log the mean training loss every N optimizer steps
     # -- files
@@ -73,6 +82,7 @@ class RunConfig:
     resume: bool = False  # continue from the run's last checkpoint, if there is one
     overwrite: bool = False  # rerun a run whose log says finished (default: skip it)
     keep_checkpoint: bool = False  # keep the last checkpoint when the run finishes
+    threads: int | None = None  # torch intra-op threads; none: torch's default
 
     # ------------------------------------------------------------------ derived
     def canonical(self) -> RunConfig:
@@ -84,6 +94,8 @@ class RunConfig:
         if cfg.method not in ADAPTER_METHODS:
             cfg = dataclasses.replace(cfg, init="none", rank=0, alpha=None, targets=None,
                                       lora_dropout=0.0, svd_method="auto")
+        if cfg.init not in DATA_INITS:
+            cfg = dataclasses.replace(cfg, init_batches=None)
         if cfg.targets is not None:
             cfg.targets = list(cfg.targets)
         return cfg
@@ -93,7 +105,7 @@ class RunConfig:
         """`<task>_<model>_<method>_<init>_r<rank>_lr<lr>_s<seed>_<hash of the rest>`."""
         cfg = self.canonical()
         rest = {k: v for k, v in dataclasses.asdict(cfg).items()
-                if k not in NAME_FIELDS + UNHASHED_FIELDS}
+                if k not in NAME_FIELDS + UNHASHED_FIELDS and not (k in LEGACY_DEFAULTS and v == LEGACY_DEFAULTS[k])}
         rest["model"] = cfg.model  # the short name alone could collide (two folders named "model")
         digest = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
         return (f"{cfg.task}_{model_short_name(cfg.model)}_{cfg.method}_{cfg.init}_r{cfg.rank}"
@@ -144,12 +156,22 @@ class RunConfig:
         need(self.max_length >= 8, f"max_length must be >= 8, got {self.max_length}")
         need(self.clip_norm is None or self.clip_norm >= 0, f"clip_norm must be >= 0, got {self.clip_norm}")
         need(self.reg_lambda >= 0, f"reg_lambda must be >= 0, got {self.reg_lambda}")
+        need(0 <= self.holdout < 1, f"holdout must be in [0, 1), got {self.holdout}")
+        need(self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}")
+        if self.method in ADAPTER_METHODS and self.init in DATA_INITS:
+            need(self.init_batches is not None and self.init_batches >= 1,
+                 f"init {self.init!r} needs init_batches >= 1, got {self.init_batches}")
 
     def check_files(self) -> None:
         """Raise DataNotFoundError if data_dir is given but is not a folder (before any run starts)."""
         if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
             raise DataNotFoundError(f"data_dir {self.data_dir!r} does not exist; it must be a GLUE folder "
                                     f"in the glue_data layout (<dir>/MRPC/train.tsv, ...), e.g. ../shared/glue")
+
+
+def with_legacy_defaults(config: dict) -> dict:
+    """A logged config with every field it lacks filled in as older runs ran it (LEGACY_DEFAULTS)."""
+    return {**LEGACY_DEFAULTS, **config}
 
 
 def model_short_name(model: str) -> str:
