@@ -138,7 +138,7 @@ def test_finished_runs_are_skipped(tmp_path, tiny_models, glue_dir, monkeypatch)
     first = run_experiment(cfg, progress=False)
     import utils.train
 
-    monkeypatch.setattr(utils.train, "build_model", lambda *a, **k: pytest.fail("a finished run was rerun"))
+    monkeypatch.setattr(utils.train, "load_seeded", lambda *a, **k: pytest.fail("a finished run was rerun"))
     assert run_experiment(cfg, progress=False) == json.loads(json.dumps(first))
     monkeypatch.undo()
     again = run_experiment(dataclasses.replace(cfg, overwrite=True), progress=False)

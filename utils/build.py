@@ -12,7 +12,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 import lora
-from utils.config import ADAPTER_METHODS, RunConfig
+from utils.config import ADAPTER_METHODS, DATA_INITS, RunConfig
 from utils.models import default_targets, load_model_and_tokenizer, set_trainable
 
 
@@ -36,19 +36,33 @@ def linear_schedule(optimizer, warmup_steps: int, total_steps: int) -> LambdaLR:
     return LambdaLR(optimizer, factor)
 
 
-def build_model(cfg: RunConfig, num_labels: int):
-    """(model, tokenizer, info), seeded by cfg.seed; info: targets_resolved, adapted_modules, trainable_params."""
+def load_seeded(cfg: RunConfig, num_labels: int):
+    """(model, tokenizer) with the fresh classification head drawn after seeding with cfg.seed."""
     seed_everything(cfg.seed)  # the fresh head is drawn from torch's global RNG
-    model, tokenizer = load_model_and_tokenizer(cfg.model, num_labels)
+    return load_model_and_tokenizer(cfg.model, num_labels)
+
+
+def adapt(model, cfg: RunConfig, data=None, loss_fn=None) -> dict:
+    """Add cfg's adapters (data-aware inits compute A from `data`, a list of batches, with
+    `loss_fn(model, batch)`) and set what trains; returns info: targets_resolved,
+    adapted_modules, trainable_params."""
     names, targets = [], []
     if cfg.method in ADAPTER_METHODS:
         targets = list(cfg.targets or default_targets(model))
+        data_args = {"data": data, "loss_fn": loss_fn} if cfg.init in DATA_INITS else {}
         names = lora.add_lora(model, rank=cfg.rank, alpha=cfg.alpha, init=cfg.init, targets=targets,
                               freeze_a=cfg.method == "lora-fa", dropout=cfg.lora_dropout,
-                              generator=torch.Generator().manual_seed(cfg.seed), svd_method=cfg.svd_method)
+                              generator=torch.Generator().manual_seed(cfg.seed), svd_method=cfg.svd_method,
+                              **data_args)
     n = set_trainable(model, "lora" if names else cfg.method, train_head=cfg.train_head,
                       train_biases=cfg.train_biases)
-    return model, tokenizer, {"targets_resolved": targets, "adapted_modules": len(names), "trainable_params": n}
+    return {"targets_resolved": targets, "adapted_modules": len(names), "trainable_params": n}
+
+
+def build_model(cfg: RunConfig, num_labels: int, data=None, loss_fn=None):
+    """(model, tokenizer, info): `load_seeded` then `adapt`."""
+    model, tokenizer = load_seeded(cfg, num_labels)
+    return model, tokenizer, adapt(model, cfg, data, loss_fn)
 
 
 def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.AdamW:

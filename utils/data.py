@@ -6,15 +6,28 @@ longest row. The result is saved with `datasets.save_to_disk` under
 `<cache>/tokenized/<task>-<key>/` (`<cache>`: $LORA_FA_CACHE, else ~/.cache/lora-fa), so
 a second run with the same tokenizer, task, max_length and data files skips tokenising.
 
-The training order is a permutation drawn from (seed, epoch) alone (`EpochSampler`), so
-the batches of any epoch can be recomputed: a resumed run skips the batches it has
-already seen and continues with exactly the ones an uninterrupted run would have used.
+The training order is drawn from (seed, epoch) alone, so the batches of any epoch can be
+recomputed: a resumed run skips the batches it has already seen and continues with exactly
+the ones an uninterrupted run would have used. Two orders exist:
+
+* `LengthGroupedBatches` (default, `group_by_length`): the seeded permutation is cut into
+  mega-batches of `MEGA` batches, each sorted by length and split into batches, and the batch
+  order is shuffled with the same seed: every batch holds rows of similar length (little
+  padding), the data order stays random, and every row is seen once per epoch.
+* `EpochSampler` + a plain batch split: the permutation cut into consecutive batches.
+
+Evaluation batches are sorted by length too (`eval_loader(sort=True)`); `evaluate` returns
+predictions in file order either way.
+
+`holdout_split` carves a label-stratified slice out of train, drawn with a fixed seed so
+that every run of a task holds out the same rows.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -23,6 +36,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding
 
@@ -30,6 +44,8 @@ from utils.glue import GlueData
 from utils.model_files import cache_root
 
 FORMAT = 1  # bump when the tokenised layout changes, so old cache entries are not reused
+MEGA = 50  # batches per mega-batch of LengthGroupedBatches
+HOLDOUT_SEED = 0  # the holdout slice depends on the task's data and the fraction only
 
 
 def tokenized_cache_dir() -> Path:
@@ -116,6 +132,34 @@ def tokenize_glue(glue: GlueData, tokenizer, max_length: int, *, cache: bool = T
     return out
 
 
+def token_lengths(dataset) -> list[int]:
+    """Tokens per row (the length of its input_ids)."""
+    return [len(ids) for ids in dataset["input_ids"]]
+
+
+def holdout_split(labels, fraction: float, *, regression: bool = False) -> tuple[list[int], list[int]]:
+    """(train rows, holdout rows) as sorted index lists: `fraction` of the rows, stratified by
+    label (not for regression), drawn with HOLDOUT_SEED. fraction 0: (all rows, [])."""
+    n = len(labels)
+    if fraction == 0:
+        return list(range(n)), []
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+    try:
+        keep, held = train_test_split(np.arange(n), test_size=fraction, random_state=HOLDOUT_SEED,
+                                      stratify=None if regression else np.asarray(labels))
+    except ValueError as e:  # e.g. a class with a single row, or fewer held-out rows than classes
+        raise ValueError(f"cannot hold out {fraction:g} of {n} training rows stratified by label: {e}") from None
+    return sorted(keep.tolist()), sorted(held.tolist())
+
+
+def _seeded_permutation(n: int, *key: int) -> list[int]:
+    """A permutation of range(n) that depends only on `key`: (seed, epoch) for the rows of an
+    epoch, (seed, epoch, 1) for its order of grouped batches, (seed, 0, 2) for calibration."""
+    state = int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> 1)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(state)).tolist()
+
+
 class EpochSampler(Sampler):
     """A random permutation of range(n) that depends only on (seed, epoch); set the epoch first."""
 
@@ -134,23 +178,94 @@ class EpochSampler(Sampler):
     def __iter__(self):
         if not self.shuffle:
             return iter(range(self.n))
-        seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0] >> 1)
-        return iter(torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).tolist())
+        return iter(_seeded_permutation(self.n, self.seed, self.epoch))
 
 
-def _loader(dataset, tokenizer, batch_size: int, sampler) -> DataLoader:
+class LengthGroupedBatches(Sampler):
+    """Batches of rows of similar length, in a random order that depends only on (seed, epoch).
+
+    The epoch's permutation (the one `EpochSampler` draws) is cut into mega-batches of
+    `mega` × batch_size rows; each is sorted by length (longest first, ties in permutation
+    order) and split into batches; then the order of all batches is shuffled with a second
+    draw from (seed, epoch). Yields lists of row indices (a batch sampler): ceil(n /
+    batch_size) batches per epoch, every row once, at most one short batch (the tail of the
+    last mega-batch).
+    """
+
+    def __init__(self, lengths, batch_size: int, seed: int, mega: int = MEGA):
+        self.lengths = list(lengths)  # tokens per row
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mega = mega
+        self.epoch = 0  # set by set_epoch before each pass
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        perm, size = _seeded_permutation(len(self.lengths), self.seed, self.epoch), self.mega * self.batch_size
+        batches = []
+        for start in range(0, len(perm), size):
+            group = sorted(perm[start:start + size], key=lambda i: -self.lengths[i])  # stable: ties keep order
+            batches += [group[k:k + self.batch_size] for k in range(0, len(group), self.batch_size)]
+        order = _seeded_permutation(len(batches), self.seed, self.epoch, 1)
+        return iter([batches[i] for i in order])
+
+
+def _loader(dataset, tokenizer, **batching) -> DataLoader:
+    """`batching`: sampler= and batch_size=, or batch_sampler=."""
     # A private generator: creating an iterator then never draws from torch's global RNG
     # (which drives dropout), so evaluation and resuming leave the training randomness alone.
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                      collate_fn=DataCollatorWithPadding(tokenizer), generator=torch.Generator().manual_seed(0))
+    return DataLoader(dataset, collate_fn=DataCollatorWithPadding(tokenizer),
+                      generator=torch.Generator().manual_seed(0), **batching)
 
 
-def train_loader(dataset, tokenizer, batch_size: int, seed: int) -> tuple[DataLoader, EpochSampler]:
-    """Shuffled training batches (last one may be short) and the sampler, to set its epoch."""
+def train_loader(dataset, tokenizer, batch_size: int, seed: int, *, group_by_length: bool = True):
+    """(loader, sampler): shuffled training batches and the object whose epoch must be set
+    before each pass (`LengthGroupedBatches`, or the `EpochSampler` of plain batches)."""
+    if group_by_length:
+        sampler = LengthGroupedBatches(token_lengths(dataset), batch_size, seed)
+        return _loader(dataset, tokenizer, batch_sampler=sampler), sampler
     sampler = EpochSampler(len(dataset), seed)
-    return _loader(dataset, tokenizer, batch_size, sampler), sampler
+    return _loader(dataset, tokenizer, sampler=sampler, batch_size=batch_size), sampler
 
 
-def eval_loader(dataset, tokenizer, batch_size: int) -> DataLoader:
-    """Dev batches in file order."""
-    return _loader(dataset, tokenizer, batch_size, EpochSampler(len(dataset), 0, shuffle=False))
+def calibration_batches(dataset, tokenizer, batch_size: int, seed: int, n_batches: int) -> list[dict]:
+    """`n_batches` padded batches (with labels) of rows drawn with `seed`, for data-aware inits:
+    the first n_batches × batch_size rows of a permutation that no epoch's order uses."""
+    rows = _seeded_permutation(len(dataset), seed, 0, 2)[:n_batches * batch_size]
+    collate = DataCollatorWithPadding(tokenizer)
+    return [dict(collate([dataset[i] for i in rows[k:k + batch_size]])) for k in range(0, len(rows), batch_size)]
+
+
+class FixedOrder(Sampler):
+    """The rows in a given order (for evaluation)."""
+
+    def __init__(self, order):
+        self.order = list(order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self):
+        return iter(self.order)
+
+
+def eval_order(dataset, sort: bool) -> list[int]:
+    """Row order of evaluation: longest first (stable) when `sort`, else file order."""
+    rows = range(len(dataset))
+    if not sort:
+        return list(rows)
+    lengths = token_lengths(dataset)
+    return sorted(rows, key=lambda i: -lengths[i])
+
+
+def eval_loader(dataset, tokenizer, batch_size: int, *, sort: bool = False) -> DataLoader:
+    """Evaluation batches in `eval_order` (`loader.order`: row of each position, to undo the sort)."""
+    order = eval_order(dataset, sort)
+    loader = _loader(dataset, tokenizer, sampler=FixedOrder(order), batch_size=batch_size)
+    loader.order = order
+    return loader

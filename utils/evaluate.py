@@ -24,7 +24,8 @@ def predictions(logits: torch.Tensor, task: GlueTask) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, loaders: dict, task: GlueTask, accelerator) -> tuple[dict, float, dict]:
+def evaluate(model, loaders: dict, task: GlueTask, accelerator, orders: dict | None = None
+             ) -> tuple[dict, float, dict]:
     """Evaluate on every dev split; returns (metrics, dev_loss, {split: (predictions, labels)}).
 
     `loaders` are prepared by the accelerator: each process sees a shard, and
@@ -33,6 +34,8 @@ def evaluate(model, loaders: dict, task: GlueTask, accelerator) -> tuple[dict, f
     Metric names follow utils.logs: the first split's are plain (`accuracy`); further
     splits (MNLI mismatched) are prefixed (`dev_mismatched/accuracy`, `dev_mismatched/loss`).
     dev_loss is the mean per-example loss of the first split, with no regularizer.
+    `orders` ({split: row of each position}, see utils.data.eval_order): the loaders' row order,
+    undone so that predictions come back in file order.
     """
     was_training = model.training
     model.eval()
@@ -48,6 +51,8 @@ def evaluate(model, loaders: dict, task: GlueTask, accelerator) -> tuple[dict, f
             all_label.append(labels.cpu())
             all_loss.append(losses.cpu())
         pred, label = torch.cat(all_pred).numpy(), torch.cat(all_label).numpy()
+        if orders and split in orders:  # position k holds row orders[split][k]
+            pred[orders[split]], label[orders[split]] = pred.copy(), label.copy()
         loss = torch.cat(all_loss).double().mean().item()
         prefix = "" if i == 0 else f"{split}/"
         metrics.update({prefix + k: v for k, v in compute_metrics(task, pred, label).items()})

@@ -16,13 +16,18 @@ several dev sets (MNLI) prefix the extra ones with the split name
 
 Extensions written by utils.train (readers must not rely on them being present):
 
-    config:  data_files {split: path}, max_length_used, targets_resolved (suffixes), adapted_modules,
+    config:  data_files {split: path}, num_rows {split: rows; train after the holdout, holdout},
+             init_time_s (adapter init), max_length_used, targets_resolved (suffixes), adapted_modules,
              trainable_params, processes, total_batch_size, steps_per_epoch, total_steps
     env:     accelerate, peft, datasets, mixed_precision, platform, argv; git_commit gets "+dirty"
              when tracked files differ from HEAD
-    history: reg_loss (mean regularizer term since the last evaluation; train_loss includes it)
+    history: reg_loss (mean regularizer term since the last evaluation; train_loss includes it);
+             holdout {name: value, "loss": v} (runs with holdout > 0: the held-out slice of train)
     train_loss entries: reg_loss
-    summary: epochs, train_time_s, eval_time_s, setup_time_s (model/data loading), peak_gpu_mb,
+    summary: holdout {"final": ..., "best": ...} (as final/best, for the held-out slice),
+             padding_efficiency (real / padded tokens of the training batches), tokens_per_second
+             (real training tokens per second of train time),
+             epochs, train_time_s, eval_time_s, setup_time_s (model/data loading), peak_gpu_mb,
              param_hashes (sha256 prefix of the trainable weights, one per process: all equal)
     resumed_from_step: present if the run was resumed from a checkpoint
     `<run_id>.preds.npz` next to the log: the last evaluation's dev predictions and labels
@@ -30,12 +35,20 @@ Extensions written by utils.train (readers must not rely on them being present):
 """
 import json
 import os
+import socket
+import sys
 import tempfile
+import time
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
+from utils.config import NAME_FIELDS, RunConfig, with_legacy_defaults
+
 SCHEMA = 1
+RUN_FIELDS = frozenset(RunConfig.__dataclass_fields__)
 
 
 def write_json_atomic(obj, path):
@@ -55,15 +68,35 @@ def write_json_atomic(obj, path):
 
 
 def read_log(path):
-    """One run log as a dict; a clear error for files that are not run logs."""
+    """One run log as a dict; ValueError naming the file and what is wrong for files that are not
+    valid JSON, not run logs, or lack a key the readers need."""
     path = Path(path)
     try:
         log = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(log, dict) or log.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: not a run log of schema {SCHEMA}")
+    problem = _log_problem(log)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
     return log
+
+
+def _log_problem(log) -> str | None:
+    """What keeps `log` from being read as a run log (None: nothing). Keys beyond these are optional,
+    and unknown keys (a newer writer's) are ignored."""
+    if not isinstance(log, dict) or log.get("schema") != SCHEMA:
+        return f"not a run log of schema {SCHEMA}"
+    missing = [k for k in ("run_id", "status", "config", "history") if k not in log]
+    if isinstance(log.get("config"), dict):
+        missing += [f"config.{k}" for k in NAME_FIELDS if k not in log["config"]]
+    elif "config" in log:
+        return "config is not a JSON object"
+    if isinstance(log.get("history"), list):
+        missing += [f"history[{i}].{k}" for i, h in enumerate(log["history"]) for k in ("step", "epoch", "metrics")
+                    if not isinstance(h, dict) or k not in h]
+    elif "history" in log:
+        return "history is not a list"
+    return f"missing keys: {', '.join(missing)}" if missing else None
 
 
 def _log_paths(path):
@@ -71,48 +104,181 @@ def _log_paths(path):
     return sorted(path.rglob("*.json")) if path.is_dir() else [path]
 
 
+def read_logs(path="logs", status=("finished",)) -> dict[Path, dict]:
+    """{file: log} of the run logs under `path` (a folder or one file) whose status is in `status`
+    (None: any). A file that is not a readable run log (a truncated copy, a hand edit) is skipped
+    with one warning line on stderr naming it and why; a last line says how many were skipped."""
+    logs, paths, skipped = {}, _log_paths(path), 0
+    for p in paths:
+        try:
+            log = read_log(p)
+        except (OSError, ValueError) as e:
+            print(f"warning: skipping {e}", file=sys.stderr)
+            skipped += 1
+            continue
+        if status is None or log["status"] in status:
+            logs[p] = log
+    if skipped:
+        print(f"warning: skipped {skipped} of {len(paths)} log files (not readable run logs)", file=sys.stderr)
+    return logs
+
+
+def _logs(source, status) -> list[dict]:
+    """The logs of `source`: a folder or file (read_logs), or a `read_logs` result (read once,
+    used by several tables)."""
+    if isinstance(source, dict):
+        return [log for log in source.values() if status is None or log["status"] in status]
+    return list(read_logs(source, status).values())
+
+
+def config_columns(config: dict) -> dict:
+    """A logged config as table columns: fields an older log lacks at the value it ran with
+    (LEGACY_DEFAULTS), RunConfig lists (targets) as tuples, other lists and dicts left out."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in with_legacy_defaults(config).items()
+            if not isinstance(v, dict) and (not isinstance(v, list) or k in RUN_FIELDS)}
+
+
 def load_runs(path="logs", status=("finished",)):
     """Every evaluation of every run under `path` as one DataFrame (one row per evaluation).
 
     Columns: run_id, status, the config fields (task, model, method, init, rank, lr, seed, ...),
     step, epoch, train_loss, lr_now (the scheduled lr at that step), dev_loss, time_s, and one
-    column per dev metric. `status=None` keeps running and failed runs too.
+    column per dev metric. `status=None` keeps running and failed runs too. `path`: a folder, one
+    log file, or a `read_logs` result.
     """
     rows = []
-    for p in _log_paths(path):
-        log = read_log(p)
-        if status is not None and log["status"] not in status:
-            continue
-        cfg = {k: v for k, v in log["config"].items() if not isinstance(v, (dict, list))}
+    for log in _logs(path, status):
+        cfg = config_columns(log["config"])
         for h in log["history"]:
             row = {"run_id": log["run_id"], "status": log["status"], **cfg,
                    "step": h["step"], "epoch": h["epoch"], "train_loss": h.get("train_loss"),
                    "lr_now": h.get("lr"), "dev_loss": h.get("dev_loss"), "time_s": h.get("time_s")}
             row.update(h["metrics"])
+            row.update({f"holdout_{k}": v for k, v in h.get("holdout", {}).items()})
             rows.append(row)
     return pd.DataFrame(rows)
 
 
 def summary_row(log):
     """One run as a flat dict: config fields plus final_<metric>, best_<metric>, best_step_<metric>."""
-    row = {"run_id": log["run_id"], "status": log["status"],
-           **{k: v for k, v in log["config"].items() if not isinstance(v, (dict, list))}}
+    row = {"run_id": log["run_id"], "status": log["status"], **config_columns(log["config"])}
     s = log.get("summary") or {}
     for k, v in (s.get("final") or {}).items():
         row[f"final_{k}"] = v
     for k, v in (s.get("best") or {}).items():
         row[f"best_{k}"], row[f"best_step_{k}"] = v["value"], v["step"]
-    for k in ("steps", "wall_time_s", "peak_rss_mb", "trainable_params"):
+    held = s.get("holdout") or {}
+    for k, v in (held.get("final") or {}).items():
+        row[f"final_holdout_{k}"] = v
+    for k, v in (held.get("best") or {}).items():
+        row[f"best_holdout_{k}"], row[f"best_step_holdout_{k}"] = v["value"], v["step"]
+    for k in ("steps", "wall_time_s", "peak_rss_mb", "trainable_params", "padding_efficiency", "tokens_per_second"):
         row[k] = s.get(k)
     return row
 
 
 def load_summaries(path="logs", status=("finished",)):
-    """One row per run: config fields plus final_<metric> and best_<metric> (and best_step_<metric>)."""
-    rows = []
-    for p in _log_paths(path):
-        log = read_log(p)
-        if status is not None and log["status"] not in status:
+    """One row per run: config fields plus final_<metric> and best_<metric> (and best_step_<metric>).
+    `path` as in `load_runs`."""
+    return pd.DataFrame([summary_row(log) for log in _logs(path, status)])
+
+
+# ---------------------------------------------------------------- one worker per run
+
+class RunLocked(RuntimeError):
+    """Another live process holds the run's lock file: it is running (or about to run) that run."""
+
+
+def lock_path(log_path) -> Path:
+    """`<log_dir>/<task>/<run_id>.lock`, next to the run's log."""
+    return Path(log_path).with_suffix(".lock")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _read_holder(path: Path) -> dict | None:
+    """The lock's {"pid", "host", ...}, or None if it is gone or unreadable (being written)."""
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _is_stale(holder: dict) -> bool:
+    """A lock of a process on this host that no longer exists (a killed worker)."""
+    pid = holder.get("pid")
+    return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
+
+
+def _take_over(path: Path, stale: dict) -> None:
+    """Remove the stale lock `stale`; if another worker replaced it meanwhile, leave that one.
+
+    The lock is renamed aside first (atomic: of two workers taking over, one gets the file), then
+    checked: a fresh lock moved by mistake is linked back (os.link fails if a lock is there again)."""
+    aside = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    if _read_holder(aside) != stale:
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+    aside.unlink(missing_ok=True)
+
+
+def acquire_lock(path) -> dict:
+    """Create the lock file `path` atomically (O_CREAT | O_EXCL) holding this process's pid and host
+    (JSON); returns what it wrote. A stale lock (its pid is dead on this host) is taken over with a
+    warning on stderr; RunLocked if a live process (or one on another host) holds it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex,
+          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_holder(path)
+            if holder is None or not _is_stale(holder):
+                who = "an unreadable lock" if holder is None else \
+                    f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started', '?')}"
+                raise RunLocked(f"{path} is held by {who}: another worker is running this run "
+                                f"(delete the file if no process uses it)") from None
+            print(f"warning: taking over the stale lock {path} of pid {holder.get('pid')} (no longer "
+                  f"running on {holder.get('host')})", file=sys.stderr)
+            _take_over(path, holder)
             continue
-        rows.append(summary_row(log))
-    return pd.DataFrame(rows)
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return me
+    raise RunLocked(f"{path}: could not take the lock (other workers keep replacing it)")
+
+
+def release_lock(path, held: dict) -> None:
+    """Delete the lock file `path` if it is still the one `acquire_lock` returned as `held`."""
+    path = Path(path)
+    if _read_holder(path) == held:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def run_lock(log_path):
+    """Hold the run's lock file (`lock_path(log_path)`) for the block; released on exit, also when
+    the block raises. RunLocked (before the block) if another live worker holds it."""
+    path = lock_path(log_path)
+    held = acquire_lock(path)
+    try:
+        yield path
+    finally:
+        release_lock(path, held)

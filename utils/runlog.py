@@ -64,17 +64,25 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _best(history: list[dict], key: str) -> dict:
+    """{metric: {"value": max over the history of h[key][metric], "step": where}} (losses left out)."""
+    best = {}
+    for h in history:
+        for k, v in h.get(key, {}).items():
+            if k != "loss" and (k not in best or v > best[k]["value"]):
+                best[k] = {"value": v, "step": h["step"]}
+    return best
+
+
 def summary(history: list[dict], **extra) -> dict:
-    """final (last evaluation's metrics + dev_loss) and best (max of each metric, with its step)."""
+    """final (last evaluation's metrics + dev_loss) and best (max of each metric, with its step);
+    with a holdout slice also "holdout": {"final": its metrics + loss, "best": ...}."""
     if not history:
         return {"final": {}, "best": {}, **extra}
     last = history[-1]
-    best = {}
-    for h in history:
-        for k, v in h["metrics"].items():
-            if k not in best or v > best[k]["value"]:
-                best[k] = {"value": v, "step": h["step"]}
-    return {"final": {**last["metrics"], "dev_loss": last["dev_loss"]}, "best": best, **extra}
+    held = {"holdout": {"final": last["holdout"], "best": _best(history, "holdout")}} if "holdout" in last else {}
+    return {"final": {**last["metrics"], "dev_loss": last["dev_loss"]}, "best": _best(history, "metrics"),
+            **held, **extra}
 
 
 def predictions_path(log_path) -> Path:

@@ -26,12 +26,13 @@ import lora
 from utils import checkpoint as ckpt
 from utils import runlog
 from utils.config import RunConfig
-from utils.data import eval_loader, tokenize_glue, train_loader
+from utils.data import calibration_batches, eval_loader, holdout_split, tokenize_glue, train_loader
 from utils.evaluate import evaluate, example_losses
 from utils.glue import get_task, load_glue
 from utils.logs import read_log, write_json_atomic
-from utils.build import (build_model, linear_schedule, make_optimizer, new_accelerator, params_hash,
+from utils.build import (adapt, linear_schedule, load_seeded, make_optimizer, new_accelerator, params_hash,
                          process_state)
+from utils.config import DATA_INITS
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,6 +52,7 @@ class Position:
     window: list = field(default_factory=lambda: [0.0, 0.0, 0])  # loss, reg, steps since the last train_loss entry
     since_eval: list = field(default_factory=lambda: [0.0, 0.0, 0])  # the same since the last evaluation
     timers: dict = field(default_factory=lambda: {"train": 0.0, "eval": 0.0, "setup": 0.0})  # seconds
+    tokens: list = field(default_factory=lambda: [0, 0])  # real and padded tokens of the training batches so far
 
 
 @dataclass
@@ -67,6 +69,8 @@ class Run:
     train_dl: object = None  # prepared training loader (this process's shard)
     sampler: object = None  # utils.data.EpochSampler of train_dl
     dev: dict = None  # {dev split: prepared loader}
+    dev_orders: dict = None  # {dev split: row of each evaluation position} (batches sorted by length)
+    holdout: dict = None  # {"holdout": prepared loader} when cfg.holdout > 0, else {}
     adapters: list = None  # LoRA parametrizations (for the B-drift regularizer)
     steps_per_epoch: int = 0  # optimizer steps per epoch
     total: int = 0  # optimizer steps of the whole run
@@ -97,6 +101,8 @@ def run_experiment(config: RunConfig, progress: bool = True, on_eval=None) -> di
     """
     cfg = config.canonical()
     cfg.check_files()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     is_main = process_state().is_main_process
     old = _from_main(read_log(cfg.log_path) if is_main and cfg.log_path.is_file() else None)
     if old is not None and old["status"] == "finished" and not cfg.overwrite:
@@ -115,7 +121,7 @@ def run_experiment(config: RunConfig, progress: bool = True, on_eval=None) -> di
                                          accelerator=acc)
             run.log["history"], run.log["train_loss"] = state.pop("history"), state.pop("train_loss")
             run.log["resumed_from_step"] = state["step"]
-            pos = Position(**{k: state[k] for k in (f.name for f in dataclasses.fields(Position))})
+            pos = Position(**{k: state[k] for k in (f.name for f in dataclasses.fields(Position)) if k in state})
         elif acc.is_main_process:
             ckpt.delete_checkpoints(cfg.ckpt_path)  # stale ones of an earlier attempt
         pos.timers["setup"] += time.time() - run.t0
@@ -135,22 +141,38 @@ def _setup(run: Run, progress: bool) -> None:
     """Model with adapters, tokenised data, loaders, optimizer, schedule; all prepared by Accelerate."""
     cfg, acc = run.cfg, run.acc
     run.task = task = get_task(cfg.task)
-    model, tokenizer, info = build_model(cfg, task.num_labels)
+    model, tokenizer = load_seeded(cfg, task.num_labels)
     max_len = min(cfg.max_length, tokenizer.model_max_length)
     with acc.main_process_first():  # the main process tokenises and caches, the others then read
         glue = load_glue(task, cfg.data_dir)
         tokens = tokenize_glue(glue, tokenizer, max_len, progress=progress and acc.is_main_process)
-    train_dl, run.sampler = train_loader(tokens["train"], tokenizer, cfg.batch_size, cfg.seed)
-    dev = {s: eval_loader(tokens[s], tokenizer, cfg.eval_bs) for s in task.dev_splits}
-    prepared = acc.prepare(model, make_optimizer(model, cfg), train_dl, *dev.values())
-    run.model, run.optimizer, run.train_dl, dev_loaders = prepared[0], prepared[1], prepared[2], prepared[3:]
-    run.dev = dict(zip(dev, dev_loaders))
+    keep, held = holdout_split(glue.train["label"], cfg.holdout, regression=task.is_regression)
+    train = tokens["train"].select(keep) if held else tokens["train"]
+    t_init = time.time()
+    data = (calibration_batches(train, tokenizer, cfg.batch_size, cfg.seed, cfg.init_batches)
+            if cfg.init in DATA_INITS else None)
+    info = adapt(model.to(acc.device), cfg, data and [{k: v.to(acc.device) for k, v in b.items()} for b in data],
+                 loss_fn=lambda m, b: example_losses(m(**{k: v for k, v in b.items() if k != "labels"}).logits,
+                                                     b["labels"], task).mean())
+    info["init_time_s"] = time.time() - t_init
+    train_dl, run.sampler = train_loader(train, tokenizer, cfg.batch_size, cfg.seed,
+                                         group_by_length=cfg.group_by_length)
+    evals = {s: eval_loader(tokens[s], tokenizer, cfg.eval_bs, sort=cfg.group_by_length) for s in task.dev_splits}
+    if held:
+        evals["holdout"] = eval_loader(tokens["train"].select(held), tokenizer, cfg.eval_bs, sort=cfg.group_by_length)
+    run.dev_orders = {s: dl.order for s, dl in evals.items()}
+    prepared = acc.prepare(model, make_optimizer(model, cfg), train_dl, *evals.values())
+    run.model, run.optimizer, run.train_dl = prepared[:3]
+    loaders = dict(zip(evals, prepared[3:]))
+    run.holdout = {"holdout": loaders.pop("holdout")} if held else {}
+    run.dev = loaders
     run.steps_per_epoch = math.ceil(len(run.train_dl) / cfg.grad_accum)
     run.total = cfg.max_steps or cfg.epochs * run.steps_per_epoch
     run.scheduler = linear_schedule(run.optimizer, math.ceil(cfg.warmup_ratio * run.total), run.total)
     run.adapters = [p for _, _, p in lora.adapted_modules(acc.unwrap_model(run.model))]
     run.log["config"].update(
-        data_source=glue.source, data_files=glue.files, num_rows=glue.num_rows, main_metric=task.main_metric,
+        data_source=glue.source, data_files=glue.files, main_metric=task.main_metric,
+        num_rows={**glue.num_rows, "train": len(keep), **({"holdout": len(held)} if held else {})},
         max_length_used=max_len, **info, processes=acc.num_processes,
         total_batch_size=cfg.batch_size * cfg.grad_accum * acc.num_processes,
         steps_per_epoch=run.steps_per_epoch, total_steps=run.total)
@@ -174,6 +196,8 @@ def _train(run: Run, pos: Position, progress: bool, on_eval) -> None:
             group_size = group_end - (b // ga) * ga
             with nullcontext() if b + 1 == group_end else acc.no_sync(model):
                 labels = batch.pop("labels")
+                mask = batch["attention_mask"]
+                pos.tokens[0], pos.tokens[1] = pos.tokens[0] + int(mask.sum()), pos.tokens[1] + mask.numel()
                 loss = example_losses(model(**batch).logits, labels, run.task).mean()
                 reg = (cfg.reg_lambda * sum(((p.lora_B - p.lora_B0) ** 2).sum() for p in run.adapters)
                        if cfg.reg_lambda else torch.zeros((), device=loss.device))
@@ -221,13 +245,17 @@ def _train(run: Run, pos: Position, progress: bool, on_eval) -> None:
 def _evaluate_and_save(run: Run, pos: Position) -> None:
     """Evaluate on the whole dev set, append to the history, rewrite the log, save a checkpoint."""
     t_eval = time.time()
-    metrics, dev_loss, preds = evaluate(run.model, run.dev, run.task, run.acc)
+    metrics, dev_loss, preds = evaluate(run.model, run.dev, run.task, run.acc, run.dev_orders)
+    held = {}
+    if run.holdout:
+        held_metrics, held_loss, _ = evaluate(run.model, run.holdout, run.task, run.acc)
+        held = {"holdout": {**held_metrics, "loss": held_loss}}
     pos.timers["eval"] += time.time() - t_eval
     loss, reg, n = pos.since_eval
     run.log["history"].append({
         "step": pos.step, "epoch": round(pos.step / run.steps_per_epoch, 6), "train_loss": loss / n,
         "reg_loss": reg / n, "lr": run.scheduler.get_last_lr()[0], "dev_loss": dev_loss, "metrics": metrics,
-        "time_s": run.elapsed(pos)})
+        **held, "time_s": run.elapsed(pos)})
     pos.since_eval = [0.0, 0.0, 0]
     run.log["summary"] = runlog.summary(run.log["history"], steps=pos.step, wall_time_s=run.elapsed(pos))
     run.write_log()
@@ -248,6 +276,8 @@ def _finish(run: Run, pos: Position, progress: bool) -> None:
         run.log["history"], steps=pos.step, epochs=round(pos.step / run.steps_per_epoch, 6),
         wall_time_s=run.elapsed(pos), train_time_s=pos.timers["train"], eval_time_s=pos.timers["eval"],
         setup_time_s=pos.timers["setup"], peak_rss_mb=runlog.peak_rss_mb(),
+        padding_efficiency=pos.tokens[0] / max(1, pos.tokens[1]),
+        tokens_per_second=pos.tokens[0] * acc.num_processes / max(1e-9, pos.timers["train"]),
         peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         trainable_params=run.log["config"]["trainable_params"], param_hashes=hashes)
     run.log["status"] = "finished"
