@@ -1,7 +1,9 @@
-"""One MRPC epoch + dev evaluation: our runner (LoRA-FA) against transformers' Trainer + PEFT.
+"""MRPC epochs + dev evaluation: our runner (LoRA-FA) against transformers' Trainer + PEFT.
 
     python bench/epoch.py                                   # minilm, fp32 and bf16, PEFT LoRA and LoRA-FA
     python bench/epoch.py --max-steps 5 --dtypes fp32       # smoke run
+    python bench/epoch.py --dtypes fp32 --epochs 3 --seeds 0 1 2 --grouping on,off --peft-methods lora-fa
+                                                            # length grouping: wall time and paired dev F1
     python bench/epoch.py --model path/to/folder --data-dir path/to/glue --max-steps 2
 
 Both sides get the same model (seeded, so the new head is identical), the same token ids
@@ -10,7 +12,9 @@ Both sides get the same model (seeded, so the new head is identical), the same t
 dev batch 2 x --batch, AdamW (torch) at --lr with weight decay 0.01 except biases and
 LayerNorm weights, gradient clipping at 1.0, a linear schedule with 6% warm-up, rank-4
 adapters (alpha 4, no dropout) on Q, K, V, O, the classification head (and BERT's pooler)
-trained, and the same seed (the data order differs: each side has its own sampler).
+trained, the same seed (the data order differs: each side has its own sampler) and the same
+length grouping (`--grouping`: ours `group_by_length`, Trainer `train_sampling_strategy="group_by_length"`; off: plain
+shuffled batches). Both evaluate on dev at every epoch end.
 
 * ours:    utils.run_experiment(RunConfig(method="lora-fa", init="random", ...)); --ours-methods
            lora-fa,lora adds our LoRA (A trained), the like-for-like row for PEFT LoRA
@@ -19,13 +23,15 @@ trained, and the same seed (the data order differs: each side has its own sample
            bf16=...), save_strategy "no", then trainer.evaluate().
 
 Every run is a fresh subprocess of this script (`--worker ours|trainer --dtype ...`), so its
-peak RSS (VmHWM) is its own; each round runs ours (each --ours-methods) then the Trainer (each --peft-methods), --repeats rounds. Time = training + dev
+peak RSS (VmHWM) is its own; each round (per seed, per grouping) runs ours (each --ours-methods) then the Trainer (each
+--peft-methods), --repeats rounds. Time = training + dev
 evaluation (the timers of our runner, the calls to train() and evaluate() for the Trainer);
 the process wall time (imports, model load, our checkpoint writes) is listed too.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -35,6 +41,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scipy import stats  # noqa: E402
 
 from bench import common  # noqa: E402
 from utils.config import ADAPTER_METHODS  # noqa: E402
@@ -55,7 +63,8 @@ def worker_ours(args, tmp: Path) -> dict:
     from utils.config import RunConfig  # noqa: PLC0415
 
     cfg = RunConfig(task="mrpc", model=args.model, method=args.method, init="random", rank=RANK, lr=args.lr,
-                    weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP, epochs=1, max_steps=args.max_steps,
+                    weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP, epochs=args.epochs, max_steps=args.max_steps,
+                    group_by_length=args.group, threads=args.threads or None,
                     batch_size=args.batch, max_length=args.max_length, clip_norm=1.0,
                     bf16=args.dtype == "bf16", seed=args.seed, data_dir=args.data_dir,
                     log_dir=str(tmp / "logs"), ckpt_dir=str(tmp / "ckpt"), overwrite=True)
@@ -63,7 +72,7 @@ def worker_ours(args, tmp: Path) -> dict:
     s = log["summary"]
     return {"train_eval_s": s["train_time_s"] + s["eval_time_s"], "steps": s["steps"],
             "metrics": {k: v for k, v in s["final"].items() if k != "dev_loss"},
-            "trainable": log["config"]["trainable_params"]}
+            "trainable": log["config"]["trainable_params"], "padding": s["padding_efficiency"]}
 
 
 def worker_trainer(args, tmp: Path) -> dict:
@@ -93,19 +102,21 @@ def worker_trainer(args, tmp: Path) -> dict:
     targs = TrainingArguments(
         output_dir=str(tmp / "trainer"), per_device_train_batch_size=args.batch,
         per_device_eval_batch_size=2 * args.batch, learning_rate=args.lr, weight_decay=WEIGHT_DECAY,
-        lr_scheduler_type="linear", warmup_steps=WARMUP, num_train_epochs=1, max_steps=args.max_steps or -1,
+        lr_scheduler_type="linear", warmup_steps=WARMUP, num_train_epochs=args.epochs, max_steps=args.max_steps or -1,
         max_grad_norm=1.0, optim="adamw_torch", bf16=args.dtype == "bf16", use_cpu=True, seed=args.seed,
-        save_strategy="no", eval_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
-        dataloader_pin_memory=False, label_names=["labels"])
+        save_strategy="no", eval_strategy="no" if args.max_steps else "epoch", logging_strategy="no",
+        report_to="none", disable_tqdm=True, dataloader_pin_memory=False, label_names=["labels"],
+        train_sampling_strategy="group_by_length" if args.group else "random")
     trainer = Trainer(model=peft_model, args=targs, train_dataset=tokens["train"], eval_dataset=tokens["dev"],
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=metrics)
     t0 = time.perf_counter()
     out = trainer.train()
-    result = trainer.evaluate()
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    result = evals[-1] if evals else trainer.evaluate()  # the last epoch end's evaluation
     elapsed = time.perf_counter() - t0
     return {"train_eval_s": elapsed, "steps": out.global_step,
             "metrics": {k.removeprefix("eval_"): v for k, v in result.items() if k[5:] in task.metrics},
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "padding": None}
 
 
 def warm_token_cache(args) -> None:
@@ -127,17 +138,18 @@ def run_worker(args) -> dict:
         fn = worker_ours if args.worker == "ours" else worker_trainer
         out = fn(args, Path(tmp))
     # VmHWM: this process's own peak (ru_maxrss would also count the parent's, inherited at exec)
-    out.update(runner=args.worker, dtype=args.dtype, peak_rss_mib=common.peak_rss_mib(since_reset=True))
+    out.update(runner=args.worker, dtype=args.dtype, seed=args.seed, grouped=args.group,
+               peak_rss_mib=common.peak_rss_mib(since_reset=True))
     return out
 
 
-def spawn(args, worker: str, dtype: str, method: str) -> dict:
+def spawn(args, worker: str, dtype: str, method: str, seed: int, group: bool) -> dict:
     """Run one worker subprocess; its JSON report (or {"error": ...}), labelled with its runner name."""
     name = f"{worker}-{method}"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--dtype", dtype, "--model", args.model,
            "--data-dir", args.data_dir, "--batch", str(args.batch), "--max-length", str(args.max_length),
-           "--lr", str(args.lr), "--seed", str(args.seed), "--method", method,
-           "--threads", str(args.threads)]
+           "--lr", str(args.lr), "--seed", str(seed), "--method", method, "--epochs", str(args.epochs),
+           "--threads", str(args.threads), "--group" if group else "--no-group"]
     if args.max_steps:
         cmd += ["--max-steps", str(args.max_steps)]
     t0 = time.time()
@@ -145,38 +157,74 @@ def spawn(args, worker: str, dtype: str, method: str) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         print(f"{name}/{dtype} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-        return {"runner": name, "dtype": dtype, "error": proc.stderr.strip().splitlines()[-1:]}
+        return {"runner": name, "dtype": dtype, "seed": seed, "grouped": group,
+                "error": proc.stderr.strip().splitlines()[-1:]}
     report = json.loads(lines[-1]) | {"runner": name}
     report["process_s"] = time.time() - t0  # includes interpreter start and imports
     return report
 
 
+def _like_for_like(reports, r):
+    """The Trainer + PEFT run that `r` is timed against: same dtype, seed and grouping; for ours the same
+    method (else the other), for the Trainer rows PEFT LoRA-FA (else LoRA)."""
+    same = r["runner"].split("-", 1)[1] if r["runner"].startswith("ours") else "lora-fa"
+    for method in (same, *(m for m in ADAPTER_METHODS if m != same)):
+        for ref in reports:
+            if (ref["runner"], ref["dtype"], ref["seed"], ref["grouped"]) == (
+                    f"trainer-{method}", r["dtype"], r["seed"], r["grouped"]) and "error" not in ref:
+                return ref
+    return None
+
+
+def _grouping_line(name, dtype, pairs) -> str:
+    """Grouped against plain batches over paired seeds: time ratio and F1 difference (target <= 0.6 x)."""
+    ratios = [on["train_eval_s"] / off["train_eval_s"] for on, off in pairs]
+    diffs = [on["metrics"]["f1"] - off["metrics"]["f1"] for on, off in pairs]
+    mean = sum(diffs) / len(diffs)
+    p = float(stats.ttest_rel([on["metrics"]["f1"] for on, _ in pairs],
+                              [off["metrics"]["f1"] for _, off in pairs]).pvalue) if len(pairs) > 1 else float("nan")
+    lower = mean < 0 and p < 0.05  # lower beyond seed noise: a paired t-test says so
+    ok = common.median(ratios) <= 0.6 and not lower
+    return (f"- {dtype}: {name}, grouped / plain batches: {common.median(ratios):.3f} x the train+eval time "
+            f"(per seed {', '.join(f'{x:.3f}' for x in ratios)}), dev F1 grouped − plain {mean:+.4f} "
+            f"(per seed {', '.join(f'{d:+.4f}' for d in diffs)}; paired t-test p {p:.2f}, n {len(pairs)}) "
+            f"(target <= 0.6 x at an F1 not lower beyond seed noise): {common.verdict(ok)}")
+
+
 def table(args, reports: list[dict]) -> str:
-    """One row per run; `x Trainer` is against the median Trainer + PEFT LoRA-FA run of the same dtype
-    (the like-for-like reference; PEFT LoRA if that was not run), and one target line per (ours, PEFT) pair."""
+    """One row per run; `x Trainer` is against the Trainer + PEFT LoRA-FA run (LoRA if that was not run)
+    of the same dtype, seed and grouping; then the target lines: ours vs Trainer per grouping (median
+    of the per-seed ratios), and grouped vs plain batches per runner (paired over seeds)."""
     names = ({f"ours-{m}": f"ours (run_experiment, {LABELS[m]})" for m in ADAPTER_METHODS}
              | {f"trainer-{m}": f"Trainer + PEFT ({m})" for m in ADAPTER_METHODS})
+    ok_runs = sorted((r for r in reports if "error" not in r),
+                     key=lambda r: (list(names).index(r["runner"]), r["dtype"], not r["grouped"], r["seed"]))
     rows, lines = [], []
-    for dtype in args.dtypes:
-        runs = {k: [r for r in reports if r["dtype"] == dtype and r["runner"] == k and "error" not in r] for k in names}
-        t = {k: common.median([r["train_eval_s"] for r in g]) for k, g in runs.items() if g}
-        ref_t = t.get("trainer-lora-fa") or t.get("trainer-lora")
-        for k, group in runs.items():
-            for r in group:
-                m = r["metrics"]
-                rows.append([names[k], dtype, r["steps"], r["trainable"], r["train_eval_s"],
-                             r["train_eval_s"] / ref_t if ref_t else None, r["process_s"], r["peak_rss_mib"],
-                             m.get("accuracy"), m.get("f1")])
-        f1 = {k: common.median([r["metrics"]["f1"] for r in g]) for k, g in runs.items() if g}
-        for o, k in [(o, k) for o in t if o.startswith("ours") for k in t if k.startswith("trainer")]:
-            ratio, ok = t[o] / t[k], t[o] <= t[k] and f1[o] >= f1[k]
-            lines.append(f"- {dtype}: {names[o]} takes {ratio:.3f} x the time of {names[k]}, dev F1 {f1[o]:.4f} vs "
-                         f"{f1[k]:.4f} (target <= 1.0 x at equal or better F1): {common.verdict(ok)}")
-    for r in reports:
-        if "error" in r:
-            lines.append(f"- {r['runner']}/{r['dtype']} failed: {r['error']}")
-    columns = ["runner", "dtype", "steps", "trainable params", "train+eval s", "x Trainer", "process s",
-               "peak RSS MiB", "dev accuracy", "dev F1"]
+    for r in ok_runs:
+        ref, m = _like_for_like(ok_runs, r), r["metrics"]
+        rows.append([names[r["runner"]], r["dtype"], "yes" if r["grouped"] else "no", r["seed"], r["steps"],
+                     r["trainable"], r["train_eval_s"], r["train_eval_s"] / ref["train_eval_s"] if ref else None,
+                     r["process_s"], r["peak_rss_mib"], r.get("padding"), m.get("accuracy"), m.get("f1")])
+    for dtype, group in itertools.product(args.dtypes, args.grouping):
+        for r_name in [k for k in names if k.startswith("ours")]:
+            runs = [r for r in ok_runs if (r["runner"], r["dtype"], r["grouped"]) == (r_name, dtype, group)]
+            pairs = [(r, _like_for_like(ok_runs, r)) for r in runs if _like_for_like(ok_runs, r)]
+            if not pairs:
+                continue
+            ratio = common.paired_ratio([r["train_eval_s"] for r, _ in pairs], [t["train_eval_s"] for _, t in pairs])
+            f1, f1_ref = (common.median([x["metrics"]["f1"] for x in side]) for side in zip(*pairs))
+            ok = ratio <= 1.0 and f1 >= f1_ref
+            lines.append(f"- {dtype}, grouped {'yes' if group else 'no'}: {names[r_name]} takes {ratio:.3f} x the time "
+                         f"of {names[pairs[0][1]['runner']]} (median over {len(pairs)} seeds), median dev F1 "
+                         f"{f1:.4f} vs {f1_ref:.4f} (target <= 1.0 x at equal or better F1): {common.verdict(ok)}")
+    for dtype, r_name in itertools.product(args.dtypes, names):
+        by = {(r["seed"], r["grouped"]): r for r in ok_runs if (r["runner"], r["dtype"]) == (r_name, dtype)}
+        pairs = [(by[s, True], by[s, False]) for s in args.seeds if (s, True) in by and (s, False) in by]
+        if pairs:
+            lines.append(_grouping_line(names[r_name], dtype, pairs))
+    lines += [f"- {r['runner']}/{r['dtype']} seed {r['seed']} failed: {r['error']}" for r in reports if "error" in r]
+    columns = ["runner", "dtype", "grouped", "seed", "steps", "trainable params", "train+eval s", "x Trainer",
+               "process s", "peak RSS MiB", "padding eff.", "dev accuracy", "dev F1"]
     return "\n".join([common.markdown_table(columns, rows), "", *lines, ""])
 
 
@@ -187,7 +235,9 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="paired seeds: every run is done per seed")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--grouping", default="on", help="comma-separated: on (length-grouped batches), off (plain)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N steps (smoke runs)")
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
     p.add_argument("--repeats", type=int, default=1, help="runs per (runner, dtype), alternating")
@@ -198,7 +248,13 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(common.RESULTS), help="folder for epoch_<dtypes>.md")
     p.add_argument("--worker", choices=["ours", "trainer"], help=argparse.SUPPRESS)
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # worker mode
+    p.add_argument("--group", action=argparse.BooleanOptionalAction, default=True, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    grouping = [g.strip() for g in args.grouping.split(",") if g.strip()]
+    if not grouping or set(grouping) - {"on", "off"}:
+        p.error(f"--grouping takes on and/or off, got {grouping}")
+    args.grouping = [g == "on" for g in grouping]
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if set(args.dtypes) - {"fp32", "bf16"}:
         p.error(f"--dtypes takes fp32 and/or bf16, got {args.dtypes}")
@@ -221,16 +277,20 @@ def main(argv=None):
     header = common.machine_header("One MRPC epoch: our runner vs Trainer + PEFT")
     warm_token_cache(args)
     reports = []
-    for _ in range(args.repeats):
-        for dtype in args.dtypes:
-            for worker, method in [("ours", m) for m in args.ours_methods] + [("trainer", m) for m in args.peft_methods]:
-                reports.append(spawn(args, worker, dtype, method))
-                print(f"  {reports[-1]['runner']}/{dtype} done", file=sys.stderr, flush=True)
+    runners = [("ours", m) for m in args.ours_methods] + [("trainer", m) for m in args.peft_methods]
+    for _, seed, dtype, group in itertools.product(range(args.repeats), args.seeds, args.dtypes, args.grouping):
+        for worker, method in runners:  # interleaved: drift hits every runner of a round alike
+            reports.append(spawn(args, worker, dtype, method, seed, group))
+            print(f"  {reports[-1]['runner']}/{dtype} seed {seed} grouped {group} done", file=sys.stderr, flush=True)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     settings = (f"MRPC, model {args.model}, rank {RANK}, batch {args.batch}, max length {args.max_length}, "
-                f"lr {args.lr:g}, linear schedule with {WARMUP:.0%} warm-up, seed {args.seed}, "
-                + (f"{args.max_steps} steps" if args.max_steps else "one epoch") + ", data " + args.data_dir)
+                f"lr {args.lr:g}, linear schedule with {WARMUP:.0%} warm-up, seeds {' '.join(map(str, args.seeds))}, "
+                + (f"{args.max_steps} steps" if args.max_steps else f"{args.epochs} epoch(s)")
+                + f", workers' torch threads {args.threads or 'default'}, data {args.data_dir}; "
+                f"load average at the end: {load}")
     text = "\n".join([header, settings, "", table(args, reports)])
-    path = common.write_results(Path(args.out) / f"epoch_{'_'.join(args.dtypes)}.md", text)
+    stem = f"epoch_{'_'.join(args.dtypes)}" + (f"_{args.epochs}ep" if args.epochs != 1 else "")
+    path = common.write_results(Path(args.out) / f"{stem}.md", text)
     print(text)
     print(f"written to {path}", file=sys.stderr)
 

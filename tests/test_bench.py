@@ -50,7 +50,7 @@ def runs(tmp_path_factory):
                      "--batch", "4", "--seq", "16", "--threads", "1"],
         "epoch": [py, "bench/epoch.py", "--model", str(model_dir), "--data-dir", str(glue_dir), "--max-steps", "2",
                   "--batch", "4", "--max-length", "32", "--dtypes", "bf16", "--ours-methods", "lora-fa,lora",
-                  "--threads", "1", "--out", str(out / "epoch")],
+                  "--grouping", "on,off", "--threads", "1", "--out", str(out / "epoch")],
         "init": [py, "bench/init.py", "--model", "tiny", "--repeats", "1", "--threads", "1", "--out", str(out / "init")],
     }
     env = {**os.environ, "LORA_FA_CACHE": str(out / "cache")}  # tokenised data stays in the tmp folder
@@ -118,15 +118,17 @@ def test_epoch_table(runs):
     check_ok(results["epoch"])
     text = (out / "epoch" / "epoch_bf16.md").read_text()
     columns, rows = table_rows(text, "runner")
-    assert columns == ["runner", "dtype", "steps", "trainable params", "train+eval s", "x Trainer", "process s",
-                       "peak RSS MiB", "dev accuracy", "dev F1"]
-    assert [r[0] for r in rows] == ["ours (run_experiment, LoRA-FA)", "ours (run_experiment, LoRA)",
-                                    "Trainer + PEFT (lora-fa)", "Trainer + PEFT (lora)"]
-    trainable = [int(r[3].replace(",", "")) for r in rows]
+    assert columns == ["runner", "dtype", "grouped", "seed", "steps", "trainable params", "train+eval s", "x Trainer",
+                       "process s", "peak RSS MiB", "padding eff.", "dev accuracy", "dev F1"]
+    assert [r[0] for r in rows[::2]] == ["ours (run_experiment, LoRA-FA)", "ours (run_experiment, LoRA)",
+                                         "Trainer + PEFT (lora-fa)", "Trainer + PEFT (lora)"]
+    assert [r[2] for r in rows] == ["yes", "no"] * 4 and all(r[1] == "bf16" and r[4] == "2" for r in rows)
+    trainable = [int(r[5].replace(",", "")) for r in rows[::2]]
     # A frozen vs trained: ours and PEFT train as many parameters, method for method; LoRA trains rank*in more
     assert trainable[0] == trainable[2] < trainable[1] == trainable[3]
-    assert float(rows[2][5]) == 1.0  # x Trainer: against PEFT LoRA-FA
-    assert all(r[1] == "bf16" and r[2] == "2" for r in rows)
-    assert all(0 <= float(r[8]) <= 1 for r in rows)
+    assert float(rows[4][7]) == float(rows[5][7]) == 1.0  # x Trainer: against PEFT LoRA-FA, same grouping
+    assert 0 < float(rows[0][10]) <= 1 and rows[4][10] == "n/a"  # padding efficiency: ours only
+    assert all(0 <= float(r[11]) <= 1 for r in rows)
     assert text.count("(target <= 1.0 x at equal or better F1)") == 4 and "failed" not in text
-    assert "ours (run_experiment, LoRA) takes" in text and "of Trainer + PEFT (lora)," in text
+    assert "ours (run_experiment, LoRA) takes" in text and "of Trainer + PEFT (lora) (median" in text
+    assert text.count("grouped / plain batches") == 4 and "(target <= 0.6 x at an F1 not lower" in text
