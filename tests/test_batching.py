@@ -10,8 +10,15 @@ from hypothesis import strategies as st
 from tests.runner_helpers import tiny_config
 from utils.build import new_accelerator
 from utils.config import RunConfig
-from utils.data import (LengthGroupedBatches, calibration_batches, eval_loader, holdout_split, token_lengths,
-                        tokenize_glue, train_loader)
+from utils.data import (
+    LengthGroupedBatches,
+    calibration_batches,
+    eval_loader,
+    holdout_split,
+    token_lengths,
+    tokenize_glue,
+    train_loader,
+)
 from utils.evaluate import evaluate
 from utils.glue import get_task, load_glue
 from utils.models import load_model_and_tokenizer
@@ -56,7 +63,7 @@ def test_grouped_batches_are_random_and_pad_little():
     means = [np.mean([lengths[i] for i in b]) for b in orders[0]]
     assert not (np.all(np.diff(means) <= 0) or np.all(np.diff(means) >= 0))
     plain = [list(range(k, min(k + 32, 3668))) for k in range(0, 3668, 32)]
-    assert _padding(orders[0], lengths) > 0.97 > 0.75 > _padding(plain, lengths)
+    assert _padding(orders[0], lengths) > 0.97 and _padding(plain, lengths) < 0.75
 
 
 def test_train_loader_batches_follow_the_sampler(tiny_models, glue_dir):
@@ -130,7 +137,7 @@ def test_run_with_holdout_logs_both_splits(tmp_path, tiny_models, glue_dir):
     assert "holdout" not in plain["history"][0] and "holdout" not in plain["summary"]
     assert s["padding_efficiency"] > plain["summary"]["padding_efficiency"]
     # the run id spells out every setting that changes results; threads do not
-    ids = {dataclasses.replace(cfg, **o).run_id for o in (dict(), dict(holdout=0.1), dict(group_by_length=False))}
+    ids = {dataclasses.replace(cfg, **o).run_id for o in ({}, {"holdout": 0.1}, {"group_by_length": False})}
     assert len(ids) == 3 and dataclasses.replace(cfg, threads=2).run_id == cfg.run_id
 
 
