@@ -6,13 +6,15 @@
 # (To keep editing the code while it runs, run it from a worktree of a fixed commit:
 #     git worktree add ../sweep HEAD && cd ../sweep && \
 #     GLUE_DIR=$PWD/../shared/glue LOG_DIR=$OLDPWD/logs WORKERS=2 nohup bash sweep.sh > sweep.out 2>&1 &)
-# WORKERS=n runs n processes of one thread each; worker k takes runs k, k+n, k+2n, ... of the
-# list below (2 one-thread workers do 1.36x the runs per hour of one two-thread process on the
-# 2-core CPU this was sized for). Results do not depend on the thread count.
+# WORKERS=n runs n processes of one thread each (--threads 1); worker k takes runs k, k+n, k+2n, ...
+# of the list below (2 one-thread workers do 1.36x the runs per hour of one two-thread process on the
+# 2-core CPU this was sized for). Results do not depend on the thread count. A lock file per run
+# keeps two workers (or two sweeps) from running the same run.
 # Everything shared by every cell: all-MiniLM-L6-v2 (`minilm`; MODEL=... for another), rank 4 on the attention
 # projections (query, key, value, attention.output.dense), classifier head trained, AdamW
 # (no decay on adapters), 6% warm-up then linear decay, batch 32, max length 128, float32,
-# 3 epochs, dev split. (No bf16: this CPU, an AVX2 EPYC without bf16 instructions, runs bf16
+# 3 epochs, dev split, plain shuffled batches (--no-group-by-length: the runner's default order before
+# length grouping existed, so a rerun reproduces these logs). (No bf16: this CPU, an AVX2 EPYC without bf16 instructions, runs bf16
 # autocast about 6x slower.)
 # Learning rates: 2e-4 sits in the middle (log scale) of the original claim's "small" range
 # (1e-4 to 4e-4); 5e-3 is its "large" one and the only LoRA-FA setting the pilot saw
@@ -28,8 +30,9 @@ cd "$(dirname "$0")"
 : "${LOG_DIR:=logs}"   # e.g. an absolute path when the sweep runs from a separate git worktree
 : "${MODEL:=minilm}"    # the original setting on a GPU with hub access: MODEL=roberta-base PRECISION=--bf16
 : "${PRECISION:=--no-bf16}"
+threads=(); [ "$WORKERS" -gt 1 ] && threads=(--threads 1)
 common=(--model "$MODEL" --rank 4 --epochs 3 --batch-size 32 --max-length 128 "$PRECISION" --resume --no-progress
-        --log-dir "$LOG_DIR")
+        --log-dir "$LOG_DIR" --no-group-by-length "${threads[@]}")
 
 runs() {  # one line per run: task method init lr seed
   for task in mrpc rte cola; do   # 1. the paired random-vs-svd comparison, every task
@@ -64,5 +67,5 @@ worker() {  # worker $1 of $WORKERS
 }
 
 if [ "$WORKERS" -eq 1 ]; then worker 0; exit; fi
-for k in $(seq 0 $((WORKERS - 1))); do OMP_NUM_THREADS=1 worker "$k" > "sweep.worker$k.out" 2>&1 & done
+for k in $(seq 0 $((WORKERS - 1))); do worker "$k" > "sweep.worker$k.out" 2>&1 & done
 wait
