@@ -12,7 +12,10 @@
 Every RunConfig field is a flag (`max_steps` -> `--max-steps`). Flags that take several
 values define the grid: every combination runs (finished runs are skipped). Write `none`
 for an empty optional value (`--max-steps none`). Exit status: 0 if every run finished,
-1 if any failed, 2 for bad arguments.
+1 if any failed or was skipped because another worker holds its lock file
+(`<log_dir>/<task>/<run_id>.lock`: that run is running elsewhere; the grid goes on with the
+other runs), 2 for bad arguments. `summary` and `plot` skip log files that are not readable run
+logs with a warning naming each, and exit 0 if the rest could be read.
 """
 from __future__ import annotations
 
@@ -117,10 +120,11 @@ def cmd_train(argv) -> int:
 
 
 def cmd_summary(argv) -> int:
-    from utils.grid import format_summary, summarize
     from utils.logs import load_summaries
+    from utils.stats import format_summary, summarize
 
-    p = argparse.ArgumentParser(prog="run_glue.py summary", description="mean ± std over seeds of finished runs")
+    p = argparse.ArgumentParser(prog="run_glue.py summary", description="mean ± std over seeds of finished runs, "
+                                "one row per setting (runs differing in any setting but the seed are kept apart)")
     p.add_argument("--log-dir", default="logs", help="folder of JSON run logs (default: logs)")
     p.add_argument("--task", nargs="+", default=None, help="only these tasks")
     args = p.parse_args(argv)

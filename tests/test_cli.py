@@ -1,15 +1,18 @@
 """Tests for run_glue.py: flags <-> RunConfig fields, grids, shards, exit codes, summary, plot dispatch."""
 import dataclasses
+import json
+import os
+import socket
 import sys
 import types
 
 import pytest
 
 import run_glue
+from tests.test_plots import fake_log
 from utils.config import RunConfig, field_help
-from utils.logs import load_summaries
-
-
+from utils.grid import run_grid
+from utils.logs import load_summaries, lock_path, write_json_atomic
 
 
 def _args(tmp_path, tiny_models, glue_dir, *extra):
@@ -65,9 +68,9 @@ def test_grid_runs_skips_and_summarises(tmp_path, tiny_models, glue_dir, capsys)
     assert "4 of 4 runs finished" in out and "±" in out
     df = load_summaries(tmp_path / "logs")
     assert sorted(zip(df["init"], df["seed"])) == [("random", 0), ("random", 1), ("svd", 0), ("svd", 1)]
-    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "logs").rglob("*")}
-    assert run_glue.main(argv) == 0  # everything finished: skipped, nothing rewritten
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "logs").rglob("*")} == mtimes
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "logs").rglob("*") if p.is_file()}
+    assert run_glue.main(argv) == 0  # everything finished: skipped (under each run's lock), no file rewritten
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "logs").rglob("*") if p.is_file()} == mtimes
     assert "4 of 4 runs finished" in capsys.readouterr().out
     assert run_glue.main(["summary", "--log-dir", str(tmp_path / "logs")]) == 0
     table = capsys.readouterr().out
@@ -84,7 +87,7 @@ def test_shards_split_the_grid(tmp_path, tiny_models, glue_dir, capsys):
         assert run_glue.main(argv + ["--shard", f"{i}/4"]) == 0
         parts.append(capsys.readouterr().out.split())
     assert [len(p) for p in parts] == [2, 2, 1, 1]
-    assert sorted(sum(parts, [])) == sorted(everything)
+    assert sorted(name for part in parts for name in part) == sorted(everything)
     # a shard runs only its own runs
     assert run_glue.main([a for a in argv if a != "--dry-run"] + ["--shard", "2/4"]) == 0
     assert [p.name for p in (tmp_path / "logs").rglob("*.json")] == [parts[2][0].rsplit("/", 1)[1]]
@@ -108,3 +111,54 @@ def test_plot_dispatches_to_utils_plots(monkeypatch, capsys):
     monkeypatch.setattr(utils, "plots", fake, raising=False)
     assert run_glue.main(["plot", "--log-dir", "some/logs", "--out", "some/imgs"]) == 0
     assert calls == [("some/logs", "some/imgs")] and "figure.png" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- several workers, unreadable logs
+
+def _good_and_bad_logs(root):
+    """One finished MRPC log and one truncated copy of it (a copy interrupted by a full disk)."""
+    log = fake_log("mrpc", "lora-fa", "svd", 1e-4, 0)
+    write_json_atomic(log, root / "mrpc" / f"{log['run_id']}.json")
+    text = (root / "mrpc" / f"{log['run_id']}.json").read_text()
+    bad = root / "mrpc" / "copy.json"
+    bad.write_text(text[:200])
+    return bad
+
+
+def test_summary_skips_an_unreadable_log(tmp_path, capsys):
+    bad = _good_and_bad_logs(tmp_path / "logs")
+    assert run_glue.main(["summary", "--log-dir", str(tmp_path / "logs")]) == 0
+    out, err = capsys.readouterr()
+    assert "mrpc minilm lora-fa svd" in " ".join(out.split())
+    lines = err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"warning: skipping {bad}: not valid JSON")
+    assert lines[1] == "warning: skipped 1 of 2 log files (not readable run logs)"
+
+
+def test_plot_skips_an_unreadable_log(tmp_path, capsys):
+    bad = _good_and_bad_logs(tmp_path / "logs")
+    assert run_glue.main(["plot", "--log-dir", str(tmp_path / "logs"), "--out", str(tmp_path / "imgs")]) == 0
+    out, err = capsys.readouterr()
+    assert "summary.md" in out and (tmp_path / "imgs" / "results.md").is_file()
+    lines = err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"warning: skipping {bad}: not valid JSON")  # each file read once
+    assert lines[1] == "warning: skipped 1 of 2 log files (not readable run logs)"
+
+
+def test_a_run_another_worker_holds_is_skipped_not_failed(tmp_path, tiny_models, glue_dir, capsys):
+    argv = _args(tmp_path, tiny_models, glue_dir, "--init", "random", "svd")
+    base, grid = run_glue.split_args(run_glue.train_parser().parse_args(argv))
+    held = dataclasses.replace(base, init="random")
+    lock = lock_path(held.canonical().log_path)
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))  # a live worker
+    logs = run_grid(base, grid, progress=False)
+    assert [(log["config"]["init"], log["status"]) for log in logs] == [("random", "locked"), ("svd", "finished")]
+    assert "held by pid" in logs[0]["error"] and not held.canonical().log_path.exists()
+    assert lock.exists() and list((tmp_path / "logs").rglob("*.lock")) == [lock]  # its lock untouched, svd's gone
+    capsys.readouterr()
+    assert run_glue.main(argv) == 1  # the CLI: not every run finished here
+    captured = capsys.readouterr()
+    assert "1 of 2 runs finished" in captured.out and "held by pid" in captured.err
+    lock.unlink()
+    assert run_glue.main(argv) == 0 and not list((tmp_path / "logs").rglob("*.lock"))

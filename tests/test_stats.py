@@ -1,5 +1,6 @@
 """utils.stats: the paired test, steps to target, majority baselines and the report, against hand
 computations (synthetic logs and tables in tmp_path)."""
+import dataclasses
 import math
 
 import numpy as np
@@ -15,8 +16,8 @@ from utils.runlog import predictions_path, save_predictions
 
 
 def _summaries(svd, random, lr=1e-4):
-    rows = [dict(run_id=f"{i}{s}", task="mrpc", model="minilm", method="lora-fa", init=i, rank=4, lr=lr,
-                 seed=s, final_f1=v, best_f1=v + 0.01, final_accuracy=v - 0.1)
+    rows = [{"run_id": f"{i}{s}", "task": "mrpc", "model": "minilm", "method": "lora-fa", "init": i, "rank": 4, "lr": lr,
+                 "seed": s, "final_f1": v, "best_f1": v + 0.01, "final_accuracy": v - 0.1}
             for i, vals in (("svd", svd), ("random", random)) for s, v in enumerate(vals)]
     return pd.DataFrame(rows)
 
@@ -69,8 +70,8 @@ def test_steps_to_target_uses_the_majority_baseline():
     rows = []
     for init, curve in (("svd", [0.80, 0.89, 0.90]), ("random", [0.80, 0.85, 0.88])):
         for step, v in zip((10, 20, 30), curve):
-            rows.append(dict(run_id=init, task="mrpc", model="minilm", method="lora-fa", init=init, rank=4,
-                             lr=1e-4, seed=0, step=step, f1=v))
+            rows.append({"run_id": init, "task": "mrpc", "model": "minilm", "method": "lora-fa", "init": init, "rank": 4,
+                             "lr": 1e-4, "seed": 0, "step": step, "f1": v})
     out = stats.steps_to_target(pd.DataFrame(rows), {"mrpc": {"f1": 0.8}}, frac=0.9).set_index("init")
     assert out.loc["svd", "target"] == pytest.approx(0.89)
     assert out.loc["svd", "step"] == 20 and math.isnan(out.loc["random", "step"])
@@ -135,3 +136,93 @@ def test_majority_level_is_drawn_on_metric_panels_only(log_dir):  # noqa: F811
     # the figure style applies to the whole figure (plot_histories runs inside plt.rc_context(STYLE))
     assert {ax.xaxis.label.get_fontsize() for ax in fig.axes if ax.get_title()} == {plots.STYLE["font.size"]}
     plots.plt.close(fig)
+
+
+# ------------------------------------------------------------------ one grouping: the README's quick start
+
+def _real_log(cfg, f1, legacy=False):
+    """A finished log with the real schema of `cfg` (a RunConfig); `legacy`: written before the fields of
+    LEGACY_DEFAULTS existed (the committed logs)."""
+    from utils.config import LEGACY_DEFAULTS
+    from utils.runlog import summary
+
+    cfg = cfg.canonical()
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if not (legacy and k in LEGACY_DEFAULTS)}
+    history = [{"step": s, "epoch": s / 100, "train_loss": 0.5, "lr": cfg.lr, "dev_loss": 0.4,
+                "metrics": {"accuracy": f1 - 0.1, "f1": f1 - 0.01 * (s == 20)}, "time_s": float(s)} for s in (20, 40)]
+    return {"schema": 1, "run_id": cfg.run_id, "status": "finished", "error": None, "env": {},
+            "config": {**config, "main_metric": "f1"}, "history": history, "train_loss": [],
+            "summary": summary(history, steps=40, wall_time_s=1.0)}
+
+
+@pytest.fixture
+def quickstart_logs(tmp_path):
+    """logs/: three 3-epoch MRPC runs per init at lr 5e-3 (old logs, eval every 25); logs/quickstart/:
+    the README's quick start (60 steps, eval every 20, seed 0, today's defaults) of the same cells."""
+    from utils.config import RunConfig
+
+    root = tmp_path / "logs"
+    for init in ("random", "svd"):
+        for seed in (0, 1, 2):
+            cfg = RunConfig(task="mrpc", model="minilm", init=init, lr=5e-3, seed=seed, eval_every=25)
+            log = _real_log(cfg, 0.83 + 0.01 * seed, legacy=True)
+            write_json_atomic(log, root / "mrpc" / f"{log['run_id']}.json")
+        cfg = RunConfig(task="mrpc", model="minilm", init=init, lr=5e-3, max_steps=60, eval_every=20, seed=0,
+                        log_dir=str(root / "quickstart"))
+        write_json_atomic(_real_log(cfg, 0.70), cfg.log_path)
+    return root
+
+
+QUICKSTART = "max_steps=60, group_by_length=True, eval_every=20"  # every setting it differs in, RunConfig order
+
+
+def test_quick_start_runs_are_never_averaged_with_the_grid(quickstart_logs, capsys):
+    import run_glue
+
+    assert run_glue.main(["summary", "--log-dir", str(quickstart_logs)]) == 0
+    lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0].split()[6:10] == ["variant", "metric", "n", "seeds"] and len(lines) == 5
+    for init in ("random", "svd"):  # the three 3-epoch runs, and apart from them the 60-step run
+        assert f"mrpc minilm lora-fa {init} 4 0.005 main f1 3 0 1 2 0.8400 ± 0.0100 0.8400 ± 0.0100" in lines
+        assert f"mrpc minilm lora-fa {init} 4 0.005 {QUICKSTART} f1 1 0 0.7000 0.7000" in lines
+    table = stats.summarize(quickstart_logs).set_index(["init", "variant"])
+    assert table.loc[("random", ""), "n"] == 3 and table.loc[("random", ""), "seeds"] == "0 1 2"
+    assert table.loc[("random", QUICKSTART), "final_mean"] == pytest.approx(0.70)
+
+
+def test_report_figures_and_tables_use_the_same_grouping(quickstart_logs, tmp_path):
+    from utils import plots
+
+    plots.main(quickstart_logs, tmp_path / "imgs")
+    summary = (tmp_path / "imgs" / "summary.md").read_text()
+    assert f"| mrpc | minilm | lora-fa | random | 4 | 0.005 | {QUICKSTART} | f1 | 1 |" in summary
+    assert "| mrpc | minilm | lora-fa | random | 4 | 0.005 | main | f1 | 3 |" in summary
+    results = (tmp_path / "imgs" / "results.md").read_text()
+    assert "| svd − random | 0.005 | final | 3 |" in results  # paired within the main runs only
+    assert "| svd − random | 0.005 | final | 1 |" in results  # and within the quick start
+    pngs = sorted(p.name for p in (tmp_path / "imgs").glob("mrpc_*history.png"))
+    assert pngs == ["mrpc_minilm_r4_lr0.005_history.png",
+                    "mrpc_minilm_r4_lr0.005_max_steps=60_group_by_length=True_eval_every=20_history.png"]
+
+
+def test_variant_names_every_differing_setting_and_old_logs_form_one_group(quickstart_logs):
+    from utils.logs import load_summaries
+
+    df = stats.add_variant(load_summaries(quickstart_logs))
+    old = df[df["max_steps"].isna()]
+    assert len(old) == 6 and set(old["variant"]) == {""}  # missing fields at their legacy value, not NaN
+    assert set(df[df["max_steps"] == 60]["variant"]) == {QUICKSTART}
+    # a head-only run ignores adapter settings; another alpha on an adapter run is its own variant
+    extra = df.iloc[:2].assign(run_id=["h", "a"], method=["head", "lora-fa"], init=["none", "random"],
+                               alpha=[None, 8.0], seed=[5, 5])
+    out = stats.add_variant(pd.concat([df, extra], ignore_index=True)).set_index("run_id")["variant"]
+    assert out["h"] == "" and out["a"] == "alpha=8"
+
+
+def test_grouping_uses_every_result_changing_field():
+    from utils.config import LEGACY_DEFAULTS, NAME_FIELDS, UNHASHED_FIELDS, RunConfig
+
+    fields = {f.name for f in dataclasses.fields(RunConfig)} - set(NAME_FIELDS) - set(UNHASHED_FIELDS)
+    assert set(stats.SETTINGS) == fields
+    assert {"max_steps", "epochs", "eval_every", "holdout", "group_by_length", "init_batches", "batch_size"} <= fields
+    assert "threads" not in fields and set(LEGACY_DEFAULTS) - {"threads"} <= fields

@@ -1,23 +1,19 @@
-"""Grids of runs (`run_grid`) and their mean ± std over seeds (`summarize`).
+"""Grids of runs (`run_grid`); their mean ± std over seeds is `utils.stats.summarize`.
 
     base = RunConfig(task="mrpc", model="minilm", data_dir="../shared/glue")
     logs = run_grid(base, {"init": ["random", "svd"], "lr": [1e-4, 4e-4], "seed": [0, 1, 2]})
-    summarize(logs)          # or summarize("logs"): one row per (task, model, method, init, rank, lr)
+    summarize(logs)          # or summarize("logs"): one row per cell and variant (utils.stats.add_variant)
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from pathlib import Path
 
-import pandas as pd
-
-from utils.config import RunConfig
-from utils.logs import load_summaries, summary_row
 from utils.build import process_state
+from utils.config import RunConfig
+from utils.logs import RunLocked
+from utils.stats import format_summary, summarize  # noqa: F401 (re-exported: run_glue's training table)
 from utils.train import run_experiment
-
-GROUP = ("task", "model", "method", "init", "rank", "lr")  # runs that differ only in seed
 
 
 def expand_grid(base: RunConfig, grid: dict | None = None) -> list[RunConfig]:
@@ -69,7 +65,9 @@ def run_grid(base_config: RunConfig, grid: dict | None = None, *, shard=None, pr
 
     Finished runs are skipped (their logs returned) unless base_config.overwrite. A failing
     run is logged as failed and the grid goes on (its log is in the result), unless
-    `stop_on_error`. `shard=(i, n)` or "i/n" runs only shard i of n (see select_shard).
+    `stop_on_error`. A run another worker holds (its lock file, utils.logs.run_lock) is skipped:
+    status "locked" in the result, never an error. `shard=(i, n)` or "i/n" runs only shard i of n
+    (see select_shard).
     """
     configs = select_shard(expand_grid(base_config, grid), shard)
     for cfg in configs:
@@ -81,52 +79,19 @@ def run_grid(base_config: RunConfig, grid: dict | None = None, *, shard=None, pr
             print(f"[{k + 1}/{len(configs)}] {cfg.run_id}")
         try:
             logs.append(run_experiment(cfg, progress=progress))
+        except RunLocked as e:  # another worker runs it: not an error, the grid goes on
+            if main:
+                print(f"LOCKED {cfg.run_id}: {e}")
+            logs.append(_not_run(cfg, "locked", str(e)))
         except Exception as e:
             if stop_on_error:
                 raise
             if main:
                 print(f"FAILED {cfg.run_id}: {type(e).__name__}: {e}")
-            logs.append({"run_id": cfg.run_id, "status": "failed", "error": f"{type(e).__name__}: {e}",
-                         "config": dataclasses.asdict(cfg), "summary": {}})
+            logs.append(_not_run(cfg, "failed", f"{type(e).__name__}: {e}"))
     return logs
 
 
-def summarize(runs, by=GROUP) -> pd.DataFrame:
-    """Mean ± std over seeds of the final and best main metric, one row per `by` group.
-
-    `runs`: a list of logs, a DataFrame from utils.logs.load_summaries, or a log folder.
-    Only finished runs count. Columns: the `by` fields, metric (the task's main metric),
-    n (runs), seeds, final_mean, final_std, best_mean, best_std (std: sample std, NaN if n = 1).
-    """
-    if isinstance(runs, (str, Path)):
-        runs = load_summaries(runs)
-    elif not isinstance(runs, pd.DataFrame):
-        runs = pd.DataFrame([summary_row(log) for log in runs if log.get("status") == "finished"])
-    cols = list(by) + ["metric", "n", "seeds", "final_mean", "final_std", "best_mean", "best_std"]
-    if runs.empty:
-        return pd.DataFrame(columns=cols)
-    runs = runs[runs["status"] == "finished"] if "status" in runs else runs
-    rows = []
-    for key, g in runs.groupby(list(by), sort=True, dropna=False):
-        metric = g["main_metric"].iloc[0]
-        final, best = g[f"final_{metric}"].astype(float), g[f"best_{metric}"].astype(float)
-        rows.append({**dict(zip(by, key)), "metric": metric, "n": len(g),
-                     "seeds": " ".join(str(s) for s in sorted(g["seed"])),
-                     "final_mean": final.mean(), "final_std": final.std(ddof=1),
-                     "best_mean": best.mean(), "best_std": best.std(ddof=1)})
-    return pd.DataFrame(rows, columns=cols)
-
-
-def format_summary(df: pd.DataFrame, digits: int = 4) -> str:
-    """The summarize() table as text, with `mean ± std` cells."""
-    if df.empty:
-        return "(no finished runs)"
-
-    def cell(m, s):
-        return f"{m:.{digits}f}" if pd.isna(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
-
-    out = df.drop(columns=["final_mean", "final_std", "best_mean", "best_std"]).copy()
-    out["final"] = [cell(m, s) for m, s in zip(df["final_mean"], df["final_std"])]
-    out["best"] = [cell(m, s) for m, s in zip(df["best_mean"], df["best_std"])]
-    out["lr"] = [f"{v:g}" for v in out["lr"]]
-    return out.to_string(index=False)
+def _not_run(cfg: RunConfig, status: str, error: str) -> dict:
+    """run_grid's entry for a run that did not finish here (status "failed" or "locked")."""
+    return {"run_id": cfg.run_id, "status": status, "error": error, "config": dataclasses.asdict(cfg), "summary": {}}

@@ -1,5 +1,9 @@
 """Run logs: one JSON file per run in `logs/`, written atomically, read back as pandas tables.
 
+Readers skip a file that is not a readable run log with a warning line (`read_logs`) and fill the
+config fields an older log lacks with their legacy values (`config_columns`). While a run runs,
+`<run_id>.lock` next to its log (`run_lock`) keeps other workers from running it too.
+
 Schema (version 1), documented in README.md:
 
     {"schema": 1, "run_id": str, "status": "running" | "finished" | "failed", "error": str | None,
@@ -123,12 +127,12 @@ def read_logs(path="logs", status=("finished",)) -> dict[Path, dict]:
     return logs
 
 
-def _logs(source, status) -> list[dict]:
-    """The logs of `source`: a folder or file (read_logs), or a `read_logs` result (read once,
-    used by several tables)."""
+def select_logs(source, status=("finished",)) -> dict[Path, dict]:
+    """{file: log} of `source` whose status is in `status` (None: any): `source` is a folder or
+    file (read by read_logs) or a `read_logs` result (logs read once for several tables)."""
     if isinstance(source, dict):
-        return [log for log in source.values() if status is None or log["status"] in status]
-    return list(read_logs(source, status).values())
+        return {p: log for p, log in source.items() if status is None or log["status"] in status}
+    return read_logs(source, status)
 
 
 def config_columns(config: dict) -> dict:
@@ -147,7 +151,7 @@ def load_runs(path="logs", status=("finished",)):
     log file, or a `read_logs` result.
     """
     rows = []
-    for log in _logs(path, status):
+    for log in select_logs(path, status).values():
         cfg = config_columns(log["config"])
         for h in log["history"]:
             row = {"run_id": log["run_id"], "status": log["status"], **cfg,
@@ -180,7 +184,7 @@ def summary_row(log):
 def load_summaries(path="logs", status=("finished",)):
     """One row per run: config fields plus final_<metric> and best_<metric> (and best_step_<metric>).
     `path` as in `load_runs`."""
-    return pd.DataFrame([summary_row(log) for log in _logs(path, status)])
+    return pd.DataFrame([summary_row(log) for log in select_logs(path, status).values()])
 
 
 # ---------------------------------------------------------------- one worker per run

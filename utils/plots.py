@@ -25,18 +25,26 @@ import matplotlib
 
 if "ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND"):
     matplotlib.use("Agg")  # scripts and tests: no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from utils.config import ADAPTER_METHODS, model_short_name  # noqa: E402
-from utils.glue import get_task  # noqa: E402
-from utils.logs import load_runs, load_summaries  # noqa: E402
-from utils.stats import (  # noqa: E402
-    add_variant, fmt_lr, format_report, format_table, majority_metrics, series_order, summary_table,
+from utils.config import ADAPTER_METHODS, model_short_name
+from utils.glue import get_task
+from utils.logs import load_runs, load_summaries, read_logs
+from utils.stats import (
+    add_variant,
+    fmt_lr,
+    format_report,
+    format_table,
+    majority_metrics,
+    series_order,
+    summary_table,
     t_interval,
-    task_metrics, to_markdown, with_variant,
+    task_metrics,
+    to_markdown,
+    with_variant,
 )
 
 # Okabe & Ito (2008) colour-blind-safe palette; yellow is left out (invisible on white).
@@ -62,13 +70,13 @@ def series_style(method: str, init: str | None) -> dict:
     """Label, colour, line style and marker of one series; identical in every figure."""
     if method in BASELINE_COLORS:
         label = {"head": "head only", "full": "full fine-tune"}[method]
-        return dict(label=label, color=BASELINE_COLORS[method], linestyle=METHOD_LINES[method],
-                    marker="X" if method == "head" else "P")
+        return {"label": label, "color": BASELINE_COLORS[method], "linestyle": METHOD_LINES[method],
+                "marker": "X" if method == "head" else "P"}
     extra = [OKABE_ITO[c] for c in ("sky", "green", "purple", "vermillion", "blue", "orange")]
     color = INIT_COLORS.get(init) or extra[zlib.crc32(str(init).encode()) % len(extra)]
     label = str(init) if method == "lora-fa" else f"{method} ({init})"
-    return dict(label=label, color=color, linestyle=METHOD_LINES.get(method, "--"),
-                marker=INIT_MARKERS.get(init, "o"))
+    return {"label": label, "color": color, "linestyle": METHOD_LINES.get(method, "--"),
+            "marker": INIT_MARKERS.get(init, "o")}
 
 
 def seed_curve(runs: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -102,7 +110,7 @@ def _select(df: pd.DataFrame, task=None, **filters) -> pd.DataFrame:
 
 
 def _n_text(ns) -> str:
-    ns = sorted(set(int(n) for n in ns))
+    ns = sorted({int(n) for n in ns})
     return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
 
 
@@ -231,17 +239,19 @@ def summary_figure(summaries: pd.DataFrame, which: str = "final", majority=None)
 # ------------------------------------------------------------------ notebook and CLI entry points
 
 def _load(log_dir, run_ids=None):
-    """(runs, summaries) of the finished runs in `log_dir` (only `run_ids` if given), with variants."""
+    """(runs, summaries, majority-class metrics) of the finished runs in `log_dir` (only `run_ids`
+    if given), with variants; every log file is read once (unreadable ones skipped with a warning)."""
     log_dir = Path(log_dir)
-    runs = load_runs(log_dir) if log_dir.exists() else pd.DataFrame()
+    logs = read_logs(log_dir, status=None) if log_dir.exists() else {}
+    runs = load_runs(logs)
     if runs.empty:
         raise NoRunsError(f"no finished runs in {log_dir.resolve()} (looked for *.json run logs): "
                           f"run experiments first (the task notebooks or `python run_glue.py`)")
-    summaries = load_summaries(log_dir)
+    summaries = load_summaries(logs)
     if run_ids is not None:
         runs, summaries = runs[runs["run_id"].isin(run_ids)], summaries[summaries["run_id"].isin(run_ids)]
     summaries = add_variant(summaries)
-    return runs.merge(summaries[["run_id", "variant"]], on="run_id"), summaries
+    return runs.merge(summaries[["run_id", "variant"]], on="run_id"), summaries, majority_metrics(logs)
 
 
 def _settings(runs: pd.DataFrame) -> list[dict]:
@@ -252,7 +262,7 @@ def _settings(runs: pd.DataFrame) -> list[dict]:
     covered = {(s["task"], s["model"], s["lr"], s["variant"]) for s in found}
     for t, m, lr, v in runs.groupby(["task", "model", "lr", "variant"]).groups:
         if (t, m, lr, v) not in covered:
-            found.append(dict(task=t, model=m, rank=None, lr=lr, variant=v))
+            found.append({"task": t, "model": m, "rank": None, "lr": lr, "variant": v})
     return sorted(found, key=lambda s: (s["task"], str(s["model"]), s["variant"], s["rank"] or 0, s["lr"]))
 
 
@@ -277,11 +287,10 @@ def show_task(log_dir, task, *, config=None, grid=None, **filters) -> pd.DataFra
     Returns the formatted table of final/best dev metric per series.
     """
     from IPython.display import Markdown, display
-    runs, summaries = _load(log_dir, None if config is None else grid_run_ids(config, grid or {}))
+    runs, summaries, majority = _load(log_dir, None if config is None else grid_run_ids(config, grid or {}))
     runs, summaries = _select(runs, task, **filters), _select(summaries, task, **filters)
     if runs.empty:
         raise NoRunsError(f"no finished {get_task(task).name} runs in {log_dir} match the selection")
-    majority = majority_metrics(log_dir)
     for setting in _settings(runs):
         fig = plot_histories(runs, **setting, majority=majority)
         display(fig)
@@ -307,7 +316,7 @@ def show_files(paths) -> None:
 def main(log_dir="logs", out_dir="imgs") -> list[Path]:
     """Write every history figure, the summary figures, summary.md (+ .csv) and results.md (the
     statistics of `utils.stats.report`) from `log_dir` into `out_dir`."""
-    runs, summaries = _load(log_dir)
+    runs, summaries, majority = _load(log_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -317,7 +326,6 @@ def main(log_dir="logs", out_dir="imgs") -> list[Path]:
         plt.close(fig)
         written.append(out / name)
 
-    majority = majority_metrics(log_dir)
     for setting in _settings(runs):
         save(plot_histories(runs, **setting, majority=majority), _file_name(**setting))
     for which in ("final", "best"):

@@ -17,10 +17,18 @@ import pandas as pd
 from scipy import stats
 
 from lora.inits import INITS
-from utils.config import ADAPTER_METHODS, METHODS, NAME_FIELDS, UNHASHED_FIELDS, RunConfig
+from utils.config import (
+    ADAPTER_METHODS,
+    DATA_INITS,
+    METHODS,
+    NAME_FIELDS,
+    UNHASHED_FIELDS,
+    RunConfig,
+)
 from utils.glue import compute_metrics, get_task
-from utils.logs import load_runs, load_summaries, read_log
+from utils.logs import load_runs, load_summaries, read_logs, select_logs, summary_row
 from utils.runlog import load_predictions, predictions_path
+
 
 def series_order(key):
     """Sort key of a (method, init) series in tables and legends: methods in utils.config.METHODS
@@ -53,25 +61,62 @@ def t_interval(values) -> tuple[float, float, int, float]:
     return float(v.mean()), std, n, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
 
 
+# ------------------------------------------------------------------ which runs are averaged together
+
+CELL = ("task", "model", "method", "init", "rank", "lr")  # a row of the tables: its runs differ in seed...
+# ...and, in a `variant` of the cell, in settings: every RunConfig field that changes results
+SETTINGS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in NAME_FIELDS + UNHASHED_FIELDS)
+ADAPTER_SETTINGS = ("alpha", "targets", "lora_dropout", "svd_method", "reg_lambda")  # unused by head/full
+
+
+def _applies(field: str, method: str, init: str) -> bool:
+    """Whether `field` can change a run of this method and init (else it is not compared)."""
+    if field in ADAPTER_SETTINGS:
+        return method in ADAPTER_METHODS
+    if field == "init_batches":
+        return method in ADAPTER_METHODS and init in DATA_INITS
+    return True
+
+
+def _setting_text(value) -> str:
+    """A setting's value as written in a variant name: "none" for None/NaN, 60 for 60.0 (a
+    column with missing values holds floats), round-trip digits otherwise."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "none"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
 def add_variant(df: pd.DataFrame) -> pd.DataFrame:
-    """Copy of `df` with a "variant" column: the result-changing settings (RunConfig fields beyond
-    task/model/method/init/rank/lr/seed, e.g. epochs, batch_size) where a run differs from its
-    task's most common value, as "epochs=1, max_steps=4"; "" for the common configuration.
-    Runs of different variants are never averaged together."""
+    """Copy of `df` (one row per run, as from load_summaries) with a "variant" column.
+
+    The main configuration of a task and model is the most common combination of its runs'
+    result-changing settings (`SETTINGS`: epochs, max_steps, eval_every, holdout, group_by_length,
+    batch_size, ...; adapter settings among adapter runs only); a run's variant names every setting
+    where it differs from it, in RunConfig order, e.g. "max_steps=60, group_by_length=True,
+    eval_every=20"; "" for the main configuration. This is the one grouping of every table, figure
+    and test of the report and of `run_glue.py summary`: runs of different variants are never
+    averaged or paired. Logs without a (newer) field count at its legacy value (utils.logs)."""
     df = df.copy()
-    fields = [f.name for f in dataclasses.fields(RunConfig)
-              if f.name not in NAME_FIELDS + UNHASHED_FIELDS and f.name in df.columns]
-    adapter_only = {"alpha", "targets", "lora_dropout", "svd_method", "reg_lambda"}
-    parts = pd.Series([[] for _ in range(len(df))], index=df.index)
-    for _, g in df.groupby("task"):
-        for f in fields:
-            rows = g[g["method"].isin(ADAPTER_METHODS)] if f in adapter_only else g
-            values = rows[f].astype(str)
-            if values.nunique() > 1:
-                odd = values[values != values.value_counts().index[0]]
-                for i, v in odd.items():
-                    parts[i].append(f"{f}={v}")
-    df["variant"] = parts.map(", ".join)
+    fields = [f for f in SETTINGS if f in df.columns]
+    text = pd.DataFrame({f: [_setting_text(v) if _applies(f, m, i) else None
+                             for v, m, i in zip(df[f], df["method"], df["init"])] for f in fields}, index=df.index)
+    parts = pd.Series([[] for _ in range(len(df))], index=df.index, dtype=object)
+    for _, g in text.groupby([df["task"], df["model"]], sort=False):
+        for scope in (["init_batches"], list(ADAPTER_SETTINGS), None):  # data inits, adapters, all runs
+            cols = [f for f in fields if (f not in ADAPTER_SETTINGS + ("init_batches",) if scope is None else f in scope)]
+            rows = g[cols].dropna()
+            if rows.empty or not cols:
+                continue
+            counts = rows.value_counts(sort=False)  # the most common combination; ties: the smallest
+            main = dict(zip(cols, min(counts.index[counts == counts.max()])))
+            for i, values in rows.iterrows():
+                parts[i] += [(f, v) for f, v in values.items() if v != main[f]]
+    order = {f: k for k, f in enumerate(SETTINGS)}
+    df["variant"] = parts.map(lambda ps: ", ".join(f"{f}={v}" for f, v in sorted(ps, key=lambda p: order[p[0]])))
     return df
 
 
@@ -81,7 +126,6 @@ def with_variant(df: pd.DataFrame) -> pd.DataFrame:
         return df
     variant = add_variant(df.drop_duplicates("run_id")).set_index("run_id")["variant"]
     return df.assign(variant=df["run_id"].map(variant))
-
 
 
 # ------------------------------------------------------------------ tables
@@ -121,11 +165,37 @@ def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     out["rank"] = [("–" if pd.isna(r) else str(int(r))) for r in out["rank"]]
     out["init"] = out["init"].where(out["method"].isin(ADAPTER_METHODS), "–")
     if extra:
-        out["variant"] = out["variant"].replace("", "default")
+        out["variant"] = out["variant"].replace("", "main")
     out["lr"] = [fmt_lr(v) for v in out["lr"]]
     out["final (mean ± std)"] = [_pm(m, s, digits) for m, s in zip(table["final_mean"], table["final_std"])]
     out["best (mean ± std)"] = [_pm(m, s, digits) for m, s in zip(table["best_mean"], table["best_std"])]
     return out
+
+
+def summarize(runs) -> pd.DataFrame:
+    """The `run_glue.py summary` table: `summary_table` of the main dev metric (one row per cell and
+    variant, see `add_variant`) plus "seeds", the seeds of each row. `runs`: run logs (dicts), a
+    `load_summaries` table, or a log folder; only finished runs count."""
+    if isinstance(runs, (str, Path)):
+        runs = load_summaries(runs)
+    elif not isinstance(runs, pd.DataFrame):
+        runs = pd.DataFrame([summary_row(log) for log in runs if log.get("status") == "finished"])
+    runs = runs[runs["status"] == "finished"] if "status" in runs else runs
+    if runs.empty:
+        return pd.DataFrame(columns=[*CELL, "variant", "metric", "n", "final_mean", "final_std", "final_half",
+                                     "best_mean", "best_std", "seeds"])
+    cells = with_variant(runs).assign(rank=lambda d: d["rank"].where(d["method"].isin(ADAPTER_METHODS)))
+    seeds = cells.groupby([*CELL, "variant"], dropna=False)["seed"].agg(lambda s: " ".join(map(str, sorted(s))))
+    return summary_table(cells).merge(seeds.rename("seeds").reset_index(), on=[*CELL, "variant"], how="left")
+
+
+def format_summary(df: pd.DataFrame, digits: int = 4) -> str:
+    """The `summarize` table as text: `format_table` cells plus the seeds."""
+    if df.empty:
+        return "(no finished runs)"
+    out = format_table(df, digits)
+    out.insert(out.columns.get_loc("n") + 1, "seeds", df["seeds"].to_numpy())
+    return out.to_string(index=False)
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -141,10 +211,10 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 def majority_metrics(log_dir) -> dict[str, dict[str, float]]:
     """{task: {metric: value}} of the constant majority-class prediction on the dev split, from the
-    dev labels stored next to the logs (`*.preds.npz`). Regression tasks are left out."""
+    dev labels stored next to the logs (`*.preds.npz`). Regression tasks are left out. `log_dir`:
+    a folder or a `utils.logs.read_logs` result."""
     out = {}
-    for path in sorted(Path(log_dir).rglob("*.json")):
-        log = read_log(path)
+    for path, log in select_logs(log_dir, status=None).items():
         task = get_task(log["config"]["task"])
         pred_file = predictions_path(path)
         if task.name in out or task.is_regression or not pred_file.exists():
@@ -247,7 +317,8 @@ def compute_table(summaries: pd.DataFrame) -> pd.DataFrame:
 
 def report(log_dir="logs", frac: float = 0.9) -> str:
     """The Results tables as markdown from the finished runs in `log_dir` (see `format_report`)."""
-    return format_report(load_runs(log_dir), load_summaries(log_dir), majority_metrics(log_dir), frac)
+    logs = read_logs(log_dir, status=None)
+    return format_report(load_runs(logs), load_summaries(logs), majority_metrics(logs), frac)
 
 
 def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, frac: float = 0.9) -> str:
@@ -264,10 +335,10 @@ def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
     tests = int(pairs_all["p"].notna().sum()) if not pairs_all.empty else 0
     if not pairs_all.empty:
         pairs_all["p_holm"] = holm(pairs_all["p"])
-    out = ["All metrics on the GLUE dev split. mean ± std over seeds (n seeds); 95% CI: t-interval of "
-           "the mean. Paired: same seed numbers, difference a − b, two-sided paired t-test; "
-           f"p (Holm): Holm-Bonferroni adjusted over all {tests} paired tests in this report (every task, "
-           "lr, contrast, final and best).\n"]
+    out = [("All metrics on the GLUE dev split. mean ± std over seeds (n seeds); 95% CI: t-interval of "
+            "the mean. Paired: same seed numbers, difference a − b, two-sided paired t-test; "
+            f"p (Holm): Holm-Bonferroni adjusted over all {tests} paired tests in this report (every task, "
+            "lr, contrast, final and best).\n")]
     for task in sorted(summaries["task"].unique()):
         t = get_task(task)
         s = summaries[summaries["task"] == task]
@@ -296,7 +367,7 @@ def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
             rows = []
             groups = steps.groupby(["lr", "method", "init"])
             for (lr, method, init), g in sorted(groups, key=lambda kv: (kv[0][0], series_order(kv[0][1:]))):
-                m, sd, n, _ = t_interval(g["step"])
+                m, sd, _, _ = t_interval(g["step"])
                 rows.append({"lr": fmt_lr(lr), "method": method, "init": init if method in ADAPTER_METHODS else "–",
                              "target": _pm(g["target"].iloc[0], math.nan), "reached": f"{g['step'].notna().sum()}/{len(g)}",
                              "steps (mean ± std over runs that reached it)": _pm(m, sd, 0)})

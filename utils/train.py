@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -29,7 +29,7 @@ from utils.config import RunConfig
 from utils.data import calibration_batches, eval_loader, holdout_split, tokenize_glue, train_loader
 from utils.evaluate import evaluate, example_losses
 from utils.glue import get_task, load_glue
-from utils.logs import read_log, write_json_atomic
+from utils.logs import RunLocked, read_log, run_lock, write_json_atomic
 from utils.build import (adapt, linear_schedule, load_seeded, make_optimizer, new_accelerator, params_hash,
                          process_state)
 from utils.config import DATA_INITS
@@ -97,10 +97,34 @@ def run_experiment(config: RunConfig, progress: bool = True, on_eval=None) -> di
     `on_eval(log)` is called on every process after each evaluation and checkpoint (tests
     use it to interrupt a run). On failure the log is written with status "failed" and the
     error, the last checkpoint is kept, and the exception propagates (TrainingDiverged for
-    a NaN/inf loss).
+    a NaN/inf loss). Only one worker runs a run at a time: RunLocked (nothing run or written)
+    if another live process holds its lock file (utils.logs.run_lock).
     """
     cfg = config.canonical()
     cfg.check_files()
+    with _holding_lock(cfg):
+        return _run(cfg, progress, on_eval)
+
+
+@contextmanager
+def _holding_lock(cfg: RunConfig):
+    """The run's lock file, held by the main process for the block (released on any exit); every
+    process raises RunLocked when another worker holds it (the main process decides for all)."""
+    with ExitStack() as stack:
+        refused = None
+        if process_state().is_main_process:
+            try:
+                stack.enter_context(run_lock(cfg.log_path))
+            except RunLocked as e:
+                refused = str(e)
+        refused = _from_main(refused)
+        if refused:
+            raise RunLocked(refused)
+        yield
+
+
+def _run(cfg: RunConfig, progress: bool, on_eval) -> dict:
+    """`run_experiment` of the canonical `cfg`, under its lock."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     is_main = process_state().is_main_process

@@ -1,0 +1,142 @@
+"""utils.logs on disk: one worker per run (lock files, raced by real processes) and readers that skip
+unreadable log files (all files in tmp_path)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_plots import fake_log
+from utils import logs
+from utils.logs import (
+    RunLocked,
+    acquire_lock,
+    lock_path,
+    read_logs,
+    run_lock,
+    write_json_atomic,
+)
+
+ROOT = Path(__file__).parents[1]
+
+# A worker: wait for `go`, try the lock, report, hold it until `done` exists, then exit without
+# releasing it (as a killed worker would).
+WORKER = """
+import sys, time
+from pathlib import Path
+from utils.logs import RunLocked, acquire_lock
+lock, go, done = map(Path, sys.argv[1:4])
+while not go.exists():
+    time.sleep(0.01)
+try:
+    acquire_lock(lock)
+    print("won", flush=True)
+except RunLocked as e:
+    print("locked", e, flush=True)
+while not done.exists():
+    time.sleep(0.01)
+"""
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(proc.stdout)
+
+
+def test_two_processes_race_for_one_run_and_exactly_one_wins(tmp_path, capsys):
+    lock = tmp_path / "logs" / "mrpc" / "run.lock"
+    go, done = tmp_path / "go", tmp_path / "done"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(lock), str(go), str(done)], env=env,
+                                stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    go.touch()  # both start trying at once
+    lines = [w.stdout.readline().split() for w in workers]  # both have tried; the winner still holds it
+    assert sorted(line[0] for line in lines) == ["locked", "won"]
+    winner = workers[[line[0] for line in lines].index("won")]
+    assert json.loads(lock.read_text())["pid"] == winner.pid
+    assert f"held by pid {winner.pid} on {socket.gethostname()}" in " ".join(lines[[w is winner for w in workers].index(False)])
+    with pytest.raises(RunLocked, match=f"pid {winner.pid}"):  # a third worker while it runs
+        acquire_lock(lock)
+    done.touch()
+    for w in workers:
+        assert w.wait(timeout=120) == 0
+    # the winner exited without releasing: its lock is stale, the next worker takes it over
+    held = acquire_lock(lock)
+    assert held["pid"] == os.getpid() and json.loads(lock.read_text()) == held
+    assert f"taking over the stale lock {lock} of pid {winner.pid}" in capsys.readouterr().err
+
+
+def test_stale_lock_of_dead_pid_is_taken_over_with_a_warning(tmp_path, capsys):
+    log_path = tmp_path / "mrpc" / "run.json"
+    lock = lock_path(log_path)
+    assert lock == tmp_path / "mrpc" / "run.lock"
+    lock.parent.mkdir(parents=True)
+    dead = _dead_pid()
+    lock.write_text(json.dumps({"pid": dead, "host": socket.gethostname()}))
+    with run_lock(log_path):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"stale lock {lock} of pid {dead}" in err
+
+
+@pytest.mark.parametrize("holder, why", [
+    ({"pid": 1, "host": "another-host"}, "pid 1 on another-host"),  # cannot tell whether it lives
+    ({"pid": os.getpid(), "host": socket.gethostname()}, f"pid {os.getpid()}"),  # alive
+    (None, "unreadable lock"),  # being written, or garbage: left for a person to delete
+])
+def test_live_or_unknown_lock_refuses(tmp_path, holder, why):
+    lock = tmp_path / "run.lock"
+    lock.write_text("{" if holder is None else json.dumps(holder))
+    before = lock.read_text()
+    with pytest.raises(RunLocked, match=why):
+        acquire_lock(lock)
+    assert lock.read_text() == before  # left as it was
+
+
+def test_lock_is_released_after_an_exception_and_only_by_its_holder(tmp_path):
+    log_path = tmp_path / "run.json"
+    with pytest.raises(RuntimeError, match="crash"), run_lock(log_path) as lock:
+        assert lock.exists()
+        raise RuntimeError("crash inside the run")
+    assert not lock.exists()
+    held = acquire_lock(lock)
+    other = {**held, "token": "someone else's"}
+    lock.write_text(json.dumps(other))  # taken over by another worker meanwhile
+    logs.release_lock(lock, held)
+    assert json.loads(lock.read_text()) == other  # not ours: left alone
+
+
+def test_readers_skip_unreadable_logs_with_one_line_each(tmp_path, capsys):
+    good = fake_log("mrpc", "lora-fa", "svd", 1e-4, 0)
+    write_json_atomic(good, tmp_path / "mrpc" / "good.json")
+    text = (tmp_path / "mrpc" / "good.json").read_text()
+    (tmp_path / "mrpc" / "truncated.json").write_text(text[: len(text) // 2])  # a copy cut short by a full disk
+    hand_edited = {k: v for k, v in good.items() if k != "history"}
+    hand_edited["config"] = {k: v for k, v in good["config"].items() if k != "seed"}
+    write_json_atomic(hand_edited, tmp_path / "mrpc" / "edited.json")
+    found = read_logs(tmp_path)
+    assert list(found) == [tmp_path / "mrpc" / "good.json"]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3
+    assert f"{tmp_path / 'mrpc' / 'edited.json'}: missing keys: history, config.seed" in err[0]
+    assert f"{tmp_path / 'mrpc' / 'truncated.json'}: not valid JSON" in err[1]
+    assert err[2] == "warning: skipped 2 of 3 log files (not readable run logs)"
+    assert len(logs.load_summaries(tmp_path)) == 1 and len(logs.load_runs(found)) == len(good["history"])
+
+
+def test_old_logs_read_with_legacy_defaults_and_extra_keys_tolerated(tmp_path):
+    old = fake_log("mrpc", "lora-fa", "svd", 1e-4, 0)  # written before group_by_length, holdout, ...
+    new = fake_log("mrpc", "lora-fa", "svd", 1e-4, 1)
+    new["config"].update(group_by_length=True, holdout=0.1, some_future_field={"x": 1}, another=[1, 2])
+    new["future_top_level_key"] = 1
+    for log in (old, new):
+        write_json_atomic(log, tmp_path / f"{log['run_id']}.json")
+    df = logs.load_summaries(tmp_path).set_index("seed")
+    assert df.loc[0, "group_by_length"] in (False,) and df.loc[1, "group_by_length"] in (True,)
+    assert df.loc[0, "holdout"] == 0.0 and df.loc[1, "holdout"] == 0.1
+    assert "some_future_field" not in df and "another" not in df  # nested values are not columns
