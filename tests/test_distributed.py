@@ -30,6 +30,7 @@ def test_two_processes_agree_and_score_each_dev_row_once(tmp_path, tiny_models):
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert proc.stdout.count("2 of 2 runs finished") == 1  # printed by the main process only
+    assert not list(logs.rglob("*.lock"))  # each run's lock, taken by the main process, released
     df = load_summaries(logs)
     assert sorted(df["task"]) == ["mnli", "mrpc"]
     for run_id, task in zip(df["run_id"], df["task"]):
