@@ -12,9 +12,9 @@
 Every RunConfig field is a flag (`max_steps` -> `--max-steps`). Flags that take several
 values define the grid: every combination runs (finished runs are skipped). Write `none`
 for an empty optional value (`--max-steps none`). Exit status: 0 if every run finished,
-1 if any failed or was skipped because another worker holds its lock file
-(`<log_dir>/<task>/<run_id>.lock`: that run is running elsewhere; the grid goes on with the
-other runs), 2 for bad arguments. `summary` and `plot` skip log files that are not readable run
+1 if any failed, 2 for bad arguments, 3 if none failed but some were skipped because another
+worker holds their lock file (`<log_dir>/<task>/<run_id>.lock`: the run is running elsewhere;
+the grid goes on with the other runs). `summary` and `plot` skip log files that are not readable run
 logs with a warning naming each, and exit 0 if the rest could be read.
 """
 from __future__ import annotations
@@ -110,13 +110,16 @@ def cmd_train(argv) -> int:
             print("\n".join(f"{c.log_path}" for c in configs) or "(no runs in this shard)")
         return 0
     logs = run_grid(base, grid, shard=args.shard, progress=args.progress, stop_on_error=args.stop_on_error)
-    failed = [log for log in logs if log.get("status") != "finished"]
+    failed = [log for log in logs if log.get("status") not in ("finished", "locked")]
+    locked = [log for log in logs if log.get("status") == "locked"]
     if main:
         print("\n" + format_summary(summarize(logs)))
-        for log in failed:
-            print(f"FAILED {log['run_id']}: {log.get('error')}", file=sys.stderr)
-        print(f"{len(logs) - len(failed)} of {len(logs)} runs finished")
-    return 1 if failed else 0
+        for log in failed + locked:
+            word = "LOCKED" if log in locked else "FAILED"
+            print(f"{word} {log['run_id']}: {log.get('error')}", file=sys.stderr)
+        print(f"{len(logs) - len(failed) - len(locked)} of {len(logs)} runs finished"
+              + (f", {len(locked)} running elsewhere (locked)" if locked else ""))
+    return 1 if failed else 3 if locked else 0
 
 
 def cmd_summary(argv) -> int:

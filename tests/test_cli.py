@@ -157,8 +157,9 @@ def test_a_run_another_worker_holds_is_skipped_not_failed(tmp_path, tiny_models,
     assert "held by pid" in logs[0]["error"] and not held.canonical().log_path.exists()
     assert lock.exists() and list((tmp_path / "logs").rglob("*.lock")) == [lock]  # its lock untouched, svd's gone
     capsys.readouterr()
-    assert run_glue.main(argv) == 1  # the CLI: not every run finished here
+    assert run_glue.main(argv) == 3  # the CLI: nothing failed, one run is running elsewhere
     captured = capsys.readouterr()
-    assert "1 of 2 runs finished" in captured.out and "held by pid" in captured.err
+    assert "1 of 2 runs finished, 1 running elsewhere (locked)" in captured.out
+    assert "LOCKED" in captured.err and "held by pid" in captured.err and "FAILED" not in captured.err
     lock.unlink()
     assert run_glue.main(argv) == 0 and not list((tmp_path / "logs").rglob("*.lock"))
