@@ -180,3 +180,19 @@ def test_show_task_displays_figures_and_table(log_dir, capsys):
     assert capsys.readouterr().out.count("Figure") == 2  # history + lr summary
     with pytest.raises(plots.NoRunsError, match="cola"):
         plots.show_task(log_dir, "cola")
+
+
+def test_single_seed_points_are_hollow_and_not_joined(log_dir):
+    log = fake_log("mrpc", "lora-fa", "random", 1e-2, 0)  # a one-seed pilot next to the 3-seed lrs
+    write_json_atomic(log, log_dir / "mrpc" / f"{log['run_id']}.json")
+    fig = plots.summary_figure(load_summaries(log_dir))
+    ax = next(a for a in fig.axes if a.get_title().startswith("MRPC"))
+    color = plots.INIT_COLORS["random"].lower()
+    lines = [ln for ln in ax.get_lines() if to_hex(ln.get_color() if ln.get_marker() in ("None", "") else
+                                                   ln.get_markeredgecolor()) == color and len(ln.get_xdata())]
+    joined = [ln for ln in lines if ln.get_linestyle() != "None"]
+    hollow = [ln for ln in lines if ln.get_linestyle() == "None" and ln.get_markerfacecolor() == "none"]
+    assert len(joined) == 1 and len(joined[0].get_xdata()) == 2  # the two 3-seed lrs only
+    assert len(hollow) == 1 and hollow[0].get_xdata()[0] == pytest.approx(1e-2, rel=0.2)
+    assert "hollow: one seed, not joined" in fig._suptitle.get_text()
+    matplotlib.pyplot.close("all")

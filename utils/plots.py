@@ -189,8 +189,9 @@ def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, va
 @plt.rc_context(STYLE)
 def summary_figure(summaries: pd.DataFrame, which: str = "final", majority=None):
     """Dev main metric (`which`: "final" or "best") against learning rate, one panel per
-    task/model/rank; points are seed means with 95% t-interval error bars; `majority` as in
-    `plot_histories`. Returns the figure."""
+    task/model/rank; points are seed means with 95% t-interval error bars, joined by a line; a point
+    from a single seed is drawn hollow and left out of the line; `majority` as in `plot_histories`.
+    Returns the figure."""
     summaries = with_variant(summaries).copy()
     summaries["_key"] = list(zip(summaries["method"], summaries["init"]))
     adapters = summaries[summaries["method"].isin(ADAPTER_METHODS)]
@@ -213,9 +214,15 @@ def summary_figure(summaries: pd.DataFrame, which: str = "final", majority=None)
             lr, mean, _, n, half = map(np.array, zip(*pts))
             ns += list(n)
             dodge = 10 ** (0.04 * (i - (len(keys) - 1) / 2))  # spread markers sideways
-            h = ax.errorbar(lr * dodge, mean, yerr=np.nan_to_num(half), color=style["color"],
-                            linestyle=style["linestyle"], marker=style["marker"], capsize=3, lw=1.5)
-            legend.setdefault(style["label"], h)
+            multi = n >= 2
+            if multi.any():
+                h = ax.errorbar(lr[multi] * dodge, mean[multi], yerr=np.nan_to_num(half[multi]), color=style["color"],
+                                linestyle=style["linestyle"], marker=style["marker"], capsize=3, lw=1.5)
+                legend.setdefault(style["label"], h)
+            if (~multi).any():  # one seed: no interval, and not joined to the seed means
+                (h,) = ax.plot(lr[~multi] * dodge, mean[~multi], linestyle="none", marker=style["marker"],
+                               markerfacecolor="none", markeredgecolor=style["color"], markersize=8, mew=1.5)
+                legend.setdefault(style["label"], h)
         line = _majority_line(ax, majority, task, metric)
         if line is not None:
             legend.setdefault(line.get_label(), line)
@@ -230,8 +237,9 @@ def summary_figure(summaries: pd.DataFrame, which: str = "final", majority=None)
         ax.grid(alpha=0.3)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
+    single = " (hollow: one seed, not joined)" if min(ns, default=2) < 2 else ""
     fig.suptitle(f"{which.capitalize()} dev metric (GLUE dev split) vs learning rate\n"
-                 f"mean over {_n_text(ns)} seeds per point, error bars = 95% CI")
+                 f"mean over {_n_text(ns)} seeds per point{single}, error bars = 95% CI")
     _legend(fig, list(legend.values()), list(legend))
     return fig
 
