@@ -8,12 +8,26 @@
 
 See README.md for the init table and the fast path that keeps LoRA-FA's memory saving.
 """
-from .inits import INITS, init_milora, init_pissa, init_random, init_seed, init_svd, top_r_svd
+from .calibrate import calibrating, input_grams, weight_grads
+from .inits import (
+    DATA_INITS,
+    INITS,
+    SVD_METHODS,
+    init_eva,
+    init_grad,
+    init_milora,
+    init_pissa,
+    init_random,
+    init_seed,
+    init_svd,
+    top_r_svd,
+    top_r_svds,
+)
 from .io import export_peft, load_lora, save_lora
 from .layers import LoRAFAParametrization, LoRAParametrization
 from .model import (
-    add_lora,
     adapted_modules,
+    add_lora,
     disable_lora,
     enable_lora,
     get_lora_params,
@@ -27,8 +41,35 @@ from .model import (
 
 __version__ = "0.1.0"
 __all__ = [
-    "INITS", "init_milora", "init_pissa", "init_random", "init_seed", "init_svd", "top_r_svd",
-    "export_peft", "load_lora", "save_lora", "LoRAFAParametrization", "LoRAParametrization",
-    "add_lora", "adapted_modules", "disable_lora", "enable_lora", "get_lora_params", "get_lora_state_dict",
-    "lora_config", "mark_only_lora_trainable", "merge_lora", "remove_lora", "set_fast_path",
+    "DATA_INITS",
+    "INITS",
+    "SVD_METHODS",
+    "LoRAFAParametrization",
+    "LoRAParametrization",
+    "adapted_modules",
+    "add_lora",
+    "calibrating",
+    "disable_lora",
+    "enable_lora",
+    "export_peft",
+    "get_lora_params",
+    "get_lora_state_dict",
+    "init_eva",
+    "init_grad",
+    "init_milora",
+    "init_pissa",
+    "init_random",
+    "init_seed",
+    "init_svd",
+    "input_grams",
+    "load_lora",
+    "lora_config",
+    "mark_only_lora_trainable",
+    "merge_lora",
+    "remove_lora",
+    "save_lora",
+    "set_fast_path",
+    "top_r_svd",
+    "top_r_svds",
+    "weight_grads",
 ]

@@ -4,81 +4,117 @@ Notation: the pretrained weight W has shape (out, in); W = U S Vᵀ is its SVD a
 W_r = U_r S_r V_rᵀ its best rank-r approximation (Eckart–Young). The adapter adds
 s·B·A to W, with A of shape (r, in), B of shape (out, r) and s = alpha / r.
 
-Every init below except `seed` gives A orthonormal rows (A Aᵀ = I_r). The LoRA-FA
-update only moves B, and the gradient of B is s·gᵀ(x Aᵀ): with orthonormal A the
-size of that step does not depend on the init, so one learning rate means the same
-step size for `random`, `svd`, `pissa` and `milora`.
+Every init below except `seed` gives A orthonormal rows (A Aᵀ = I_r). That fixes A's norm,
+not how much of the input it passes: with A frozen only B moves, B's gradient is
+s·gᵀ(x Aᵀ) and a step ΔB changes the output by s·(x Aᵀ) ΔBᵀ, both proportional to
+‖x Aᵀ‖, the input energy A lets through. That depends on which subspace A spans (r/in of
+it for a random A, more along the inputs' principal directions, which is what `eva`
+picks), so one learning rate is not the same step size across inits (`utils.geometry`
+measures it: on MiniLM `svd`'s A passes 2.3 × what a random A does).
 
-SVDs run in float32 or better whatever the weight's dtype; the factors are cast
-back to the weight's dtype by the caller.
+Data-aware inits (`eva`, `grad`) take a per-layer statistic computed from calibration
+batches by `lora.calibrate` (an input Gram matrix or a weight gradient) and pick A from it.
+
+SVDs and eigenproblems run in float64 whatever the weight's dtype, on the weight's device,
+with signs fixed (each A row's largest-|entry| is positive) so that the factors are
+reproducible; the caller casts them back to the weight's dtype.
 """
 import math
 
-import numpy as np
 import torch
-from scipy.sparse.linalg import ArpackError, eigsh
 
-INITS = ("random", "svd", "pissa", "milora", "seed")
+from .svd import krylov_top_r, lanczos_top_r
+
+INITS = ("random", "svd", "pissa", "milora", "seed", "eva", "grad")
 # inits whose base weight is the residual W - s·B0·A (W_eff = W at init)
 RESIDUAL_INITS = ("pissa", "milora")
+# inits whose A comes from calibration batches: add_lora(..., data=batches)
+DATA_INITS = ("eva", "grad")
+# inits whose A = the top-r right singular vectors of one matrix per layer: W, or a statistic
+SPECTRAL_INITS = ("svd", "pissa", "eva", "grad")
+SVD_METHODS = ("auto", "krylov", "lanczos", "full", "randomized")
+KRYLOV_MIN = 64  # "auto" gives smaller matrices the exact SVD: as fast there, nothing to converge
+# float64 bytes of same-shaped matrices solved in one Krylov batch: on a CPU one cache-sized
+# matrix at a time is fastest (measured on 768 × 768: a 48-matrix batch took 3 × as long); an
+# accelerator wants large batches
+KRYLOV_BATCH_BYTES = {"cpu": 8 * 2**20, "other": 2**30}
 
 
 def top_r_svd(W, r, *, largest=True, method="auto", niter=8):
     """Top-r (or bottom-r) singular triplets of W: returns U_r (out, r), S_r (r,), V_r (in, r).
 
-    method:
+    float64, on W's device (the ARPACK path computes on the CPU), signs fixed so that each
+    column of V_r has its largest-|entry| positive; singular values sorted descending
+    (largest) or ascending (smallest). method:
       "full"       torch.linalg.svd in float64 (exact, O(n³), slow on large layers).
+      "krylov"     block Krylov (block Lanczos on WᵀW with full reorthogonalisation, Ritz
+                   residuals ≤ 1e-9·σ_i², `lora.svd.krylov_top_r`): products with W and Wᵀ
+                   only, batched over same-shaped matrices by `top_r_svds`; within ~1e-8 of
+                   the float64 W_r on the flat spectra of attention weights.
       "lanczos"    ARPACK implicitly restarted Lanczos (scipy `eigsh`) on the float64 Gram
-                   matrix G = WᵀW (or WWᵀ, whichever is smaller), residual tolerance 1e-10:
-                   V_r = top eigenvectors of G, S_r = sqrt(eigenvalues), U_r = W V_r / S_r.
-                   Squaring the spectrum widens the relative gap at the top, which is what
-                   Lanczos needs on the flat spectra of attention weights; s·B·A lands within
-                   ~1e-9 of the float64 W_r at a fraction of a full SVD's cost.
+                   matrix (`lora.svd.lanczos_top_r`), one matrix at a time on the CPU.
       "randomized" torch.svd_lowrank with `niter` power iterations: fastest, but
                    inaccurate when the spectrum is flat (use for a quick start only).
-      "auto"       "lanczos" for the largest components when r is small against the
-                   matrix (r <= min/8), else "full".
-    Singular values come sorted descending (largest) or ascending (smallest).
+      "auto"       "krylov" for the largest components when r is small against the matrix
+                   (r <= min/8) and the matrix is not tiny (min >= 64), else "full".
+    Every iterative method falls back to "full" where it cannot give an accurate answer
+    (rank-deficient W, no convergence).
     """
-    out_f, in_f = W.shape
-    k = min(out_f, in_f)
-    if not 1 <= r <= k:
-        raise ValueError(f"rank r={r} must be in [1, min(out, in)={k}] for a weight of shape {tuple(W.shape)}")
-    if method == "auto":
-        method = "lanczos" if (largest and 8 * r <= k) else "full"
-    W64 = W.detach().to(device="cpu", dtype=torch.float64)
+    return top_r_svds([W], r, largest=largest, method=method, niter=niter)[0]
+
+
+def top_r_svds(Ws, r, *, largest=True, method="auto", niter=8):
+    """`top_r_svd` of each matrix in the list `Ws`; "krylov" solves same-shaped ones in batches."""
+    if method not in SVD_METHODS:
+        raise ValueError(f"unknown SVD method {method!r}; choose {', '.join(SVD_METHODS)}")
+    out, batches = [None] * len(Ws), {}
+    for i, W in enumerate(Ws):
+        k = min(W.shape)
+        if not 1 <= r <= k:
+            raise ValueError(f"rank r={r} must be in [1, min(out, in)={k}] for a weight of shape {tuple(W.shape)}")
+        m = method
+        if m == "auto":
+            m = "krylov" if largest and 8 * r <= k and k >= KRYLOV_MIN else "full"
+        if m != "full" and not largest:
+            raise ValueError(f"method={m!r} computes the largest components only; use 'full'")
+        if m == "krylov":
+            batches.setdefault((tuple(W.shape), W.device), []).append(i)
+        else:
+            out[i] = _one_svd(W, r, largest, m, niter)
+    for (shape, dev), ids in batches.items():
+        limit = KRYLOV_BATCH_BYTES["cpu" if dev.type == "cpu" else "other"]
+        per_batch = max(1, limit // (8 * math.prod(shape)))
+        for c in range(0, len(ids), per_batch):
+            chunk = ids[c:c + per_batch]
+            U, S, V, ok = krylov_top_r(torch.stack([Ws[i].detach().to(torch.float64) for i in chunk]), r)
+            good = (ok & (S[:, -1] > 1e-6 * S[:, 0])).tolist()  # rank-deficient: U = W V / S is unstable
+            for j, i in enumerate(chunk):
+                out[i] = (U[j], S[j], V[j]) if good[j] else _one_svd(Ws[i], r, largest, "full", niter)
+    return [_sorted_and_signed(*f, largest) for f in out]
+
+
+def _one_svd(W, r, largest, method, niter):
+    """(U_r, S_r, V_r) of one matrix by "full", "lanczos" or "randomized", in float64."""
+    W64 = W.detach().to(torch.float64)
+    k = min(W.shape)
     if method == "full":
         U, S, Vh = torch.linalg.svd(W64, full_matrices=False)
         idx = slice(0, r) if largest else slice(k - r, k)
-        U_r, S_r, V_r = U[:, idx], S[idx], Vh[idx].T
-    elif method == "lanczos":
-        if not largest:
-            raise ValueError("method='lanczos' computes the largest components only; use 'full'")
-        tall = out_f >= in_f  # work on the smaller Gram matrix
-        X = W64 if tall else W64.T  # (m, k) with m >= k
-        G = (X.T @ X).numpy()  # (k, k), symmetric positive semi-definite
-        v0 = np.ones(k) / math.sqrt(k)  # deterministic start vector: same factors on every call
-        try:
-            lam, V = eigsh(G, k=r, which="LA", tol=1e-10, ncv=min(k, max(2 * r + 1, 48)), v0=v0)
-        except ArpackError:  # e.g. W = 0, or no convergence: the exact solver always works
-            return top_r_svd(W, r, largest=largest, method="full")
-        V = torch.from_numpy(np.ascontiguousarray(V))  # (k, r)
-        S_r = torch.from_numpy(lam).clamp_min(0).sqrt()  # (r,)
-        if S_r.min() <= 1e-6 * S_r.max():  # (near) rank-deficient: U = X V / S is unstable
-            return top_r_svd(W, r, largest=largest, method="full")
-        U = (X @ V) / S_r  # (m, r)
-        U_r, V_r = (U, V) if tall else (V, U)
-    elif method == "randomized":
-        if not largest:
-            raise ValueError("method='randomized' computes the largest components only; use 'full'")
-        U_r, S_r, V_r = torch.svd_lowrank(W64, q=min(k, r + 8), niter=niter)
-        U_r, S_r, V_r = U_r[:, :r], S_r[:r], V_r[:, :r]
-    else:
-        raise ValueError(f"unknown SVD method {method!r}; choose auto, full, lanczos or randomized")
-    order = torch.argsort(S_r, descending=largest)
-    U_r, S_r, V_r = U_r[:, order], S_r[order], V_r[:, order]
-    assert U_r.shape == (out_f, r) and S_r.shape == (r,) and V_r.shape == (in_f, r)
-    return U_r, S_r, V_r
+        return U[:, idx], S[idx], Vh[idx].T
+    if method == "lanczos":
+        f = lanczos_top_r(W64.cpu(), r)
+        return _one_svd(W, r, largest, "full", niter) if f is None else tuple(t.to(W.device) for t in f)
+    U, S, V = torch.svd_lowrank(W64, q=min(k, r + 8), niter=niter)
+    return U[:, :r], S[:r], V[:, :r]
+
+
+def _sorted_and_signed(U, S, V, largest):
+    """Sort by singular value and flip each pair (u_i, v_i) so that v_i's largest-|entry| is positive."""
+    order = torch.argsort(S, descending=largest)
+    U, S, V = U[:, order], S[order], V[:, order]
+    sign = torch.sign(V.gather(0, V.abs().argmax(0, keepdim=True)))  # (1, r)
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return U * sign, S, V * sign
 
 
 def init_random(W, r, scale, *, generator=None, **_):
@@ -98,26 +134,27 @@ def init_random(W, r, scale, *, generator=None, **_):
     return A, B
 
 
-def init_svd(W, r, scale, *, svd_method="auto", **_):
+def init_svd(W, r, scale, *, svd_method="auto", factors=None, **_):
     """Top-r singular factors: A = V_rᵀ (r, in, orthonormal rows), B = U_r S_r / s (out, r).
 
     Then s·B·A = U_r S_r V_rᵀ = W_r exactly, and the base weight stays W, so
     W_eff = W + W_r at init (the original project's intent, done right: correct
-    singular vectors, any shape).
+    singular vectors, any shape). factors: (U_r, S_r, V_r) of W if already computed
+    (add_lora solves all same-shaped layers together with `top_r_svds`).
     """
-    U_r, S_r, V_r = top_r_svd(W, r, method=svd_method)
+    U_r, S_r, V_r = factors if factors is not None else top_r_svd(W, r, method=svd_method)
     A = V_r.T.contiguous()  # (r, in)
     B = U_r * (S_r / scale)  # (out, r)
     return A, B
 
 
-def init_pissa(W, r, scale, *, svd_method="auto", **_):
+def init_pissa(W, r, scale, *, svd_method="auto", factors=None, **_):
     """PiSSA: the `svd` factors (A = V_rᵀ, B = U_r S_r / s) on the residual base W − W_r.
 
     W_eff = (W − W_r) + s·B·A = W at init; training moves the principal components.
     (The library keeps W untouched and computes the same thing as W + s·(B − B0)·A.)
     """
-    return init_svd(W, r, scale, svd_method=svd_method)
+    return init_svd(W, r, scale, svd_method=svd_method, factors=factors)
 
 
 def init_milora(W, r, scale, **_):
@@ -151,20 +188,64 @@ def init_seed(W, r, scale, **_):
     return A, B
 
 
+def init_eva(W, r, scale, *, stat=None, factors=None, svd_method="auto", **_):
+    """EVA (explained variance adaptation): A = the inputs' top-r principal directions; B = 0.
+
+    stat: C = Xᵀ X (in, in), X (N, in) = the layer's inputs over all calibration tokens
+    (padding excluded), from `lora.calibrate.input_grams`. C = V Λ Vᵀ with λ_1 ≥ λ_2 ≥ ...;
+    A = V_rᵀ (r, in), the top-r eigenvectors of C (= the top-r right singular vectors of X,
+    so A maximises the input energy it passes, ‖X Aᵀ‖², over r orthonormal rows: Ky Fan).
+    B = 0 (out, r), so W_eff = W at init. factors: (U_r, S_r, V_r) of C if already computed
+    (C is symmetric positive semi-definite: its top singular vectors are its top eigenvectors).
+    """
+    return _stat_init("eva", W, r, stat, factors, svd_method)
+
+
+def init_grad(W, r, scale, *, stat=None, factors=None, svd_method="auto", **_):
+    """LoRA-GA / LoRA-One style: A = the top-r right singular vectors of the weight gradient; B = 0.
+
+    stat: G = Σ_batches ∂loss(batch)/∂W (out, in), the full-weight gradient summed over the
+    calibration batches, from `lora.calibrate.weight_grads`. G = U_G S_G V_Gᵀ; A = V_G,rᵀ
+    (r, in), the input directions in which the loss changes fastest (A maximises ‖G Aᵀ‖²
+    over r orthonormal rows). B = 0 (out, r), so W_eff = W at init. factors: (U_r, S_r, V_r)
+    of G if already computed.
+    """
+    return _stat_init("grad", W, r, stat, factors, svd_method)
+
+
+def _stat_init(init, W, r, stat, factors, svd_method):
+    """A = V_rᵀ (r, in) from the top-r singular triplets of a calibration statistic; B = 0 (out, r)."""
+    if factors is None:
+        if stat is None:
+            raise ValueError(f"init={init!r} needs calibration data: lora.add_lora(model, init={init!r}, "
+                             f"data=batches) computes it")
+        factors = top_r_svd(stat, r, method=svd_method)
+    _, _, V_r = factors  # (in, r)
+    out_f = W.shape[0]
+    return V_r.T.contiguous(), torch.zeros(out_f, r, dtype=torch.float64, device=V_r.device)
+
+
 INIT_FUNCTIONS = {
     "random": init_random,
     "svd": init_svd,
     "pissa": init_pissa,
     "milora": init_milora,
     "seed": init_seed,
+    "eva": init_eva,
+    "grad": init_grad,
 }
 
 
-def init_factors(init, W, r, scale, *, generator=None, svd_method="auto"):
-    """Dispatch to the named init; returns float64 (A (r, in), B (out, r)) on the CPU."""
+def init_factors(init, W, r, scale, *, generator=None, svd_method="auto", stat=None, factors=None):
+    """Dispatch to the named init; returns float64 (A (r, in), B (out, r)).
+
+    stat: the layer's calibration statistic (eva, grad); factors: precomputed top-r singular
+    triplets of the matrix the init decomposes (W for svd/pissa, the statistic for eva/grad).
+    """
     if init not in INIT_FUNCTIONS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
-    A, B = INIT_FUNCTIONS[init](W, r, scale, generator=generator, svd_method=svd_method)
+    A, B = INIT_FUNCTIONS[init](W, r, scale, generator=generator, svd_method=svd_method, stat=stat,
+                                factors=factors)
     out_f, in_f = W.shape
     assert A.shape == (r, in_f) and B.shape == (out_f, r), (A.shape, B.shape, W.shape)
     return A, B

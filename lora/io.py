@@ -59,7 +59,7 @@ def load_lora(model, path):
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: not a LoRA adapter file saved by lora.save_lora "
                              f"(format {meta.get('format')!r}, expected {FORMAT!r})")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     layers = json.loads(meta["layers"])
     built = []  # check and build every adapter before attaching any: a failed load leaves the model as it was
     for name, cfg in layers.items():

@@ -82,18 +82,21 @@ class LoRAParametrization(nn.Module):
 
     @classmethod
     def from_linear(cls, layer, rank=4, alpha=None, init="random", dropout=0.0, generator=None,
-                    svd_method="auto"):
+                    svd_method="auto", *, stat=None, factors=None):
         """minLoRA-style constructor for users who register the parametrization themselves:
 
             parametrize.register_parametrization(layer, "weight", LoRAFAParametrization.from_linear(layer))
 
         (That gives the plain parametrization; `lora.add_lora` also installs the fast path.)
+        stat: the layer's calibration statistic for init="eva"/"grad" (`lora.calibrate`);
+        factors: precomputed top-r singular triplets (see `lora.inits.init_factors`).
         """
         W = layer.weight.detach()  # (out, in)
         if alpha is None:
             alpha = 1.0 if init == "seed" else rank  # seed: the original project's alpha = 1
         alpha = float(alpha)
-        A, B = init_factors(init, W, rank, alpha / rank, generator=generator, svd_method=svd_method)
+        A, B = init_factors(init, W, rank, alpha / rank, generator=generator, svd_method=svd_method,
+                            stat=stat, factors=factors)
         return cls(A.to(W), B.to(W), alpha=alpha, init=init, dropout=dropout, residual=init in RESIDUAL_INITS)
 
     def extra_repr(self):

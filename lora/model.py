@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .inits import INITS
+from .calibrate import calibration_stats
+from .inits import DATA_INITS, INITS, SPECTRAL_INITS, top_r_svds
 from .layers import LoRAFAParametrization, LoRAParametrization, adapted_linear_forward
 
 
@@ -62,21 +63,34 @@ def detach(module, keep_weight=None):
 
 
 def add_lora(model, *, rank=4, alpha=None, init="random", targets=None, freeze_a=True,
-             dropout=0.0, generator=None, svd_method="auto"):
+             dropout=0.0, generator=None, svd_method="auto", data=None, loss_fn=None):
     """Add a rank-`rank` adapter to each target nn.Linear of `model`; returns the adapted names.
 
     alpha: the scaling is s = alpha / rank; alpha defaults to rank (s = 1), or to 1 for
            init="seed" (the original project's setting).
-    init: "random" | "svd" | "pissa" | "milora" | "seed" (see lora.inits).
+    init: "random" | "svd" | "pissa" | "milora" | "seed" | "eva" | "grad" (see lora.inits).
     targets: None for every nn.Linear, else module-name suffixes, e.g.
              ["query", "key", "value", "attention.output.dense"].
     freeze_a: True is LoRA-FA (A frozen, only B trains); False is plain LoRA.
     generator: torch.Generator for init="random" (reproducible A).
-    svd_method: how SVD inits find the singular factors ("auto", "lanczos", "full", "randomized").
+    svd_method: how the SVD inits find the singular factors ("auto", "krylov", "lanczos", "full",
+                "randomized"); same-shaped layers are solved together.
+    data: calibration batches (an iterable of dicts, `model(**batch)`) for the data-aware
+          inits "eva" and "grad", and only for them (see lora.calibrate).
+    loss_fn: `loss_fn(model, batch)`, the loss "grad" differentiates (default
+             `model(**batch).loss`), or the forward "eva" runs (default `model(**batch)`).
     The adapted layers' pretrained weights are frozen; other parameters are left as they are.
+    Every statistic and factor is computed before any adapter is attached, so an error leaves
+    the model untouched.
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if init in DATA_INITS and data is None:
+        raise ValueError(f"init={init!r} computes A from calibration batches: pass data=<iterable of "
+                         f"batches for model(**batch)>")
+    if init not in DATA_INITS and (data is not None or loss_fn is not None):
+        raise ValueError(f"init={init!r} does not use calibration data; data= and loss_fn= are for "
+                         f"{' and '.join(DATA_INITS)} only")
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a positive integer, got {rank!r}")
     if dropout < 0 or dropout >= 1:
@@ -90,10 +104,16 @@ def add_lora(model, *, rank=4, alpha=None, init="random", targets=None, freeze_a
         if rank > min(m.weight.shape):
             raise ValueError(f"rank {rank} exceeds min(out, in) = {min(m.weight.shape)} of module {n!r} "
                              f"with weight shape {tuple(m.weight.shape)}")
+    factors = dict.fromkeys(names)
+    if init in SPECTRAL_INITS:  # the top-r SVDs of all layers at once: same-shaped ones in one batch
+        stats = calibration_stats(init, model, names, data, loss_fn) if init in DATA_INITS else None
+        sources = [stats[n] if stats else modules[n].weight.detach() for n in names]
+        factors = dict(zip(names, top_r_svds(sources, rank, method=svd_method)))
     cls = LoRAFAParametrization if freeze_a else LoRAParametrization
     # build every adapter before attaching any, so that an init error (e.g. init="seed" on a
     # non-square layer) leaves the model untouched instead of half adapted
-    built = [(m, cls.from_linear(m, rank, alpha, init, dropout, generator, svd_method)) for m in modules.values()]
+    built = [(m, cls.from_linear(m, rank, alpha, init, dropout, generator, svd_method, factors=factors[n]))
+             for n, m in modules.items()]
     for m, p in built:
         attach(m, p)
     return names

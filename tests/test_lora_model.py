@@ -19,7 +19,7 @@ def test_add_lora_signature():
     params = list(sig.parameters.values())
     assert params[0].name == "model" and params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
     expected = dict(rank=4, alpha=None, init="random", targets=None, freeze_a=True, dropout=0.0,
-                    generator=None, svd_method="auto")
+                    generator=None, svd_method="auto", data=None, loss_fn=None)
     assert {p.name: p.default for p in params[1:]} == expected
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[1:])
     with pytest.raises(TypeError):
