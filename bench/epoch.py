@@ -238,6 +238,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="paired seeds: every run is done per seed")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--grouping", default="on", help="comma-separated: on (length-grouped batches), off (plain)")
+    p.add_argument("--peft-grouping", default=None, help="the Trainer's groupings (default: as --grouping)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N steps (smoke runs)")
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
     p.add_argument("--repeats", type=int, default=1, help="runs per (runner, dtype), alternating")
@@ -251,10 +252,12 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # worker mode
     p.add_argument("--group", action=argparse.BooleanOptionalAction, default=True, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    grouping = [g.strip() for g in args.grouping.split(",") if g.strip()]
-    if not grouping or set(grouping) - {"on", "off"}:
-        p.error(f"--grouping takes on and/or off, got {grouping}")
-    args.grouping = [g == "on" for g in grouping]
+    args.peft_grouping = args.peft_grouping or args.grouping
+    for flag in ("grouping", "peft_grouping"):
+        grouping = [g.strip() for g in getattr(args, flag).split(",") if g.strip()]
+        if not grouping or set(grouping) - {"on", "off"}:
+            p.error(f"--{flag.replace('_', '-')} takes on and/or off, got {grouping}")
+        setattr(args, flag, [g == "on" for g in grouping])
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if set(args.dtypes) - {"fp32", "bf16"}:
         p.error(f"--dtypes takes fp32 and/or bf16, got {args.dtypes}")
@@ -277,8 +280,10 @@ def main(argv=None):
     header = common.machine_header("One MRPC epoch: our runner vs Trainer + PEFT")
     warm_token_cache(args)
     reports = []
-    runners = [("ours", m) for m in args.ours_methods] + [("trainer", m) for m in args.peft_methods]
-    for _, seed, dtype, group in itertools.product(range(args.repeats), args.seeds, args.dtypes, args.grouping):
+    for _, seed, dtype, group in itertools.product(range(args.repeats), args.seeds, args.dtypes,
+                                                   sorted(set(args.grouping) | set(args.peft_grouping), reverse=True)):
+        runners = ([("ours", m) for m in args.ours_methods] * (group in args.grouping)
+                   + [("trainer", m) for m in args.peft_methods] * (group in args.peft_grouping))
         for worker, method in runners:  # interleaved: drift hits every runner of a round alike
             reports.append(spawn(args, worker, dtype, method, seed, group))
             print(f"  {reports[-1]['runner']}/{dtype} seed {seed} grouped {group} done", file=sys.stderr, flush=True)
