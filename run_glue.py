@@ -6,6 +6,7 @@
     python run_glue.py summary --log-dir logs            # mean ± std over seeds of finished runs
     python run_glue.py plot --log-dir logs --out imgs    # figures + summary/results tables (utils.plots, utils.stats)
     python run_glue.py geometry --task mrpc --model minilm --rank 4   # what each init's frozen A passes (utils.geometry)
+    python run_glue.py select --task mrpc --init svd --lr 1e-4 1e-3 1e-2 --log-dir logs/round2   # lr chosen on holdout
     torchrun --nproc_per_node 2 run_glue.py ...          # 2 processes (gloo on CPUs), or equally:
     accelerate launch --multi_gpu --num_processes 2 run_glue.py ...
 
@@ -184,11 +185,37 @@ def cmd_geometry(argv) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "summary": cmd_summary, "plot": cmd_plot, "geometry": cmd_geometry}
+def cmd_select(argv) -> int:
+    p = argparse.ArgumentParser(prog="run_glue.py select", description="the learning rate chosen on the holdout "
+                                "slice for one init (utils.stats.select_lr); prints it, or exits 1 if a run is missing")
+    p.add_argument("--log-dir", default="logs", help="folder of JSON run logs (default: logs)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--init", required=True, help="adapter init (none for head/full)")
+    p.add_argument("--method", default="lora-fa")
+    p.add_argument("--lr", type=float, nargs="+", required=True, help="the candidate learning rates")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="only runs of this many epochs")
+    args = p.parse_args(argv)
+    from utils.logs import load_runs
+    from utils.stats import select_lr, to_markdown
+
+    try:
+        lr, table = select_lr(load_runs(args.log_dir), args.task, args.init, args.lr, method=args.method,
+                              seed=args.seed, epochs=args.epochs)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(to_markdown(table), file=sys.stderr)
+    print(f"{lr:g}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "summary": cmd_summary, "plot": cmd_plot, "geometry": cmd_geometry,
+            "select": cmd_select}
 
 
 def main(argv=None) -> int:
-    """Dispatch `[train|summary|plot|geometry] ...`; without a command word, train."""
+    """Dispatch `[train|summary|plot|geometry|select] ...`; without a command word, train."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]](argv[1:])

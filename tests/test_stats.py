@@ -226,3 +226,29 @@ def test_grouping_uses_every_result_changing_field():
     assert set(stats.SETTINGS) == fields
     assert {"max_steps", "epochs", "eval_every", "holdout", "group_by_length", "init_batches", "batch_size"} <= fields
     assert "threads" not in fields and set(LEGACY_DEFAULTS) - {"threads"} <= fields
+
+
+def test_select_lr_uses_the_last_epoch_on_holdout_only():
+    from utils.stats import select_lr
+
+    rows = []
+    # (lr: holdout F1 per evaluation at epochs 0.5..2, dev F1): 1e-3 peaks early, 1e-2 ends best on
+    # holdout, 1e-1 ends best on dev (never consulted)
+    curves = {1e-3: ([0.85, 0.80, 0.80, 0.79], 0.80), 1e-2: ([0.70, 0.78, 0.82, 0.83], 0.81),
+              1e-1: ([0.70, 0.75, 0.81, 0.80], 0.90)}
+    for lr, (held, dev) in curves.items():
+        for i, h in enumerate(held):
+            rows.append({"task": "mrpc", "method": "lora-fa", "init": "svd", "seed": 0, "epochs": 2, "lr": lr,
+                         "step": 10 * (i + 1), "epoch": 0.5 * (i + 1), "holdout_f1": h, "f1": dev})
+    runs = pd.DataFrame(rows)
+    lr, table = select_lr(runs, "mrpc", "svd", [1e-3, 1e-2, 1e-1])
+    assert lr == 1e-2 and table["score"].tolist() == pytest.approx([0.795, 0.825, 0.805])
+    assert table["evaluations"].tolist() == [2, 2, 2]  # epochs 1.5 and 2: the last epoch
+    tie = runs.assign(holdout_f1=0.8)
+    assert select_lr(tie, "mrpc", "svd", [1e-2, 1e-3])[0] == 1e-3  # ties: the smaller lr
+    with pytest.raises(ValueError, match="lr 0.3"):
+        select_lr(runs, "mrpc", "svd", [1e-3, 0.3])
+    with pytest.raises(ValueError, match="random"):
+        select_lr(runs, "mrpc", "random", [1e-3])
+    with pytest.raises(ValueError, match="3 epochs"):
+        select_lr(runs, "mrpc", "svd", [1e-3], epochs=3)

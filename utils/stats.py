@@ -302,6 +302,36 @@ def steps_to_target(runs: pd.DataFrame, baselines: dict, frac: float = 0.9) -> p
     return pd.DataFrame(rows)
 
 
+def select_lr(runs: pd.DataFrame, task: str, init: str, lrs, *, method: str = "lora-fa", seed: int = 0,
+              epochs: int | None = None) -> tuple[float, pd.DataFrame]:
+    """The learning rate chosen on the holdout slice (never dev) for one (task, method, init):
+
+        score(lr) = mean of the holdout main metric over the evaluations of the run's last epoch
+
+    (the end of training, averaged over that epoch's evaluations to damp one evaluation's noise),
+    over finished `seed` runs of `task`/`method`/`init` (and `epochs`, if given); the highest score
+    wins, ties go to the smaller lr. `runs`: `load_runs` output. Returns (lr, candidates table);
+    ValueError naming what is missing if a run of `lrs` has not finished or has no holdout metrics."""
+    metric = get_task(task).main_metric
+    col = f"holdout_{metric}"
+    pick = runs[(runs["task"] == get_task(task).name) & (runs["method"] == method) & (runs["init"] == init)
+                & (runs["seed"] == seed)] if len(runs) else runs
+    if epochs is not None and len(pick):
+        pick = pick[pick["epochs"] == epochs]
+    rows = []
+    for lr in sorted(float(x) for x in lrs):
+        r = pick[np.isclose(pick["lr"].astype(float), lr)] if len(pick) else pick
+        if r.empty or col not in r or r[col].isna().all():
+            raise ValueError(f"select_lr: no finished {task} {method} {init} run at lr {lr:g}, seed {seed}"
+                             + (f", {epochs} epochs" if epochs else "") + f" with holdout {metric}")
+        last = r[r["epoch"] > r["epoch"].max() - 1]  # the evaluations of the last epoch
+        rows.append({"lr": lr, "score": float(last[col].mean()), "evaluations": len(last),
+                     "final_holdout": float(r.sort_values("step")[col].iloc[-1])})
+    table = pd.DataFrame(rows)
+    best = table.loc[table["score"].idxmax(), "lr"]  # idxmax: the first (smallest lr) of equal scores
+    return float(best), table
+
+
 def compute_table(summaries: pd.DataFrame) -> pd.DataFrame:
     """Wall time of the finished runs per task and method: runs, median and range per run in
     minutes, and total hours (each run's own logged wall clock, summed; runs that shared the CPU
