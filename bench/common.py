@@ -61,7 +61,7 @@ def command_line() -> str:
 
 def machine_header(title: str) -> str:
     """Markdown header: title, machine, software, load, date and the exact command line."""
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = load_average()
     import transformers  # noqa: PLC0415 (heavy; only the scripts need it)
     try:
         import peft  # noqa: PLC0415
@@ -270,10 +270,17 @@ def peak_rss_mib(since_reset: bool = False) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def add_run_args(parser, variants=None, out_help="folder for the results table"):
-    """The flags every bench script shares: --seed, --threads, --variants (if `variants`), --out."""
+def add_run_args(parser, variants=None, out_help="folder for the results table", thread_list=None):
+    """The flags every bench script shares: --seed, --threads, --variants (if `variants`), --out.
+
+    thread_list: a default such as "1,2" makes --threads a comma-separated list of thread counts
+    that the script measures in turn (`thread_counts` parses it)."""
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    if thread_list is None:
+        parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    else:
+        parser.add_argument("--threads", default=thread_list, help="comma-separated torch.set_num_threads "
+                            f"values, measured in turn (default {thread_list})")
     if variants is not None:
         parser.add_argument("--variants", default=",".join(variants), help="comma-separated subset of the rows")
     parser.add_argument("--out", default=str(RESULTS), help=out_help)
@@ -282,6 +289,22 @@ def add_run_args(parser, variants=None, out_help="folder for the results table")
 def set_threads(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
+
+
+def thread_counts(parser, text) -> list[int]:
+    """The comma-separated `--threads` list as positive ints; anything else is a parser error."""
+    try:
+        counts = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        parser.error(f"--threads takes a comma-separated list of positive thread counts, got {text!r}")
+    return counts
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, e.g. '0.05, 0.10, 0.20'."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def split_variants(parser, text, choices):

@@ -8,6 +8,7 @@ hook left behind, also when an exception is raised mid-way. Memory: one float64 
 per layer, (in, in) or (out, in); activations are never kept.
 """
 import contextlib
+import weakref
 
 import torch
 
@@ -63,15 +64,25 @@ def input_grams(model, names, data, loss_fn=None):
     device = next(iter(modules.values())).weight.device
     grams = {n: None for n in names}
     counts = dict.fromkeys(names, 0)
-    state = {}
+    state = {"seen": {}}  # this batch's mask, and {id(input): (weakref, xᵀx)} for inputs shared by layers
+
+    def batch_gram(x):
+        """xᵀx (in, in) float64 over the batch's non-padding rows; computed once per input tensor
+        (query, key and value take the same one), held only while that tensor is alive."""
+        hit = state["seen"].get(id(x))
+        if hit is not None and hit[0]() is x:
+            return hit[1]
+        mask = state["mask"]
+        rows = x[mask] if mask is not None and x.shape[:-1] == mask.shape else x.reshape(-1, x.shape[-1])
+        rows = rows.to(torch.float64)  # (tokens, in)
+        gram = rows.T @ rows
+        state["seen"][id(x)] = (weakref.ref(x), gram)
+        return gram
 
     def hook(name):
         def add(module, args):
-            x = args[0]
-            mask = state.get("mask")
-            x = x[mask] if mask is not None and x.shape[:-1] == mask.shape else x.reshape(-1, x.shape[-1])
-            x = x.to(torch.float64)  # (tokens, in)
-            grams[name] = x.T @ x if grams[name] is None else grams[name].addmm_(x.T, x)
+            gram = batch_gram(args[0])
+            grams[name] = gram.clone() if grams[name] is None else grams[name].add_(gram)
             counts[name] += 1
         return add
 
@@ -79,11 +90,14 @@ def input_grams(model, names, data, loss_fn=None):
     try:
         with calibrating(model), torch.no_grad():
             handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
-            for batches, batch in enumerate(data, 1):
+            for batch in data:
+                batches += 1
                 batch = _on(batch, device)
                 mask = batch.get("attention_mask")
                 state["mask"] = None if mask is None else mask.bool()
+                state["seen"].clear()
                 _forward(model, batch, loss_fn)
+            state["seen"].clear()
     finally:
         for h in handles:
             h.remove()
@@ -108,7 +122,8 @@ def weight_grads(model, names, data, loss_fn=None):
     with calibrating(model), torch.enable_grad():
         for w in weights:
             w.requires_grad_(True)
-        for batches, batch in enumerate(data, 1):
+        for batch in data:
+            batches += 1
             batch = _on(batch, device)
             loss = loss_fn(model, batch) if loss_fn is not None else model(**batch).loss
             if loss is None:

@@ -17,8 +17,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STEP_ROWS = ["floor", "head", "full", "peft-lora", "peft-lora-fa", "peft-lorafa-opt", "ours-lora",
              "ours-lora-fa-plain", "ours-lora-fa"]
-INIT_ROWS = ["ours random", "ours svd (lanczos)", "ours svd (full)", "ours svd (randomized)", "ours pissa (auto)",
-             "ours milora (full)", "PEFT default", "PEFT pissa", "PEFT pissa_niter_4"]
+INIT_ROWS = ["ours random", "ours svd (auto)", "ours svd (krylov)", "ours svd (lanczos)", "ours svd (full)",
+             "ours svd (randomized)", "ours pissa (auto)", "ours milora (full)", "PEFT default", "PEFT pissa",
+             "PEFT pissa_niter_4"]
 
 
 def table_rows(text: str, header_start: str) -> tuple[list[str], list[list[str]]]:
@@ -51,7 +52,9 @@ def runs(tmp_path_factory):
         "epoch": [py, "bench/epoch.py", "--model", str(model_dir), "--data-dir", str(glue_dir), "--max-steps", "2",
                   "--batch", "4", "--max-length", "32", "--dtypes", "bf16", "--ours-methods", "lora-fa,lora",
                   "--grouping", "on,off", "--threads", "1", "--out", str(out / "epoch")],
-        "init": [py, "bench/init.py", "--model", "tiny", "--repeats", "1", "--threads", "1", "--out", str(out / "init")],
+        "init": [py, "bench/init.py", "--model", "tiny", "--repeats", "1", "--threads", "1,2",
+                 "--out", str(out / "init"), "--data-model", str(model_dir), "--data-dir", str(glue_dir),
+                 "--init-batches", "2", "--batch", "4", "--max-length", "32"],
     }
     env = {**os.environ, "LORA_FA_CACHE": str(out / "cache")}  # tokenised data stays in the tmp folder
     procs = {k: subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -104,13 +107,23 @@ def test_init_table(runs):
     results, out = runs
     check_ok(results["init"])
     text = (out / "init" / "init.md").read_text()
-    columns, rows = table_rows(text, "model")
-    assert columns == ["model", "init", "layers", "seconds (median)", "x PEFT pissa", "max rel. error"]
-    assert [r[1] for r in rows] == INIT_ROWS
-    by = {r[1]: r for r in rows}
-    assert by["ours random"][5] == "n/a" and by["PEFT pissa"][4] == "1"
-    assert float(by["ours svd (full)"][5]) < 1e-5 and float(by["PEFT pissa"][5]) < 1e-4
-    assert "(target <= 0.5 x at <= 1e-4)" in text
+    sections = [ln for ln in text.splitlines() if ln.startswith("## ")]
+    assert [s.split(" (")[0] for s in sections] == ["## 1 thread", "## 2 threads"]
+    assert all("load average at start" in s for s in sections)
+    for section in text.split("\n## ")[1:]:
+        columns, rows = table_rows(section, "model | init | layers")
+        assert columns == ["model", "init", "layers", "seconds (median)", "x PEFT pissa", "max rel. error"]
+        assert [r[1] for r in rows] == INIT_ROWS
+        by = {r[1]: r for r in rows}
+        assert by["ours random"][5] == "n/a" and by["PEFT pissa"][4] == "1"
+        assert float(by["ours svd (full)"][5]) < 1e-5 and float(by["PEFT pissa"][5]) < 1e-4
+        assert float(by["ours svd (auto)"][5]) < 1e-6
+        columns, rows = table_rows(section, "model | init | batches")
+        assert columns == ["model", "init", "batches", "seconds (median)", "plain passes", "seconds (median)",
+                           "x plain passes"]
+        assert [(r[1], r[2], r[4]) for r in rows] == [("eva", "2 x 4", "2 forward"),
+                                                      ("grad", "2 x 4", "2 forward+backward")]
+    assert text.count("(target <= 0.3 x at <= 1e-06)") == 2
 
 
 def test_epoch_table(runs):
