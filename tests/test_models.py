@@ -101,6 +101,23 @@ def test_full_checkpoint_keeps_its_head(tmp_path):
     assert torch.equal(a.classifier.weight, b.classifier.weight)
 
 
+def test_load_report_is_one_line_for_a_new_head(tiny_models, tmp_path, capfd, caplog):
+    M.load_model_and_tokenizer(str(tiny_models["bert"]), 2)  # a bare encoder: the head is new
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" not in err and "MISSING" not in err
+    lines = [ln for ln in err.splitlines() if "not in the checkpoint" in ln]
+    assert len(lines) == 1 and ": new classifier (not in the checkpoint" in lines[0]
+    folder = tiny.tiny_model_dir(tmp_path, "bert", num_labels=2)  # a full checkpoint: nothing to say
+    M.load_model_and_tokenizer(str(folder), 2)
+    assert "not in the checkpoint" not in capfd.readouterr().err
+    from safetensors.torch import load_file, save_file  # an extra key is a real problem: a warning names it
+    weights = next(folder.glob("*.safetensors"))
+    save_file({**load_file(str(weights)), "stray.weight": torch.zeros(2)}, str(weights), metadata={"format": "pt"})
+    with caplog.at_level("WARNING", logger="utils.models"):
+        M.load_model_and_tokenizer(str(folder), 2)
+    assert "unexpected keys stray.weight" in caplog.text
+
+
 def test_refuses_pickled_weights(tiny_models, tmp_path):
     folder = tmp_path / "pickled"
     folder.mkdir()

@@ -11,7 +11,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
 
 import torch
 from torch import nn
@@ -60,9 +63,10 @@ def load_model_and_tokenizer(name_or_path: str, num_labels: int, *, dtype: torch
     problem_type = "regression" if num_labels == 1 else "single_label_classification"
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, problem_type=problem_type, dtype=dtype,
-            use_safetensors=True, trust_remote_code=False)
+        with _without_load_report():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, problem_type=problem_type, dtype=dtype,
+                use_safetensors=True, trust_remote_code=False, output_loading_info=True)
     except OSError as err:
         if is_local:
             raise OSError(f"Could not load the model folder {path}: {err}") from err
@@ -72,7 +76,47 @@ def load_model_and_tokenizer(name_or_path: str, num_labels: int, *, dtype: torch
             f"(config.json + *.safetensors + tokenizer files) or use one of the "
             f"offline aliases {ALIASES}."
         ) from err
+    _report_loading(model, info, path)
     return model, tokenizer
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record):
+        return "LOAD REPORT" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_load_report():
+    """Hide transformers' per-load key table; `_report_loading` says what matters in its place."""
+    loggers = [logging.getLogger(n) for n in ("transformers.modeling_utils", "transformers.utils.loading_report")]
+    drop = _DropLoadReport()
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
+
+
+def _report_loading(model: nn.Module, info: dict, path: str) -> None:
+    """One line when only the classification head is new (the usual case: it is then trained);
+    a warning naming the keys when anything else is missing, unexpected or resized."""
+    heads = tuple(f"{name}." for name in head_modules(model))
+    missing = list(info.get("missing_keys") or [])
+    others = [k for k in missing if not k.startswith(heads)]
+    new_heads = sorted({k.split(".")[0] if k.startswith("classifier.") else k.rsplit(".", 1)[0]
+                        for k in missing if k.startswith(heads)})
+    if new_heads:
+        print(f"{type(model).__name__} from {path}: new {', '.join(new_heads)} (not in the checkpoint, "
+              f"initialised from the seeded RNG and trained)", file=sys.stderr)
+    problems = {"missing": others, "unexpected": list(info.get("unexpected_keys") or []),
+                "size-mismatched": [k for k, *_ in (info.get("mismatched_keys") or [])]}
+    problems = {kind: keys for kind, keys in problems.items() if keys}
+    if problems:
+        logging.getLogger(__name__).warning("loading %s: %s", path, "; ".join(
+            f"{kind} keys {', '.join(map(str, keys[:8]))}{' ...' if len(keys) > 8 else ''}"
+            for kind, keys in problems.items()))
 
 
 # --- 3. Which modules get adapters, which form the head ---
