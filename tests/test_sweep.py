@@ -7,7 +7,7 @@ import sweep_round2 as sweep
 
 def test_run_list_follows_the_protocol():
     runs = sweep.runs()
-    assert len(runs) == len(set(runs)) == 12 + 60 + 1 + 8 + 24 + 24
+    assert len(runs) == len(set(runs)) == 12 + 60 + 2 + 8 + 24 + 12
     grid = [r for r in runs if r[1] == "lora-fa" and r[4] == 0]
     assert {(t, i) for t, _, i, _, _ in grid} == {(t, i) for t in ("mrpc", "cola") for i in sweep.INITS}
     assert sorted({r[3] for r in grid}) == sorted(sweep.LORA_LRS) and min(sweep.LORA_LRS) <= 1e-4
@@ -30,5 +30,5 @@ def test_commands_give_the_runs_they_stand_for(tmp_path):
 def test_list_marks_selected_runs_as_waiting(tmp_path, capsys):
     assert sweep.main(["--list", "--log-dir", str(tmp_path / "none")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert sum(ln.startswith("ready") for ln in lines) == 96
-    assert sum(ln.startswith("waiting") for ln in lines) == 33
+    assert sum(ln.startswith("ready") for ln in lines) == 84
+    assert sum(ln.startswith("waiting") for ln in lines) == 34
