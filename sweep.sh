@@ -5,7 +5,7 @@
 #     GLUE_DIR=../shared/glue WORKERS=2 nohup bash sweep.sh > sweep.out 2>&1 &
 # (To keep editing the code while it runs, run it from a worktree of a fixed commit:
 #     git worktree add ../sweep HEAD && cd ../sweep && \
-#     GLUE_DIR=$PWD/../shared/glue LOG_DIR=$OLDPWD/logs WORKERS=2 nohup bash sweep.sh > sweep.out 2>&1 &)
+#     GLUE_DIR=$PWD/../shared/glue LOG_DIR=$OLDPWD/logs/round1 WORKERS=2 nohup bash sweep.sh > sweep.out 2>&1 &)
 # WORKERS=n runs n processes of one thread each (--threads 1); worker k takes runs k, k+n, k+2n, ...
 # of the list below (2 one-thread workers do 1.36x the runs per hour of one two-thread process on the
 # 2-core CPU this was sized for). Results do not depend on the thread count. A lock file per run
@@ -27,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 : "${GLUE_DIR:=../shared/glue}"; export GLUE_DIR
 : "${WORKERS:=1}"
-: "${LOG_DIR:=logs}"   # e.g. an absolute path when the sweep runs from a separate git worktree
+: "${LOG_DIR:=logs/round1}"   # e.g. an absolute path when the sweep runs from a separate git worktree
 : "${MODEL:=minilm}"    # the original setting on a GPU with hub access: MODEL=roberta-base PRECISION=--bf16
 : "${PRECISION:=--no-bf16}"
 threads=(); [ "$WORKERS" -gt 1 ] && threads=(--threads 1)
