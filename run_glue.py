@@ -160,13 +160,19 @@ def cmd_plot(argv) -> int:
 
 def cmd_geometry(argv) -> int:
     p = argparse.ArgumentParser(prog="run_glue.py geometry", description="how much of each adapted layer's "
-                                "input the frozen A of `random` and `svd` captures (utils.geometry)")
+                                "input and gradient energy the frozen A of random, svd, eva and grad captures "
+                                "(utils.geometry)")
     p.add_argument("--task", required=True, help="GLUE task whose training inputs are measured")
     p.add_argument("--model", default="minilm", help="model name or folder (default: minilm)")
     p.add_argument("--rank", type=int, default=4, help="adapter rank r (default: 4)")
     p.add_argument("--targets", nargs="+", default=None, help="target module suffixes (default: the model's attention projections)")
-    p.add_argument("--examples", type=int, default=512, help="first N training examples (default: 512)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random A, as a run's --seed (default: 0)")
+    p.add_argument("--examples", type=int, default=512, help="first N training examples outside the "
+                   "calibration batches, where the shares are measured (default: 512)")
+    p.add_argument("--init-batches", type=int, default=8, help="calibration batches of eva/grad, drawn as a "
+                   "run with --seed draws them (default: 8)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random A, the head and the calibration "
+                   "batches, as a run's --seed (default: 0)")
     p.add_argument("--max-length", type=int, default=128, help="tokenizer max length (default: 128)")
     p.add_argument("--data-dir", default=None, help="glue_data folder (default: $GLUE_DIR)")
     p.add_argument("--csv", default=None, help="also write the per-layer table to this CSV file")
@@ -174,13 +180,15 @@ def cmd_geometry(argv) -> int:
     from utils.geometry import measure, summarize_geometry
     from utils.stats import to_markdown
 
-    df = measure(args.task, args.model, args.rank, args.targets, args.examples, max_length=args.max_length,
-                 seed=args.seed, data_dir=args.data_dir)
+    df = measure(args.task, args.model, args.rank, args.targets, args.examples, batch_size=args.batch_size,
+                 max_length=args.max_length, seed=args.seed, data_dir=args.data_dir, init_batches=args.init_batches)
     if args.csv:
         df.to_csv(args.csv, index=False)
     summary = summarize_geometry(df).reset_index().round(4)
-    print(f"{args.task}, {args.model}, rank {args.rank}, first {args.examples} training examples; "
-          "share of the layer's input energy captured by A (mean over layers):\n")
+    print(f"{args.task}, {args.model}, rank {args.rank}; eva/grad from {args.init_batches} calibration batches of "
+          f"{args.batch_size}, shares measured on the first {args.examples} other training examples; share of "
+          "the layer's input energy (random ... best) and of its weight gradient's energy (g_random ... g_best) "
+          "captured by A (mean over layers):\n")
     print(to_markdown(summary))
     return 0
 

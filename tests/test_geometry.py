@@ -83,7 +83,53 @@ def test_cli_prints_the_table(tiny_models, glue_dir, capsys, tmp_path):
 
     csv = tmp_path / "geo.csv"
     assert main(["geometry", "--task", "mrpc", "--model", str(tiny_models["bert"]), "--data-dir", str(glue_dir),
-                 "--rank", "2", "--examples", "4", "--csv", str(csv)]) == 0
+                 "--rank", "2", "--examples", "4", "--init-batches", "2", "--batch-size", "8", "--csv", str(csv)]) == 0
     out = capsys.readouterr().out
-    assert "| kind | uniform | random | svd | best |" in out and "| all |" in out
-    assert len(pd.read_csv(csv)) == 8  # 2 layers x (query, key, value, attention.output.dense)
+    assert ("| kind | uniform | random | svd | eva | grad | best | g_random | g_svd | g_eva | g_grad | g_best |"
+            in out and "| all |" in out)
+    df = pd.read_csv(csv)
+    assert len(df) == 8  # 2 layers x (query, key, value, attention.output.dense)
+    assert (df["eva"] <= df["best"] + 1e-9).all() and (df["g_grad"] <= df["g_best"] + 1e-9).all()
+
+
+def labelled_batches(tok, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [dict(tok(CORPUS[i:i + 3], CORPUS[i + 3:i + 6], padding=True, return_tensors="pt"),
+                 labels=torch.randint(0, 2, (3,), generator=g)) for i in (0, 6)]
+
+
+def test_eva_and_grad_are_optimal_on_their_calibration_batches(tiny_models):
+    """By construction: on the batches an init was computed from, eva's A captures the most input
+    energy (Ky Fan) and grad's A the most gradient energy (Eckart–Young), more than random and svd."""
+    model, tok = load_model_and_tokenizer(str(tiny_models["bert"]), 2)
+    batches = labelled_batches(tok)
+    names = lora.model.find_targets(model, TARGETS)
+    C, G = lora.input_grams(model, names, batches), lora.weight_grads(model, names, batches)
+    df = geometry.init_geometry(model, C, rank=3, seed=1, grads=G, cal_grams=C, cal_grads=G).set_index("module")
+    for n in names:
+        row = df.loc[n]
+        assert row["eva"] == pytest.approx(row["best"], rel=1e-9)
+        assert row["g_grad"] == pytest.approx(row["g_best"], rel=1e-9)
+        assert row["eva"] > max(row["random"], row["svd"], row["grad"])
+        assert row["g_grad"] > max(row["g_random"], row["g_svd"], row["g_eva"])
+    # and each share is that of the A add_lora trains with, against a numpy reference
+    for init in ("eva", "grad"):
+        adapted = copy.deepcopy(model)
+        lora.add_lora(adapted, rank=3, init=init, targets=TARGETS, data=batches)
+        for n, _, p in adapted_modules(adapted):
+            A, Cn, Gn = (t.detach().double().numpy() for t in (p.lora_A, C[n], G[n]))
+            assert df.loc[n, init] == pytest.approx(np.trace(A @ Cn @ A.T) / np.trace(Cn), rel=1e-5)
+            assert df.loc[n, f"g_{init}"] == pytest.approx(np.square(Gn @ A.T).sum() / np.square(Gn).sum(), rel=1e-5)
+
+
+def test_shares_are_measured_on_other_batches(tiny_models):
+    """Held-out batches: eva / grad are no longer optimal by construction, and the columns change."""
+    model, tok = load_model_and_tokenizer(str(tiny_models["bert"]), 2)
+    cal, held = labelled_batches(tok)[:1], labelled_batches(tok)[1:]
+    names = lora.model.find_targets(model, TARGETS)
+    C_cal, G_cal = lora.input_grams(model, names, cal), lora.weight_grads(model, names, cal)
+    C, G = lora.input_grams(model, names, held), lora.weight_grads(model, names, held)
+    df = geometry.init_geometry(model, C, rank=3, grads=G, cal_grams=C_cal, cal_grads=G_cal)
+    assert (df["eva"] < df["best"] - 1e-6).any() and (df["g_grad"] < df["g_best"] - 1e-6).any()
+    bounds = df[["best", "best", "g_best", "g_best"]].to_numpy() + 1e-9
+    assert (df[["eva", "grad", "g_eva", "g_grad"]].to_numpy() <= bounds).all()

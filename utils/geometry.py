@@ -20,6 +20,17 @@ size across inits.
 `svd` also moves the starting point (W_eff = W + W_r): `start_shift` = ‖X W_rᵀ‖ / ‖X Wᵀ‖ is the
 relative change of the layer's output at step 0 (`pissa` starts at W, with `svd`'s A).
 
+The gradient energy A captures is the other half of the picture: with G = Σ ∂loss/∂W (out, in) the
+full-weight gradient, the best first step of B alone changes W by s·ΔB·A, which can follow G only
+inside A's row space, a share
+
+    grad_captured(A) = ‖G Aᵀ‖²_F / ‖G‖²_F     (`g_` columns; `g_best`: G's top-r singular values' share).
+
+The data-aware inits maximise one each over r orthonormal rows, on the batches they were computed
+from: `eva` the input energy (A = C's top eigenvectors), `grad` the gradient energy (A = G's top
+right singular vectors). `measure` computes their A from the calibration batches a run with that
+seed draws (`utils.data.calibration_batches`) and measures every share on other training rows.
+
     python run_glue.py geometry --task mrpc --model minilm --rank 4
 """
 from __future__ import annotations
@@ -27,63 +38,66 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from lora.inits import init_factors
+import lora
+from lora import input_grams, weight_grads  # noqa: F401 (input_grams: this module's name for it, kept)
+
+INPUT_COLUMNS = ("random", "svd", "eva", "grad")  # captured input energy of each init's A
+GRAD_COLUMNS = tuple(f"g_{i}" for i in INPUT_COLUMNS)  # captured gradient energy
 
 
-@torch.no_grad()
-def input_grams(model, names: list[str], batches) -> dict[str, torch.Tensor]:
-    """{name: C = Σ xᵀx (in, in), float64} of the inputs of each named nn.Linear, summed over the
-    non-padding tokens (attention_mask) of `batches` fed through `model` in eval mode."""
-    grams = {n: None for n in names}  # the order of `names`, the order add_lora draws random A in
-    mask = {}
-
-    def hook(name):
-        def fn(module, args):
-            x = args[0][mask["m"]].double()  # (tokens, in)
-            grams[name] = x.T @ x if grams[name] is None else grams[name] + x.T @ x
-        return fn
-
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
-    try:
-        model.eval()
-        for batch in batches:
-            mask["m"] = batch["attention_mask"].bool()  # (batch, seq)
-            model(**{k: v for k, v in batch.items() if k != "labels"})
-    finally:
-        for h in handles:
-            h.remove()
-    if any(c is None for c in grams.values()):
-        raise ValueError("no batches: the input Gram matrices are empty")
-    return grams
+def frozen_As(model, names: list[str], rank: int, seed: int = 0, svd_method: str = "auto",
+              cal_grams: dict | None = None, cal_grads: dict | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """{init: {name: A (r, in) float64}} as add_lora computes it: `random` drawn layer by layer in
+    `names` order with generator seed `seed`, `svd` from W, `eva` / `grad` from the calibration
+    statistics (`lora.input_grams` / `lora.weight_grads` of the calibration batches) when given."""
+    generator, out = torch.Generator().manual_seed(seed), {i: {} for i in INPUT_COLUMNS}
+    for n in names:
+        W = model.get_submodule(n).weight.detach().double()  # (out, in)
+        out["random"][n] = lora.init_random(W, rank, 1.0, generator=generator)[0]
+        out["svd"][n] = lora.init_svd(W, rank, 1.0, svd_method=svd_method)[0]
+        if cal_grams is not None:
+            out["eva"][n] = lora.init_eva(W, rank, 1.0, stat=cal_grams[n], svd_method=svd_method)[0]
+        if cal_grads is not None:
+            out["grad"][n] = lora.init_grad(W, rank, 1.0, stat=cal_grads[n], svd_method=svd_method)[0]
+    return {i: As for i, As in out.items() if As}
 
 
 def init_geometry(model, grams: dict[str, torch.Tensor], rank: int, kinds: dict[str, str] | None = None,
-                  seed: int = 0, svd_method: str = "auto") -> pd.DataFrame:
-    """One row per adapted layer: `uniform` = r / in, `random` and `svd` = captured(A) of each init's A
-    (random A drawn as add_lora draws it with generator seed `seed`, layer by layer in `grams` order),
-    `best` = the top-r eigenvalue share of C, `svd_over_random` and `start_shift` (module docstring).
+                  seed: int = 0, svd_method: str = "auto", *, grads: dict | None = None,
+                  cal_grams: dict | None = None, cal_grads: dict | None = None) -> pd.DataFrame:
+    """One row per adapted layer (the keys of `grams`, C = XᵀX of the measured inputs): `uniform` = r / in,
+    then per init (random, svd, and eva / grad where their calibration statistics are given) the input
+    energy its A captures, tr(A C Aᵀ) / tr(C), `best` = the top-r eigenvalue share of C, and, where the
+    measured gradients `grads` (G (out, in) per layer) are given, the gradient energy
+    ‖G Aᵀ‖² / ‖G‖² (`g_<init>`) and `g_best`; plus `svd_over_random` and `start_shift` (module docstring).
     `kinds`: {name: label} to group layers by (e.g. the target suffix)."""
-    rows, generator = [], torch.Generator().manual_seed(seed)
+    names = list(grams)  # the order of `names`, the order add_lora draws random A in
+    As = frozen_As(model, names, rank, seed, svd_method, cal_grams, cal_grads)
+    rows = []
     for name, C in grams.items():
         W = model.get_submodule(name).weight.detach().double()  # (out, in)
         out_f, in_f = W.shape
         assert C.shape == (in_f, in_f), (name, C.shape, W.shape)
         total = torch.trace(C)
-        A_rand, _ = init_factors("random", W, rank, 1.0, generator=generator)  # (r, in)
-        A_svd, B_svd = init_factors("svd", W, rank, 1.0, svd_method=svd_method)  # (r, in), (out, r)
-        W_r = B_svd @ A_svd  # (out, in), s = 1
-        random, svd = (float(torch.trace(A @ C @ A.T) / total) for A in (A_rand, A_svd))
-        rows.append({"module": name, "kind": (kinds or {}).get(name, ""), "out": out_f, "in": in_f,
-                     "uniform": rank / in_f, "random": random, "svd": svd,
-                     "best": float(torch.linalg.eigvalsh(C)[-rank:].sum() / total),
-                     "svd_over_random": svd / random,
-                     "start_shift": float(torch.sqrt(torch.trace(W_r @ C @ W_r.T) / torch.trace(W @ C @ W.T)))})
+        row = {"module": name, "kind": (kinds or {}).get(name, ""), "out": out_f, "in": in_f, "uniform": rank / in_f}
+        row.update({i: float(torch.trace(A[name] @ C @ A[name].T) / total) for i, A in As.items()})
+        row["best"] = float(torch.linalg.eigvalsh(C)[-rank:].sum() / total)
+        if grads is not None:
+            G = grads[name].double()  # (out, in)
+            g_total = G.square().sum()
+            row.update({f"g_{i}": float((G @ A[name].T).square().sum() / g_total) for i, A in As.items()})
+            row["g_best"] = float(torch.linalg.svdvals(G)[:rank].square().sum() / g_total)
+        W_r = W @ As["svd"][name].T @ As["svd"][name]  # (out, in): U_r S_r V_rᵀ = W V_r V_rᵀ
+        row["svd_over_random"] = row["svd"] / row["random"]
+        row["start_shift"] = float(torch.sqrt(torch.trace(W_r @ C @ W_r.T) / torch.trace(W @ C @ W.T)))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
 def summarize_geometry(df: pd.DataFrame) -> pd.DataFrame:
     """Mean over layers per kind, and over all layers ("all")."""
-    cols = ["uniform", "random", "svd", "best", "svd_over_random", "start_shift"]
+    order = ["uniform", *INPUT_COLUMNS, "best", *GRAD_COLUMNS, "g_best", "svd_over_random", "start_shift"]
+    cols = [c for c in order if c in df.columns]
     out = df.groupby("kind", sort=False)[cols].mean()
     out["layers"] = df.groupby("kind", sort=False).size()
     out.loc["all"] = [*df[cols].mean(), len(df)]
@@ -92,20 +106,32 @@ def summarize_geometry(df: pd.DataFrame) -> pd.DataFrame:
 
 def measure(task: str, model_name: str, rank: int = 4, targets: list[str] | None = None,
             examples: int = 512, batch_size: int = 32, max_length: int = 128, seed: int = 0,
-            data_dir=None) -> pd.DataFrame:
-    """`init_geometry` of `model_name`'s target layers on the first `examples` training examples of
-    `task` (file order), tokenized as a run tokenizes them."""
-    from lora.model import find_targets
-    from utils.data import eval_loader, tokenize_glue
+            data_dir=None, init_batches: int = 8) -> pd.DataFrame:
+    """`init_geometry` of `model_name`'s target layers (head drawn with `seed`, as a run draws it): eva
+    and grad computed from the `init_batches` calibration batches a run with `seed` draws, every
+    share measured on the first `examples` other training examples (file order), tokenized as a run
+    tokenizes them."""
+    from transformers import set_seed
+
+    from utils.data import calibration_batches, eval_loader, tokenize_glue
     from utils.glue import get_task, load_glue
     from utils.models import default_targets, load_model_and_tokenizer, matches_suffix
 
     t = get_task(task)
+    set_seed(seed)
     model, tokenizer = load_model_and_tokenizer(model_name, t.num_labels)
     targets = list(targets or default_targets(model))
-    names = find_targets(model, targets)
+    names = lora.find_targets(model, targets)
     kinds = {n: next(s for s in targets if matches_suffix(n, s)) for n in names}
     train = tokenize_glue(load_glue(t, data_dir), tokenizer, max_length)["train"]
-    train = train.select(range(min(examples, len(train))))
-    grams = input_grams(model, names, eval_loader(train, tokenizer, batch_size))
-    return init_geometry(model, grams, rank, kinds, seed=seed)
+    calibration = calibration_batches(train, tokenizer, batch_size, seed, init_batches)
+    used = {tuple(ids[m.bool()].tolist()) for b in calibration for ids, m in zip(b["input_ids"], b["attention_mask"])}
+    held_out = [i for i, ids in enumerate(train["input_ids"]) if tuple(ids) not in used][:examples]
+    if not held_out:
+        raise ValueError(f"{task}: no training example is left outside the {init_batches} calibration batches "
+                         f"of {batch_size}; use fewer or smaller batches")
+    measured = list(eval_loader(train.select(held_out), tokenizer, batch_size))
+    return init_geometry(model, input_grams(model, names, measured), rank, kinds, seed=seed,
+                         grads=weight_grads(model, names, measured),
+                         cal_grams=input_grams(model, names, calibration),
+                         cal_grads=weight_grads(model, names, calibration))
