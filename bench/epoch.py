@@ -239,6 +239,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--grouping", default="on", help="comma-separated: on (length-grouped batches), off (plain)")
     p.add_argument("--peft-grouping", default=None, help="the Trainer's groupings (default: as --grouping)")
+    p.add_argument("--peft-seeds", type=int, nargs="+", default=None, help="the Trainer's seeds (default: as --seeds)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N steps (smoke runs)")
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
     p.add_argument("--repeats", type=int, default=1, help="runs per (runner, dtype), alternating")
@@ -253,6 +254,7 @@ def parse_args(argv=None):
     p.add_argument("--group", action=argparse.BooleanOptionalAction, default=True, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.peft_grouping = args.peft_grouping or args.grouping
+    args.peft_seeds = args.seeds if args.peft_seeds is None else args.peft_seeds
     for flag in ("grouping", "peft_grouping"):
         grouping = [g.strip() for g in getattr(args, flag).split(",") if g.strip()]
         if not grouping or set(grouping) - {"on", "off"}:
@@ -283,7 +285,8 @@ def main(argv=None):
     for _, seed, dtype, group in itertools.product(range(args.repeats), args.seeds, args.dtypes,
                                                    sorted(set(args.grouping) | set(args.peft_grouping), reverse=True)):
         runners = ([("ours", m) for m in args.ours_methods] * (group in args.grouping)
-                   + [("trainer", m) for m in args.peft_methods] * (group in args.peft_grouping))
+                   + [("trainer", m) for m in args.peft_methods] * (group in args.peft_grouping
+                                                                     and seed in args.peft_seeds))
         for worker, method in runners:  # interleaved: drift hits every runner of a round alike
             reports.append(spawn(args, worker, dtype, method, seed, group))
             print(f"  {reports[-1]['runner']}/{dtype} seed {seed} grouped {group} done", file=sys.stderr, flush=True)
