@@ -145,3 +145,34 @@ def test_threads_are_set_and_logged(tmp_path, tiny_models, glue_dir):
     log = run_experiment(tiny_config(tmp_path, tiny_models["bert"], glue_dir, threads=2, max_steps=2),
                          progress=False)
     assert log["env"]["threads"] == 2 and log["config"]["threads"] == 2
+
+
+@pytest.mark.parametrize("init", ["eva", "grad"])
+def test_data_aware_inits_in_the_runner(tmp_path, tiny_models, glue_dir, init):
+    from utils.build import adapt, load_seeded
+    from utils.evaluate import example_losses
+
+    cfg = tiny_config(tmp_path, tiny_models["bert"], glue_dir, init=init, init_batches=2, holdout=0.25,
+                      max_steps=1, keep_checkpoint=True)
+    log = run_experiment(cfg, progress=False)
+    assert log["config"]["init_batches"] == 2 and log["config"]["init_time_s"] > 0
+    # the same A from the library, given the run's calibration batches (training part, run seed)
+    c = cfg.canonical()
+    model, tok = load_seeded(c, 2)
+    task = get_task("mrpc")
+    tokens = tokenize_glue(load_glue(task, glue_dir), tok, 32)["train"]
+    keep, _ = holdout_split(load_glue(task, glue_dir).train["label"], 0.25)
+    data = calibration_batches(tokens.select(keep), tok, 4, 0, 2)
+    adapt(model, c, data, loss_fn=lambda m, b: example_losses(
+        m(**{k: v for k, v in b.items() if k != "labels"}).logits, b["labels"], task).mean())
+    from safetensors import safe_open
+    ckpt = next(c.ckpt_path.glob("step-*/trainable.safetensors"))
+    with safe_open(str(ckpt), framework="pt") as f:
+        saved = {k: f.get_tensor(k) for k in f.keys() if k.endswith("lora_A")}
+    ours = {k: v for k, v in model.state_dict().items() if k.endswith("lora_A")}
+    assert saved and set(saved) == set(ours)
+    assert all(torch.equal(saved[k], ours[k]) for k in ours)  # A is frozen: the checkpoint holds the init
+    # the setting is part of the run id for data-aware inits only
+    assert dataclasses.replace(cfg, init_batches=3).run_id != cfg.run_id
+    rnd = dataclasses.replace(cfg, init="random")
+    assert dataclasses.replace(rnd, init_batches=3).run_id == rnd.run_id

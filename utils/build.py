@@ -12,7 +12,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 import lora
-from utils.config import ADAPTER_METHODS, DATA_INITS, RunConfig
+from utils.config import ADAPTER_METHODS, DATA_INITS, RUN_SVD_AUTO, RunConfig
 from utils.models import default_targets, load_model_and_tokenizer, set_trainable
 
 
@@ -52,7 +52,8 @@ def adapt(model, cfg: RunConfig, data=None, loss_fn=None) -> dict:
         data_args = {"data": data, "loss_fn": loss_fn} if cfg.init in DATA_INITS else {}
         names = lora.add_lora(model, rank=cfg.rank, alpha=cfg.alpha, init=cfg.init, targets=targets,
                               freeze_a=cfg.method == "lora-fa", dropout=cfg.lora_dropout,
-                              generator=torch.Generator().manual_seed(cfg.seed), svd_method=cfg.svd_method,
+                              generator=torch.Generator().manual_seed(cfg.seed),
+                              svd_method=RUN_SVD_AUTO if cfg.svd_method == "auto" else cfg.svd_method,
                               **data_args)
     n = set_trainable(model, "lora" if names else cfg.method, train_head=cfg.train_head,
                       train_biases=cfg.train_biases)

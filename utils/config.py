@@ -20,12 +20,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora.inits import INITS
+from lora import INITS, SVD_METHODS
 from utils.glue import DataNotFoundError, get_task
 
 METHODS = ("lora-fa", "lora", "head", "full")  # lora-fa: A frozen; head: classifier only
 ADAPTER_METHODS = ("lora-fa", "lora")
-SVD_METHODS = ("auto", "lanczos", "full", "randomized")
+RUN_SVD_AUTO = "lanczos"  # what a run's svd_method "auto" means: the solver of every committed log
 NAME_FIELDS = ("task", "model", "method", "init", "rank", "lr", "seed")  # spelled out in run_id
 UNHASHED_FIELDS = ("data_dir", "log_dir", "ckpt_dir", "resume", "overwrite", "keep_checkpoint",
                    "eval_batch_size", "log_every", "threads")  # never change what a run computes
@@ -51,7 +51,7 @@ class RunConfig:
     alpha: float | None = None  # scaling s = alpha/rank; none: lora's default (alpha=rank; 1 for seed)
     targets: list[str] | None = None  # module-name suffixes to adapt; none: Q, K, V, O of every layer
     lora_dropout: float = 0.0  # dropout on the adapter input
-    svd_method: str = "auto"  # SVD solver for svd/pissa inits: auto lanczos full randomized
+    svd_method: str = "auto"  # SVD solver for svd/pissa inits: auto (= lanczos, as every logged run) krylov lanczos full randomized
     train_head: bool = True  # lora/lora-fa: also train the classification head (and BERT's pooler)
     train_biases: bool = False  # also train every bias (BitFit-style)
     # -- optimisation
