@@ -17,8 +17,7 @@
 # length grouping existed, so a rerun reproduces these logs). (No bf16: this CPU, an AVX2 EPYC without bf16 instructions, runs bf16
 # autocast about 6x slower.)
 # Learning rates: 2e-4 sits in the middle (log scale) of the original claim's "small" range
-# (1e-4 to 4e-4); 5e-3 is its "large" one and the only LoRA-FA setting the pilot saw
-# learn MRPC within 3 epochs (acc 0.750 / F1 0.841). Seeds 0 1 2, the same for every init.
+# (1e-4 to 4e-4); 5e-3 is its "large" one. Seeds 0 1 2, the same for every init.
 # Order = priority: the paired random-vs-svd comparison on all three tasks first, then the
 # head-only baseline, then pissa on CoLA and MRPC, then MRPC's full fine-tuning and seed init,
 # then pissa on RTE, so a partial sweep still answers the main question with complete, paired
