@@ -34,10 +34,10 @@ DATA_INITS = ("eva", "grad")
 SPECTRAL_INITS = ("svd", "pissa", "eva", "grad")
 SVD_METHODS = ("auto", "krylov", "lanczos", "full", "randomized")
 KRYLOV_MIN = 64  # "auto" gives smaller matrices the exact SVD: as fast there, nothing to converge
-# float64 bytes of same-shaped matrices solved in one Krylov batch: on a CPU one cache-sized
-# matrix at a time is fastest (measured on 768 × 768: a 48-matrix batch took 3 × as long); an
-# accelerator wants large batches
-KRYLOV_BATCH_BYTES = {"cpu": 8 * 2**20, "other": 2**30}
+# float64 bytes of same-shaped matrices solved in one Krylov batch: on a CPU about one cache-sized
+# matrix per thread is fastest (a thread then works on its own matrix; on 768 × 768 at 1 thread a
+# 48-matrix batch took 3 × as long as one at a time); an accelerator wants large batches
+KRYLOV_BATCH_BYTES = {"cpu per thread": 8 * 2**20, "other": 2**30}
 
 
 def top_r_svd(W, r, *, largest=True, method="auto", niter=8):
@@ -82,8 +82,10 @@ def top_r_svds(Ws, r, *, largest=True, method="auto", niter=8):
         else:
             out[i] = _one_svd(W, r, largest, m, niter)
     for (shape, dev), ids in batches.items():
-        limit = KRYLOV_BATCH_BYTES["cpu" if dev.type == "cpu" else "other"]
-        per_batch = max(1, limit // (8 * math.prod(shape)))
+        if dev.type == "cpu":
+            per_batch = torch.get_num_threads() * max(1, KRYLOV_BATCH_BYTES["cpu per thread"] // (8 * math.prod(shape)))
+        else:
+            per_batch = max(1, KRYLOV_BATCH_BYTES["other"] // (8 * math.prod(shape)))
         for c in range(0, len(ids), per_batch):
             chunk = ids[c:c + per_batch]
             U, S, V, ok = krylov_top_r(torch.stack([Ws[i].detach().to(torch.float64) for i in chunk]), r)

@@ -47,9 +47,10 @@ def krylov_top_r(X, r, *, tol=1e-9, block=None, first_check=64):
     Xt = X.transpose(1, 2).contiguous()  # (L, n, m): Xᵀ products run on a contiguous copy
     g = torch.Generator().manual_seed(START_SEED)
     start = torch.linalg.qr(torch.randn(n, b, generator=g, dtype=torch.float64))[0].to(X)  # (n, b)
-    Q = X.new_zeros(L, n, cap + b)  # orthonormal basis blocks Q_1, Q_2, ...
-    Y = X.new_zeros(L, m, cap)  # Y = X Q
-    T = X.new_zeros(L, cap, cap)  # T = Yᵀ Y = Qᵀ XᵀX Q
+    # buffers, filled block by block (only the filled part is ever read)
+    Q = X.new_empty(L, n, cap + b)  # orthonormal basis blocks Q_1, Q_2, ...
+    Y = X.new_empty(L, m, cap)  # Y = X Q
+    T = X.new_empty(L, cap, cap)  # T = Yᵀ Y = Qᵀ XᵀX Q
     Q[:, :, :b] = start
     X_, Xt_ = X, Xt
     tiny = torch.finfo(X.dtype).tiny
