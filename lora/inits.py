@@ -48,7 +48,7 @@ def top_r_svd(W, r, *, largest=True, method="auto", niter=8):
     (largest) or ascending (smallest). method:
       "full"       torch.linalg.svd in float64 (exact, O(n³), slow on large layers).
       "krylov"     block Krylov (block Lanczos on WᵀW with full reorthogonalisation, Ritz
-                   residuals ≤ 1e-9·σ_i², `lora.svd.krylov_top_r`): products with W and Wᵀ
+                   residuals ≤ 1e-8·σ_i², `lora.svd.krylov_top_r`): products with W and Wᵀ
                    only, batched over same-shaped matrices by `top_r_svds`; within ~1e-8 of
                    the float64 W_r on the flat spectra of attention weights.
       "lanczos"    ARPACK implicitly restarted Lanczos (scipy `eigsh`) on the float64 Gram
@@ -88,7 +88,10 @@ def top_r_svds(Ws, r, *, largest=True, method="auto", niter=8):
             per_batch = max(1, KRYLOV_BATCH_BYTES["other"] // (8 * math.prod(shape)))
         for c in range(0, len(ids), per_batch):
             chunk = ids[c:c + per_batch]
-            U, S, V, ok = krylov_top_r(torch.stack([Ws[i].detach().to(torch.float64) for i in chunk]), r)
+            X = torch.empty(len(chunk), *shape, dtype=torch.float64, device=dev)
+            for j, i in enumerate(chunk):  # one converting copy per matrix
+                X[j].copy_(Ws[i].detach())
+            U, S, V, ok = krylov_top_r(X, r)
             good = (ok & (S[:, -1] > 1e-6 * S[:, 0])).tolist()  # rank-deficient: U = W V / S is unstable
             for j, i in enumerate(chunk):
                 out[i] = (U[j], S[j], V[j]) if good[j] else _one_svd(Ws[i], r, largest, "full", niter)

@@ -6,8 +6,8 @@ M = XᵀX (the smaller side), using only products with X and Xᵀ:
 
     Q_1 = orth(G)                         G: a fixed Gaussian (n, b) start block, b = block size
     Y_j = X Q_j            (m, b)         the basis blocks' images, kept
-    Z_j = Xᵀ Y_j = M Q_j   (n, b)         orthogonalised twice against Q_1..Q_j (full
-    Q_{j+1} R_{j+1} = Z_j                 reorthogonalisation), then QR
+    Z_j = Xᵀ Y_j = M Q_j   (n, b)         minus its Q_{j-1}, Q_j parts (the Lanczos recurrence),
+    Q_{j+1} R_{j+1} = Z_j                 reorthogonalised against Q_1..Q_j, then QR
     T = Yᵀ Y = Qᵀ M Q      (jb, jb)       Rayleigh–Ritz: T s_i = θ_i s_i, θ_1 ≥ θ_2 ≥ ...
     V_r = Q S_r,  σ_i = √θ_i,  U_r = Y S_r / σ_r
 
@@ -28,7 +28,7 @@ import torch
 START_SEED = 0  # the start block is the same Gaussian draw on every call: reproducible factors
 
 
-def krylov_top_r(X, r, *, tol=1e-9, block=None, first_check=64):
+def krylov_top_r(X, r, *, tol=1e-8, block=None, first_check=64):
     """Top-r singular triplets of each X[l] (X: (L, m, n), float64, any device).
 
     Returns U (L, m, r), S (L, r) descending, V (L, n, r) and ok (L,) bool: False where the
@@ -44,7 +44,6 @@ def krylov_top_r(X, r, *, tol=1e-9, block=None, first_check=64):
     U, S, V = X.new_zeros(L, m, r), X.new_zeros(L, r), X.new_zeros(L, n, r)
     ok = torch.zeros(L, dtype=torch.bool, device=X.device)
     idx = torch.arange(L, device=X.device)  # the matrices still iterating
-    Xt = X.transpose(1, 2).contiguous()  # (L, n, m): Xᵀ products run on a contiguous copy
     g = torch.Generator().manual_seed(START_SEED)
     start = torch.linalg.qr(torch.randn(n, b, generator=g, dtype=torch.float64))[0].to(X)  # (n, b)
     # buffers, filled block by block (only the filled part is ever read)
@@ -52,18 +51,20 @@ def krylov_top_r(X, r, *, tol=1e-9, block=None, first_check=64):
     Y = X.new_empty(L, m, cap)  # Y = X Q
     T = X.new_empty(L, cap, cap)  # T = Yᵀ Y = Qᵀ XᵀX Q
     Q[:, :, :b] = start
-    X_, Xt_ = X, Xt
+    X_ = X
     tiny = torch.finfo(X.dtype).tiny
     d, next_check, last = 0, min(max(first_check, b), cap), None
     while True:
         Yj = torch.bmm(X_, Q[:, :, d:d + b])  # (L', m, b)
         Y[:, :, d:d + b] = Yj
-        T[:, :d + b, d:d + b] = Y[:, :, :d + b].transpose(1, 2) @ Yj  # new columns of T
-        T[:, d:d + b, :d] = T[:, :d, d:d + b].transpose(1, 2)
-        Z = torch.bmm(Xt_, Yj)  # (L', n, b) = M Q_j
+        col = Y[:, :, :d + b].transpose(1, 2) @ Yj  # (L', d + b, b) = Qᵀ M Q_j: T's new columns
+        T[:, :d + b, d:d + b] = col
+        T[:, d:d + b, :d] = col[:, :d].transpose(1, 2)
+        Z = torch.bmm(Yj.transpose(1, 2), X_).transpose(1, 2)  # (L', n, b) = M Q_j, as (Yjᵀ X)ᵀ: no Xᵀ copy
+        lo = max(d - b, 0)  # block Lanczos: M Q_j lies in span(Q_{j-1}, Q_j, Q_{j+1}) in exact arithmetic
+        Z = Z - Q[:, :, lo:d + b] @ col[:, lo:]
         Qa = Q[:, :, :d + b]
-        for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
-            Z = Z - Qa @ (Qa.transpose(1, 2) @ Z)
+        Z = Z - Qa @ (Qa.transpose(1, 2) @ Z)  # full reorthogonalisation against every block
         Qn, R = torch.linalg.qr(Z)  # (L', n, b), (L', b, b)
         Q[:, :, d + b:d + 2 * b] = Qn
         d += b
@@ -88,12 +89,12 @@ def krylov_top_r(X, r, *, tol=1e-9, block=None, first_check=64):
             if d + b > cap or stop.all():
                 return U, S, V, ok
             live = ~stop
-            idx, X_, Xt_, Q, Y, T, rho = idx[live], X_[live], Xt_[live], Q[live], Y[live], T[live], rho[live]
+            idx, X_, Q, Y, T, rho = idx[live], X_[live], Q[live], Y[live], T[live], rho[live]
         worst = float(rho.max())
-        step = b
+        step = 2 * b  # the first two checks measure the decay rate
         if last is not None and 0 < worst < last[1]:  # geometric decay: extrapolate the depth needed
             rate = math.log(worst / last[1]) / (d - last[0])  # log-decay per basis column, < 0
-            step = max(b, min(4 * b, math.ceil(math.log(tol / worst) / rate)))
+            step = max(b, min(8 * b, math.ceil(math.log(tol / worst) / rate)))
         last = (d, worst)
         next_check = min(d + step, cap)
 
