@@ -92,9 +92,9 @@ def split_args(args: argparse.Namespace) -> tuple[RunConfig, dict]:
 
 
 def cmd_train(argv) -> int:
-    
-    from utils.grid import expand_grid, format_summary, run_grid, select_shard, summarize
+
     from utils.build import process_state
+    from utils.grid import expand_grid, format_summary, run_grid, select_shard, summarize
 
     parser = train_parser()
     args = parser.parse_args(argv)

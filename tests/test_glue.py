@@ -7,12 +7,12 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from utils.glue import (TASKS, DataNotFoundError, GlueFormatError, compute_metrics,
-                        get_task, load_glue, read_tsv)
+from utils.glue import TASKS, DataNotFoundError, GlueFormatError, compute_metrics, get_task, load_glue, read_tsv
 
 REAL_GLUE = Path(__file__).parents[1] / ".." / "shared" / "glue"
 

@@ -8,10 +8,22 @@ from hypothesis import strategies as st
 
 import lora
 from tests.test_lora_common import (
-    ATTN, ENCODER, adapter, hidden, base_weight, init_product, linear_with, product, rel, spectral_matrix,
-    svd64, tiny_model, token_ids, truncation,
+    ATTN,
+    ENCODER,
+    adapter,
+    base_weight,
+    hidden,
+    init_product,
+    linear_with,
+    product,
+    rel,
+    single_thread,  # noqa: F401  (autouse fixture)
+    spectral_matrix,
+    svd64,
+    tiny_model,
+    token_ids,
+    truncation,
 )
-from tests.test_lora_common import single_thread  # noqa: F401  (autouse fixture)
 
 FAST = settings(max_examples=25, deadline=None, derandomize=True)
 

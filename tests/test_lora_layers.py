@@ -9,10 +9,20 @@ from torch.nn.utils import parametrize
 
 import lora
 from tests.test_lora_common import (
-    ATTN, ENCODER, INITS, adapter, base_weight, hidden, linear_with, perturb_B, spectral_matrix,
-    tiny_model, token_ids, truncation,
+    ATTN,
+    ENCODER,
+    INITS,
+    adapter,
+    base_weight,
+    hidden,
+    linear_with,
+    perturb_B,
+    single_thread,  # noqa: F401  (autouse fixture)
+    spectral_matrix,
+    tiny_model,
+    token_ids,
+    truncation,
 )
-from tests.test_lora_common import single_thread  # noqa: F401  (autouse fixture)
 
 
 def _square_or_not(init):
@@ -328,7 +338,7 @@ def test_lora_fa_fast_path_saves_no_input_sized_tensor(init):
         lora.mark_only_lora_trainable(model)
         perturb_B(model)
         lora.set_fast_path(model, fast)
-        st, out = _saved(lambda: model(x))
+        st, out = _saved(lambda model=model: model(x))
         out.square().sum().backward()  # the saved tensors suffice for the backward
         assert all(t.grad is not None for t in lora.get_lora_params(model))
         results[fast, freeze_a] = _extra(st, st_base)

@@ -8,10 +8,19 @@ from torch.nn.utils import parametrize
 
 import lora
 from tests.test_lora_common import (
-    ATTN, ENCODER, INITS, adapter, base_weight, hidden, linear_with, perturb_B, spectral_matrix,
-    tiny_model, token_ids,
+    ATTN,
+    ENCODER,
+    INITS,
+    adapter,
+    base_weight,
+    hidden,
+    linear_with,
+    perturb_B,
+    single_thread,  # noqa: F401  (autouse fixture)
+    spectral_matrix,
+    tiny_model,
+    token_ids,
 )
-from tests.test_lora_common import single_thread  # noqa: F401  (autouse fixture)
 
 
 def test_add_lora_signature():

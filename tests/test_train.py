@@ -16,6 +16,7 @@ from sklearn.metrics import accuracy_score, f1_score
 import lora
 from tests.runner_helpers import REAL_GLUE, tiny_config
 from utils import checkpoint as ckpt
+from utils.build import build_model, linear_schedule, make_optimizer
 from utils.config import RunConfig
 from utils.data import EpochSampler, tokenize_glue, train_loader
 from utils.evaluate import example_losses
@@ -24,10 +25,7 @@ from utils.grid import expand_grid, format_summary, parse_shard, select_shard, s
 from utils.logs import load_runs, load_summaries, read_log
 from utils.models import head_modules, load_model_and_tokenizer
 from utils.runlog import load_predictions, predictions_path
-from utils.build import build_model, linear_schedule, make_optimizer
 from utils.train import TrainingDiverged, run_experiment
-
-
 
 
 class Stop(Exception):

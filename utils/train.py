@@ -25,8 +25,7 @@ from tqdm.auto import tqdm
 import lora
 from utils import checkpoint as ckpt
 from utils import runlog
-from utils.build import (adapt, linear_schedule, load_seeded, make_optimizer, new_accelerator, params_hash,
-                         process_state)
+from utils.build import adapt, linear_schedule, load_seeded, make_optimizer, new_accelerator, params_hash, process_state
 from utils.config import DATA_INITS, RunConfig
 from utils.data import calibration_batches, eval_loader, holdout_split, tokenize_glue, train_loader
 from utils.evaluate import evaluate, example_losses
