@@ -279,7 +279,7 @@ def main(argv=None):
             torch.set_num_threads(args.threads)
         print(json.dumps(run_worker(args)))
         return
-    header = common.machine_header("One MRPC epoch: our runner vs Trainer + PEFT")
+    header = common.machine_header(f"MRPC, {args.epochs} epoch(s): our runner vs Trainer + PEFT")
     warm_token_cache(args)
     reports = []
     for _, seed, dtype, group in itertools.product(range(args.repeats), args.seeds, args.dtypes,
