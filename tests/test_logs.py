@@ -11,14 +11,7 @@ import pytest
 
 from tests.test_plots import fake_log
 from utils import logs
-from utils.logs import (
-    RunLocked,
-    acquire_lock,
-    lock_path,
-    read_logs,
-    run_lock,
-    write_json_atomic,
-)
+from utils.logs import RunLocked, acquire_lock, lock_path, read_logs, run_lock, write_json_atomic
 
 ROOT = Path(__file__).parents[1]
 

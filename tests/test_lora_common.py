@@ -22,20 +22,6 @@ ENCODER = ["query", "key", "value", "output.dense", "intermediate.dense"]
 INITS = ("random", "svd", "pissa", "milora", "seed")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Run the lora tests on one intra-op thread, restoring the setting afterwards.
-
-    These tests use small matrices, where OpenMP/MKL threading only costs: on a busy 2-core machine a
-    multi-threaded float64 SVD of a 384x384 weight took ~9 s instead of ~0.2 s on one thread.
-    Import this fixture into a test module (it is autouse) to apply it there.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_config(arch="bert", dropout=0.0, num_labels=3):
     """Tiny random config; dropout=0 makes train-mode forwards deterministic."""
     cls = BertConfig if arch == "bert" else RobertaConfig

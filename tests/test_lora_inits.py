@@ -17,13 +17,14 @@ from tests.test_lora_common import (
     linear_with,
     product,
     rel,
-    single_thread,  # noqa: F401  (autouse fixture)
     spectral_matrix,
     svd64,
     tiny_model,
     token_ids,
     truncation,
 )
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # small matrices: one thread is faster
 
 FAST = settings(max_examples=25, deadline=None, derandomize=True)
 

@@ -8,17 +8,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import lora
-from tests.test_lora_common import (
-    ATTN,
-    ENCODER,
-    adapter,
-    clone_model,
-    hidden,
-    perturb_B,
-    single_thread,  # noqa: F401  (autouse fixture)
-    tiny_model,
-    token_ids,
-)
+from tests.test_lora_common import ATTN, ENCODER, adapter, clone_model, hidden, perturb_B, tiny_model, token_ids
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # small matrices: one thread is faster
 
 peft = pytest.importorskip("peft")
 

@@ -17,12 +17,13 @@ from tests.test_lora_common import (
     hidden,
     linear_with,
     perturb_B,
-    single_thread,  # noqa: F401  (autouse fixture)
     spectral_matrix,
     tiny_model,
     token_ids,
     truncation,
 )
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # small matrices: one thread is faster
 
 
 def _square_or_not(init):

@@ -16,11 +16,12 @@ from tests.test_lora_common import (
     hidden,
     linear_with,
     perturb_B,
-    single_thread,  # noqa: F401  (autouse fixture)
     spectral_matrix,
     tiny_model,
     token_ids,
 )
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # small matrices: one thread is faster
 
 
 def test_add_lora_signature():

