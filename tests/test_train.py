@@ -21,10 +21,11 @@ from utils.config import RunConfig
 from utils.data import EpochSampler, tokenize_glue, train_loader
 from utils.evaluate import example_losses
 from utils.glue import DataNotFoundError, get_task, load_glue
-from utils.grid import expand_grid, format_summary, parse_shard, select_shard, summarize
+from utils.grid import expand_grid, parse_shard, select_shard
 from utils.logs import load_runs, load_summaries, read_log
 from utils.models import head_modules, load_model_and_tokenizer
 from utils.runlog import load_predictions, predictions_path
+from utils.stats import format_summary, summarize
 from utils.train import TrainingDiverged, run_experiment
 
 

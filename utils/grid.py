@@ -12,7 +12,6 @@ import itertools
 from utils.build import process_state
 from utils.config import RunConfig
 from utils.logs import RunLocked
-from utils.stats import format_summary, summarize  # noqa: F401 (re-exported: run_glue's training table)
 from utils.train import run_experiment
 
 
