@@ -62,7 +62,7 @@ def adapt(kind: str, spec, model, targets: list[str], seed: int):
     """Add rank-4 adapters to `model` (timed by the caller); returns the adapted model."""
     torch.manual_seed(seed)  # PEFT's kaiming A and randomized SVDs draw from the global RNG
     if kind == "ours":
-        lora.add_lora(model, rank=RANK, alpha=RANK, targets=targets, freeze_a=True,
+        lora.add_lora(model, r=RANK, lora_alpha=RANK, targets=targets, freeze_a=True,
                       generator=torch.Generator().manual_seed(seed), **spec)
         return model
     from peft import LoraConfig, get_peft_model  # noqa: PLC0415
@@ -172,7 +172,7 @@ def bench_data_inits(args) -> dict[int, list[list]]:
             for init, passes in DATA_ROWS.items():
                 model = copy.deepcopy(base)
                 times[t, init].append(timed(lambda m=model, i=init: lora.add_lora(
-                    m, rank=RANK, alpha=RANK, targets=targets, init=i, data=batches)))
+                    m, r=RANK, lora_alpha=RANK, targets=targets, init=i, data=batches)))
                 model = copy.deepcopy(base)
                 times[t, passes].append(timed(lambda m=model, p=passes: plain_passes(m, batches, p != "forward")))
                 del model

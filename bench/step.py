@@ -107,7 +107,7 @@ def build_variant(name: str, base, targets_kind: str, rank: int = 4, copy_model:
                     p.requires_grad_(False)
         model = peft_model
     elif name.startswith("ours-"):
-        lora.add_lora(model, rank=rank, alpha=rank, init="random", targets=targets,
+        lora.add_lora(model, r=rank, lora_alpha=rank, init="random", targets=targets,
                       freeze_a=name != "ours-lora", generator=torch.Generator().manual_seed(0))
         set_trainable(model, "lora")
         if name == "ours-lora-fa-plain":

@@ -1,7 +1,7 @@
 """LoRA and LoRA-FA adapters as `torch.nn.utils.parametrize` parametrizations.
 
     import lora
-    names = lora.add_lora(model, rank=4, init="svd", targets=["query", "key", "value"])
+    names = lora.add_lora(model, r=4, init="svd", targets=["query", "key", "value"])
     opt = torch.optim.AdamW(lora.get_lora_params(model), lr=1e-3)
     ...
     lora.save_lora(model, "adapter.safetensors")     # or lora.merge_lora(model)
@@ -23,7 +23,7 @@ from .inits import (
     top_r_svd,
     top_r_svds,
 )
-from .io import export_peft, load_lora, save_lora
+from .io import atomic_write, export_peft, load_lora, read_lora, save_lora
 from .layers import LoRAFAParametrization, LoRAParametrization
 from .model import (
     adapted_modules,
@@ -35,6 +35,7 @@ from .model import (
     get_lora_state_dict,
     lora_config,
     mark_only_lora_trainable,
+    matches_suffix,
     merge_lora,
     remove_lora,
     set_fast_path,
@@ -49,6 +50,7 @@ __all__ = [
     "LoRAParametrization",
     "adapted_modules",
     "add_lora",
+    "atomic_write",
     "calibrating",
     "disable_lora",
     "enable_lora",
@@ -67,7 +69,9 @@ __all__ = [
     "load_lora",
     "lora_config",
     "mark_only_lora_trainable",
+    "matches_suffix",
     "merge_lora",
+    "read_lora",
     "remove_lora",
     "save_lora",
     "set_fast_path",

@@ -2,11 +2,11 @@
 
 Notation: the pretrained weight W has shape (out, in); W = U S Vᵀ is its SVD and
 W_r = U_r S_r V_rᵀ its best rank-r approximation (Eckart–Young). The adapter adds
-s·B·A to W, with A of shape (r, in), B of shape (out, r) and s = alpha / r.
+s·B·A to W, with A of shape (r, in), B of shape (out, r) and s = scaling = lora_alpha / r.
 
 Every init below except `seed` gives A orthonormal rows (A Aᵀ = I_r). That fixes A's norm,
 not how much of the input it passes: with A frozen only B moves, B's gradient is
-s·gᵀ(x Aᵀ) and a step ΔB changes the output by s·(x Aᵀ) ΔBᵀ, both proportional to
+s·gᵀ(x Aᵀ) and a step δB changes the output by s·(x Aᵀ) δBᵀ, both proportional to
 ‖x Aᵀ‖, the input energy A lets through. That depends on which subspace A spans (r/in of
 it for a random A, more along the inputs' principal directions, which is what `eva`
 picks), so one learning rate is not the same step size across inits (`utils.geometry`
@@ -122,7 +122,7 @@ def _sorted_and_signed(U, S, V, largest):
     return U * sign, S, V * sign
 
 
-def init_random(W, r, scale, *, generator=None, **_):
+def init_random(W, r, scaling, *, generator=None, **_):
     """LoRA-FA paper init: A = Kaiming-uniform (r, in), then its rows orthonormalised by QR; B = 0.
 
     A: Kaiming-uniform with a = sqrt(5) (nn.Linear's default, bound = 1/sqrt(in)),
@@ -139,7 +139,7 @@ def init_random(W, r, scale, *, generator=None, **_):
     return A, B
 
 
-def init_svd(W, r, scale, *, svd_method="auto", factors=None, **_):
+def init_svd(W, r, scaling, *, svd_method="auto", factors=None, **_):
     """Top-r singular factors: A = V_rᵀ (r, in, orthonormal rows), B = U_r S_r / s (out, r).
 
     Then s·B·A = U_r S_r V_rᵀ = W_r exactly, and the base weight stays W, so
@@ -149,33 +149,33 @@ def init_svd(W, r, scale, *, svd_method="auto", factors=None, **_):
     """
     U_r, S_r, V_r = factors if factors is not None else top_r_svd(W, r, method=svd_method)
     A = V_r.T.contiguous()  # (r, in)
-    B = U_r * (S_r / scale)  # (out, r)
+    B = U_r * (S_r / scaling)  # (out, r)
     return A, B
 
 
-def init_pissa(W, r, scale, *, svd_method="auto", factors=None, **_):
+def init_pissa(W, r, scaling, *, svd_method="auto", factors=None, **_):
     """PiSSA: the `svd` factors (A = V_rᵀ, B = U_r S_r / s) on the residual base W − W_r.
 
     W_eff = (W − W_r) + s·B·A = W at init; training moves the principal components.
     (The library keeps W untouched and computes the same thing as W + s·(B − B0)·A.)
     """
-    return init_svd(W, r, scale, svd_method=svd_method, factors=factors)
+    return init_svd(W, r, scaling, svd_method=svd_method, factors=factors)
 
 
-def init_milora(W, r, scale, **_):
+def init_milora(W, r, scaling, **_):
     """MiLoRA: like `pissa` with the r smallest singular components.
 
     A = V_minᵀ (r, in), B = U_min S_min / s (out, r), base weight W − U_min S_min V_minᵀ,
     so W_eff = W at init; training moves the minor components.
     """
     U_r, S_r, V_r = top_r_svd(W, r, largest=False, method="full")
-    return V_r.T.contiguous(), U_r * (S_r / scale)
+    return V_r.T.contiguous(), U_r * (S_r / scaling)
 
 
-def init_seed(W, r, scale, **_):
+def init_seed(W, r, scaling, **_):
     """The ORIGINAL project's factorization, kept only to reproduce its figures.
 
-    A = (U_r S_r)ᵀ (r, out), B = the first r columns of Vᵀ (out, r), used with alpha = 1.
+    A = (U_r S_r)ᵀ (r, out), B = the first r columns of Vᵀ (out, r), used with lora_alpha = 1.
     For a square W this gives B·A = (Vᵀ)[:, :r] S_r U_rᵀ, which is NOT the rank-r
     approximation W_r = U_r S_r V_rᵀ (it mixes left and right singular vectors and
     transposes the roles of rows and columns); A's rows are not orthonormal either.
@@ -193,7 +193,7 @@ def init_seed(W, r, scale, **_):
     return A, B
 
 
-def init_eva(W, r, scale, *, stat=None, factors=None, svd_method="auto", **_):
+def init_eva(W, r, scaling, *, stat=None, factors=None, svd_method="auto", **_):
     """EVA (explained variance adaptation): A = the inputs' top-r principal directions; B = 0.
 
     stat: C = Xᵀ X (in, in), X (N, in) = the layer's inputs over all calibration tokens
@@ -206,7 +206,7 @@ def init_eva(W, r, scale, *, stat=None, factors=None, svd_method="auto", **_):
     return _stat_init("eva", W, r, stat, factors, svd_method)
 
 
-def init_grad(W, r, scale, *, stat=None, factors=None, svd_method="auto", **_):
+def init_grad(W, r, scaling, *, stat=None, factors=None, svd_method="auto", **_):
     """LoRA-GA / LoRA-One style: A = the top-r right singular vectors of the weight gradient; B = 0.
 
     stat: G = Σ_batches ∂loss(batch)/∂W (out, in), the full-weight gradient summed over the
@@ -241,7 +241,7 @@ INIT_FUNCTIONS = {
 }
 
 
-def init_factors(init, W, r, scale, *, generator=None, svd_method="auto", stat=None, factors=None):
+def init_factors(init, W, r, scaling, *, generator=None, svd_method="auto", stat=None, factors=None):
     """Dispatch to the named init; returns float64 (A (r, in), B (out, r)).
 
     stat: the layer's calibration statistic (eva, grad); factors: precomputed top-r singular
@@ -249,7 +249,7 @@ def init_factors(init, W, r, scale, *, generator=None, svd_method="auto", stat=N
     """
     if init not in INIT_FUNCTIONS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
-    A, B = INIT_FUNCTIONS[init](W, r, scale, generator=generator, svd_method=svd_method, stat=stat,
+    A, B = INIT_FUNCTIONS[init](W, r, scaling, generator=generator, svd_method=svd_method, stat=stat,
                                 factors=factors)
     out_f, in_f = W.shape
     assert A.shape == (r, in_f) and B.shape == (out_f, r), (A.shape, B.shape, W.shape)

@@ -27,11 +27,16 @@ def adapted_modules(model):
     return [(n, m, m.parametrizations.weight[0]) for n, m in model.named_modules() if is_adapted(m)]
 
 
+def matches_suffix(name, target):
+    """True when module `name` is `target` or ends with "." + target: how targets select layers."""
+    return name == target or name.endswith("." + target)
+
+
 def find_targets(model, targets=None):
     """Names of the nn.Linear modules selected by `targets` (None: every nn.Linear).
 
-    A target matches a module whose name equals it or ends with "." + target. Every
-    target must match at least one nn.Linear, else ValueError listing what exists.
+    A target matches a module whose name equals it or ends with "." + target (`matches_suffix`).
+    Every target must match at least one nn.Linear, else ValueError listing what exists.
     """
     linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if targets is None:
@@ -39,11 +44,11 @@ def find_targets(model, targets=None):
     if isinstance(targets, str):
         targets = [targets]
     for t in targets:
-        if not any(n == t or n.endswith("." + t) for n in linear):
+        if not any(matches_suffix(n, t) for n in linear):
             suffixes = sorted({n.split(".")[-1] for n in linear} | {".".join(n.split(".")[-3:]) for n in linear})
             raise ValueError(f"target {t!r} matches no nn.Linear module in {type(model).__name__}; "
                              f"nn.Linear names end with: {', '.join(suffixes)}")
-    return [n for n in linear if any(n == t or n.endswith("." + t) for t in targets)]
+    return [n for n in linear if any(matches_suffix(n, t) for t in targets)]
 
 
 def attach(module, parametrization):
@@ -62,16 +67,17 @@ def detach(module, keep_weight=None):
             module.weight.copy_(keep_weight)
 
 
-def add_lora(model, *, rank=4, alpha=None, init="random", targets=None, freeze_a=True,
-             dropout=0.0, generator=None, svd_method="auto", data=None, loss_fn=None):
-    """Add a rank-`rank` adapter to each target nn.Linear of `model`; returns the adapted names.
+def add_lora(model, *, r=4, lora_alpha=None, init="random", targets=None, freeze_a=True,
+             lora_dropout=0.0, generator=None, svd_method="auto", data=None, loss_fn=None):
+    """Add a rank-`r` adapter to each target nn.Linear of `model`; returns the adapted names.
 
-    alpha: the scaling is s = alpha / rank; alpha defaults to rank (s = 1), or to 1 for
-           init="seed" (the original project's setting).
+    lora_alpha: the scaling is s = lora_alpha / r; lora_alpha defaults to r (s = 1), or to 1
+                for init="seed" (the original project's setting).
     init: "random" | "svd" | "pissa" | "milora" | "seed" | "eva" | "grad" (see lora.inits).
     targets: None for every nn.Linear, else module-name suffixes, e.g.
              ["query", "key", "value", "attention.output.dense"].
     freeze_a: True is LoRA-FA (A frozen, only B trains); False is plain LoRA.
+    lora_dropout: dropout probability on the adapter's input.
     generator: torch.Generator for init="random" (reproducible A).
     svd_method: how the SVD inits find the singular factors ("auto", "krylov", "lanczos", "full",
                 "randomized"); same-shaped layers are solved together.
@@ -91,28 +97,29 @@ def add_lora(model, *, rank=4, alpha=None, init="random", targets=None, freeze_a
     if init not in DATA_INITS and (data is not None or loss_fn is not None):
         raise ValueError(f"init={init!r} does not use calibration data; data= and loss_fn= are for "
                          f"{' and '.join(DATA_INITS)} only")
-    if not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be a positive integer, got {rank!r}")
-    if dropout < 0 or dropout >= 1:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if not isinstance(r, int) or r < 1:
+        raise ValueError(f"rank must be a positive integer, got r={r!r}")
+    if lora_dropout < 0 or lora_dropout >= 1:
+        raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout!r}")
     names = find_targets(model, targets)
     modules = {n: model.get_submodule(n) for n in names}
     for n, m in modules.items():
         if is_adapted(m):
             raise ValueError(f"module {n!r} already has a LoRA adapter; call lora.remove_lora or "
                              f"lora.merge_lora first")
-        if rank > min(m.weight.shape):
-            raise ValueError(f"rank {rank} exceeds min(out, in) = {min(m.weight.shape)} of module {n!r} "
+        if r > min(m.weight.shape):
+            raise ValueError(f"rank {r} exceeds min(out, in) = {min(m.weight.shape)} of module {n!r} "
                              f"with weight shape {tuple(m.weight.shape)}")
     factors = dict.fromkeys(names)
     if init in SPECTRAL_INITS:  # the top-r SVDs of all layers at once: same-shaped ones in one batch
         stats = calibration_stats(init, model, names, data, loss_fn) if init in DATA_INITS else None
         sources = [stats[n] if stats else modules[n].weight.detach() for n in names]
-        factors = dict(zip(names, top_r_svds(sources, rank, method=svd_method)))
+        factors = dict(zip(names, top_r_svds(sources, r, method=svd_method)))
     cls = LoRAFAParametrization if freeze_a else LoRAParametrization
     # build every adapter before attaching any, so that an init error (e.g. init="seed" on a
     # non-square layer) leaves the model untouched instead of half adapted
-    built = [(m, cls.from_linear(m, rank, alpha, init, dropout, generator, svd_method, factors=factors[n]))
+    built = [(m, cls.from_linear(m, r=r, lora_alpha=lora_alpha, init=init, lora_dropout=lora_dropout,
+                                 generator=generator, svd_method=svd_method, factors=factors[n]))
              for n, m in modules.items()]
     for m, p in built:
         attach(m, p)
@@ -120,7 +127,7 @@ def add_lora(model, *, rank=4, alpha=None, init="random", targets=None, freeze_a
 
 
 def merge_lora(model):
-    """Bake W_eff = W + s·(B − B0)·A into plain weights and remove the adapters."""
+    """Bake W_eff = W + s·ΔB·A (`lora.layers`) into plain weights and remove the adapters."""
     for _, m, p in adapted_modules(model):
         W = m.parametrizations.weight.original
         acc = torch.promote_types(W.dtype, torch.float32)  # sum in float32 for bf16 models; float64 stays
@@ -166,8 +173,8 @@ def mark_only_lora_trainable(model):
 
 def lora_config(model):
     """Per adapted layer: the settings needed to rebuild it (stored with saved adapters)."""
-    return {n: {"rank": p.rank, "alpha": p.alpha, "init": p.init, "freeze_a": p.freeze_a,
-                "residual": p.residual, "dropout": getattr(p.dropout, "p", 0.0)}
+    return {n: {"r": p.r, "lora_alpha": p.lora_alpha, "init": p.init, "freeze_a": p.freeze_a,
+                "residual": p.residual, "lora_dropout": getattr(p.lora_dropout, "p", 0.0)}
             for n, _, p in adapted_modules(model)}
 
 

@@ -34,7 +34,7 @@ def test_grams_and_shares_match_numpy(tiny_models):
     df = geometry.init_geometry(model, grams, rank=3, seed=7).set_index("module")
 
     reference = copy.deepcopy(model)  # the random A that a run with --seed 7 trains with
-    lora.add_lora(reference, rank=3, init="random", targets=TARGETS, generator=torch.Generator().manual_seed(7))
+    lora.add_lora(reference, r=3, init="random", targets=TARGETS, generator=torch.Generator().manual_seed(7))
     random_A = {n: p.lora_A.detach().double().numpy() for n, _, p in adapted_modules(reference)}
     assert list(random_A) == names
 
@@ -115,7 +115,7 @@ def test_eva_and_grad_are_optimal_on_their_calibration_batches(tiny_models):
     # and each share is that of the A add_lora trains with, against a numpy reference
     for init in ("eva", "grad"):
         adapted = copy.deepcopy(model)
-        lora.add_lora(adapted, rank=3, init=init, targets=TARGETS, data=batches)
+        lora.add_lora(adapted, r=3, init=init, targets=TARGETS, data=batches)
         for n, _, p in adapted_modules(adapted):
             A, Cn, Gn = (t.detach().double().numpy() for t in (p.lora_A, C[n], G[n]))
             assert df.loc[n, init] == pytest.approx(np.trace(A @ Cn @ A.T) / np.trace(Cn), rel=1e-5)

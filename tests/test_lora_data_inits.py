@@ -87,10 +87,10 @@ def sum_ce(model, batch):
 # -- eva -------------------------------------------------------------------------------------------
 def test_eva_spans_the_top_principal_directions_of_the_inputs():
     model, batches = tiny_model(), make_batches()
-    names = lora.add_lora(copy.deepcopy(model), rank=R, init="eva", targets=ENCODER, data=batches)
+    names = lora.add_lora(copy.deepcopy(model), r=R, init="eva", targets=ENCODER, data=batches)
     X = layer_inputs(model, names, batches)
     adapted = copy.deepcopy(model)
-    lora.add_lora(adapted, rank=R, init="eva", targets=ENCODER, data=batches)
+    lora.add_lora(adapted, r=R, init="eva", targets=ENCODER, data=batches)
     for n in names:
         V_ref, gap = top_right_vectors(X[n])  # top right singular vectors of X = eigenvectors of XᵀX
         assert gap > 1.01
@@ -112,7 +112,7 @@ def test_eva_excludes_padding():
     A = {}
     for key, data in (("pad0", batches), ("junk", junk), ("real", real)):
         m = copy.deepcopy(model)
-        lora.add_lora(m, rank=R, init="eva", targets=ATTN, data=data)
+        lora.add_lora(m, r=R, init="eva", targets=ATTN, data=data)
         A[key] = [p.lora_A.detach() for _, _, p in lora.adapted_modules(m)]
     assert all(torch.equal(a, b) for a, b in zip(A["pad0"], A["junk"]))  # padded positions change nothing
     assert any((a - b).abs().max() > 1e-4 for a, b in zip(A["pad0"], A["real"]))  # a real token does
@@ -121,7 +121,7 @@ def test_eva_excludes_padding():
     X_all = torch.cat([x.reshape(-1, 32) for x in _inputs_with_padding(model, name, batches)]).double()
     V_all, _ = top_right_vectors(X_all)
     m = copy.deepcopy(model)
-    lora.add_lora(m, rank=R, init="eva", targets=[name], data=batches)
+    lora.add_lora(m, r=R, init="eva", targets=[name], data=batches)
     assert torch.linalg.svdvals(the_A(m, name).double() @ V_all).min() < 0.999
 
 
@@ -144,7 +144,7 @@ def test_eva_on_minilm():
     names = lora.model.find_targets(model, ATTN)
     X = layer_inputs(model, names, batches)
     adapted = copy.deepcopy(model)
-    assert lora.add_lora(adapted, rank=R, init="eva", targets=ATTN, data=batches) == names
+    assert lora.add_lora(adapted, r=R, init="eva", targets=ATTN, data=batches) == names
     for n in names:
         V_ref, gap = top_right_vectors(X[n])
         assert gap > 1.01
@@ -158,7 +158,7 @@ def test_grad_spans_the_top_right_singular_vectors_of_the_weight_gradient(loss_f
     names = lora.model.find_targets(model, ENCODER)
     G = autograd_grads(model, names, batches, loss_fn)
     adapted = copy.deepcopy(model)
-    lora.add_lora(adapted, rank=R, init="grad", targets=ENCODER, data=batches, loss_fn=loss_fn)
+    lora.add_lora(adapted, r=R, init="grad", targets=ENCODER, data=batches, loss_fn=loss_fn)
     for n in names:
         V_ref, gap = top_right_vectors(G[n])
         assert gap > 1.01
@@ -172,7 +172,7 @@ def test_grad_loss_fn_matters_and_one_pass_per_batch():
     A = {}
     for key, fn in (("default", None), ("weighted", counted)):
         m = copy.deepcopy(model)
-        lora.add_lora(m, rank=R, init="grad", targets=ATTN, data=batches, loss_fn=fn)
+        lora.add_lora(m, r=R, init="grad", targets=ATTN, data=batches, loss_fn=fn)
         A[key] = [p.lora_A.detach() for _, _, p in lora.adapted_modules(m)]
     assert len(calls) == len(batches)
     assert any(torch.linalg.svdvals(a.double() @ b.double().T).min() < 0.99 for a, b in zip(*A.values()))
@@ -189,7 +189,7 @@ def test_grad_on_minilm():
     names = lora.model.find_targets(model, targets)
     G = autograd_grads(model, names, batches)
     adapted = copy.deepcopy(model)
-    lora.add_lora(adapted, rank=R, init="grad", targets=targets, data=batches)
+    lora.add_lora(adapted, r=R, init="grad", targets=targets, data=batches)
     for n in names:
         V_ref, gap = top_right_vectors(G[n])
         assert gap > 1.01
@@ -209,7 +209,7 @@ def test_output_unchanged_at_init_and_remove_restores_w(init):
     model, batches = tiny_model(), make_batches()
     before = logits(model, batches)
     W = {n: model.get_submodule(n).weight.detach().clone() for n in lora.model.find_targets(model, ENCODER)}
-    lora.add_lora(model, rank=R, init=init, targets=ENCODER, data=batches)
+    lora.add_lora(model, r=R, init=init, targets=ENCODER, data=batches)
     torch.testing.assert_close(logits(model, batches), before, atol=1e-6, rtol=0)
     lora.set_fast_path(model, False)
     torch.testing.assert_close(logits(model, batches), before, atol=1e-6, rtol=0)
@@ -240,7 +240,7 @@ def messy_model():
 def test_state_is_restored(init):
     model, batches = messy_model(), make_batches()
     before = snapshot(model)
-    names = lora.add_lora(model, rank=R, init=init, targets=ATTN, data=batches)
+    names = lora.add_lora(model, r=R, init=init, targets=ATTN, data=batches)
     after = snapshot(model)
     adapter_keys = {k for k in after["flags"] if ".parametrizations." in k}
     assert {k: v for k, v in after["modes"].items() if k in before["modes"]} == before["modes"]
@@ -267,7 +267,7 @@ def test_state_is_restored_and_model_untouched_after_an_exception(init):
         raise RuntimeError("data source broke")
 
     with pytest.raises(RuntimeError, match="data source broke"):
-        lora.add_lora(model, rank=R, init=init, targets=ATTN, data=failing())
+        lora.add_lora(model, r=R, init=init, targets=ATTN, data=failing())
     assert not lora.adapted_modules(model)
     after = snapshot(model)
     assert after["modes"] == before["modes"] and after["flags"] == before["flags"]
@@ -281,7 +281,7 @@ def test_calibration_runs_in_eval_mode_so_dropout_does_not_matter():
     for dropout in (0.0, 0.3):
         for init in lora.DATA_INITS:
             m = tiny_model(dropout=dropout).train()  # same weights (seed 0), dropout on in train mode
-            lora.add_lora(m, rank=R, init=init, targets=ATTN, data=batches)
+            lora.add_lora(m, r=R, init=init, targets=ATTN, data=batches)
             A.append([p.lora_A.detach() for _, _, p in lora.adapted_modules(m)])
     assert all(torch.equal(a, b) for a, b in zip(A[0], A[2])) and all(torch.equal(a, b) for a, b in zip(A[1], A[3]))
 
@@ -303,29 +303,29 @@ class TwoBranches(nn.Module):
 def test_errors(init):
     model = tiny_model()
     with pytest.raises(ValueError, match="calibration batches: pass data="):
-        lora.add_lora(model, rank=R, init=init, targets=ATTN)
+        lora.add_lora(model, r=R, init=init, targets=ATTN)
     with pytest.raises(ValueError, match="calibration data is empty.*attention.self.query"):
-        lora.add_lora(model, rank=R, init=init, targets=ATTN, data=[])
+        lora.add_lora(model, r=R, init=init, targets=ATTN, data=[])
     net = TwoBranches()
     data = [{"x": torch.randn(5, 8, generator=torch.Generator().manual_seed(0)), "y": torch.zeros(5, 8)}]
     with pytest.raises(ValueError, match="never reaches the target layers unused"):
-        lora.add_lora(net, rank=2, init=init, data=data)
+        lora.add_lora(net, r=2, init=init, data=data)
     assert not lora.adapted_modules(model) and not lora.adapted_modules(net)
-    assert lora.add_lora(net, rank=2, init=init, targets=["used"], data=data) == ["used"]
+    assert lora.add_lora(net, r=2, init=init, targets=["used"], data=data) == ["used"]
 
 
 def test_data_for_an_init_that_does_not_use_it_and_grad_without_labels():
     model, batches = tiny_model(), make_batches()
     for init in ("random", "svd", "pissa"):
         with pytest.raises(ValueError, match="does not use calibration data"):
-            lora.add_lora(model, rank=R, init=init, targets=ATTN, data=batches)
+            lora.add_lora(model, r=R, init=init, targets=ATTN, data=batches)
     with pytest.raises(ValueError, match="does not use calibration data"):
-        lora.add_lora(model, rank=R, init="svd", targets=ATTN, loss_fn=sum_ce)
+        lora.add_lora(model, r=R, init="svd", targets=ATTN, loss_fn=sum_ce)
     unlabeled = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
     with pytest.raises(ValueError, match="loss is None"):
-        lora.add_lora(model, rank=R, init="grad", targets=ATTN, data=unlabeled)
+        lora.add_lora(model, r=R, init="grad", targets=ATTN, data=unlabeled)
     assert not lora.adapted_modules(model)
-    lora.add_lora(model, rank=R, init="eva", targets=ATTN, data=unlabeled)  # eva needs no labels
+    lora.add_lora(model, r=R, init="eva", targets=ATTN, data=unlabeled)  # eva needs no labels
 
 
 # -- io, bf16 --------------------------------------------------------------------------------------
@@ -333,7 +333,7 @@ def test_data_for_an_init_that_does_not_use_it_and_grad_without_labels():
 def test_save_load_and_peft_export_round_trips(tmp_path, init):
     base, batches = tiny_model(), make_batches()
     model = copy.deepcopy(base)
-    names = lora.add_lora(model, rank=R, init=init, targets=ENCODER, data=batches)
+    names = lora.add_lora(model, r=R, init=init, targets=ENCODER, data=batches)
     perturb_B(model)  # as training would
     ours = logits(model, batches)
     assert (ours - logits(base, batches)).abs().max() > 1e-3
@@ -356,7 +356,7 @@ def test_bf16_model(init):
     names = lora.model.find_targets(model, ATTN)
     ref = layer_inputs(model, names, batches) if init == "eva" else autograd_grads(model, names, batches)
     before = logits(model, batches)
-    lora.add_lora(model, rank=R, init=init, targets=ATTN, data=batches)
+    lora.add_lora(model, r=R, init=init, targets=ATTN, data=batches)
     for n in names:
         p = adapter(model.get_submodule(n))
         assert p.lora_A.dtype == p.lora_B.dtype == base_weight(model.get_submodule(n)).dtype == torch.bfloat16

@@ -43,7 +43,7 @@ def svd_cases(draw, min_dim=2, max_dim=14, lanczos=False):
 def _check_svd_init(out_f, in_f, r, alpha, seed, svd_method, tol):
     W, s = spectral_matrix(out_f, in_f, seed=seed)
     lin = linear_with(W)
-    lora.add_lora(lin, rank=r, alpha=alpha, init="svd", svd_method=svd_method)
+    lora.add_lora(lin, r=r, lora_alpha=alpha, init="svd", svd_method=svd_method)
     p = adapter(lin)
     assert p.lora_A.shape == (r, in_f) and p.lora_B.shape == (out_f, r)
     assert p.scaling == pytest.approx((r if alpha is None else alpha) / r)
@@ -83,7 +83,7 @@ def test_rank_one_lanczos_svd(init):
     # regression: the svds-based Lanczos of 767832e crashed for r = 1 (negative numpy strides)
     W, s = spectral_matrix(16, 12, seed=0)
     lin = linear_with(W)
-    lora.add_lora(lin, rank=1, init=init)  # auto -> lanczos (8 <= 12)
+    lora.add_lora(lin, r=1, init=init)  # auto -> lanczos (8 <= 12)
     assert rel(init_product(adapter(lin)), truncation(W, 1)) < 1e-9
 
 
@@ -95,7 +95,7 @@ def test_lanczos_on_a_flat_spectrum(seed):
     assert S[3] / S[4] < 1.05
     for shape_W in (W, W.T):
         lin = linear_with(shape_W)
-        lora.add_lora(lin, rank=4, init="svd", svd_method="lanczos")
+        lora.add_lora(lin, r=4, init="svd", svd_method="lanczos")
         assert rel(product(adapter(lin)), truncation(shape_W, 4)) < 1e-8
 
 
@@ -103,12 +103,12 @@ def test_lanczos_rank_deficient_and_zero_weights():
     g = torch.Generator().manual_seed(0)
     W1 = torch.randn(24, 1, generator=g, dtype=torch.float64) @ torch.randn(1, 16, generator=g, dtype=torch.float64)
     lin = linear_with(W1)
-    lora.add_lora(lin, rank=2, init="svd", svd_method="lanczos")  # rank(W) = 1 < r
+    lora.add_lora(lin, r=2, init="svd", svd_method="lanczos")  # rank(W) = 1 < r
     p = adapter(lin)
     assert rel(product(p), W1) < 1e-12  # W_r = W
     torch.testing.assert_close(p.lora_A @ p.lora_A.T, torch.eye(2, dtype=torch.float64), atol=1e-10, rtol=0)
     lin0 = linear_with(torch.zeros(16, 16, dtype=torch.float64))
-    lora.add_lora(lin0, rank=2, init="pissa", svd_method="lanczos")
+    lora.add_lora(lin0, r=2, init="pissa", svd_method="lanczos")
     p0 = adapter(lin0)
     assert torch.equal(init_product(p0), torch.zeros(16, 16, dtype=torch.float64))
     assert torch.equal(lin0.weight, torch.zeros(16, 16, dtype=torch.float64))
@@ -117,7 +117,7 @@ def test_lanczos_rank_deficient_and_zero_weights():
 def test_rank_one_full_svd_works():
     W, s = spectral_matrix(16, 12, seed=0)
     lin = linear_with(W)
-    lora.add_lora(lin, rank=1, init="svd", svd_method="full")
+    lora.add_lora(lin, r=1, init="svd", svd_method="full")
     assert rel(product(adapter(lin)), truncation(W, 1)) < 1e-9
 
 
@@ -125,7 +125,7 @@ def test_rank_one_full_svd_works():
 def test_svd_init_float32_layer(shape):
     W, _ = spectral_matrix(*shape, seed=11)
     lin = linear_with(W, dtype=torch.float32)
-    lora.add_lora(lin, rank=3, init="svd")
+    lora.add_lora(lin, r=3, init="svd")
     p = adapter(lin)
     assert p.lora_A.dtype == p.lora_B.dtype == torch.float32
     assert rel(product(p), truncation(lin.parametrizations.weight.original, 3)) < 1e-6
@@ -154,7 +154,7 @@ def test_residual_inits_keep_the_weight_and_pick_the_right_components(init, case
     out_f, in_f, r, alpha, seed = case
     W, s = spectral_matrix(out_f, in_f, seed=seed)
     lin = linear_with(W)
-    lora.add_lora(lin, rank=r, alpha=alpha, init=init)
+    lora.add_lora(lin, r=r, lora_alpha=alpha, init=init)
     p = adapter(lin)
     assert p.residual
     # pissa: top-r components; milora: the r smallest ones
@@ -169,7 +169,7 @@ def test_milora_is_not_pissa():
     P = {}
     for init in ("pissa", "milora"):
         lin = linear_with(W)
-        lora.add_lora(lin, rank=2, init=init)
+        lora.add_lora(lin, r=2, init=init)
         P[init] = init_product(adapter(lin))
     # the two pick disjoint components: their squared norms are σ1²+σ2² and σ9²+σ10²
     assert P["pissa"].norm() ** 2 == pytest.approx((s[:2] ** 2).sum().item(), rel=1e-10)
@@ -181,7 +181,7 @@ def test_random_init_orthonormal_zero_B_and_reproducible():
     As = []
     for seed in (0, 0, 1):
         lin = linear_with(W)
-        lora.add_lora(lin, rank=4, init="random", generator=torch.Generator().manual_seed(seed))
+        lora.add_lora(lin, r=4, init="random", generator=torch.Generator().manual_seed(seed))
         p = adapter(lin)
         assert torch.equal(p.lora_B, torch.zeros(9, 4, dtype=torch.float64))
         torch.testing.assert_close(p.lora_A @ p.lora_A.T, torch.eye(4, dtype=torch.float64), atol=1e-12, rtol=0)
@@ -207,7 +207,7 @@ def test_random_init_matches_the_documented_recipe():
 @pytest.mark.parametrize("init", ["random", "svd", "pissa", "milora"])
 def test_non_seed_inits_have_orthonormal_A_on_a_tiny_bert(init):
     model = tiny_model()
-    names = lora.add_lora(model, rank=4, init=init, targets=ENCODER)
+    names = lora.add_lora(model, r=4, init=init, targets=ENCODER)
     assert len(names) == 2 * 6  # q, k, v, attention.output.dense, intermediate.dense, output.dense
     for name in names:
         A = adapter(model.get_submodule(name)).lora_A.double()
@@ -221,7 +221,7 @@ def test_output_unchanged_at_init_on_a_tiny_bert(init):
     model.eval()
     with torch.no_grad():
         before = hidden(model, ids)
-        lora.add_lora(model, rank=4, init=init, targets=ENCODER)
+        lora.add_lora(model, r=4, init=init, targets=ENCODER)
         after = hidden(model, ids)
         lora.set_fast_path(model, False)
         plain = hidden(model, ids)
@@ -237,7 +237,7 @@ def test_svd_init_changes_the_output():
     model.eval()
     with torch.no_grad():
         before = hidden(model, ids)
-        lora.add_lora(model, rank=4, init="svd", targets=ATTN)
+        lora.add_lora(model, r=4, init="svd", targets=ATTN)
         after = hidden(model, ids)
     assert (after - before).abs().max() > 1e-2
 
@@ -246,9 +246,9 @@ def test_seed_init_reproduces_the_original_factorization():
     W, _ = spectral_matrix(12, 12, seed=8)
     lin = linear_with(W)
     r = 3
-    lora.add_lora(lin, rank=r, init="seed")
+    lora.add_lora(lin, r=r, init="seed")
     p = adapter(lin)
-    assert p.alpha == 1.0 and p.scaling == pytest.approx(1 / r)  # alpha defaults to 1 for seed
+    assert p.lora_alpha == 1.0 and p.scaling == pytest.approx(1 / r)  # lora_alpha defaults to 1 for seed
     U, S, Vh = svd64(W)  # the same float64 LAPACK call as the library: same signs
     torch.testing.assert_close(p.lora_A, (U[:, :r] * S[:r]).T, atol=1e-12, rtol=0)
     torch.testing.assert_close(p.lora_B, Vh[:, :r], atol=1e-12, rtol=0)
@@ -263,10 +263,10 @@ def test_seed_init_reproduces_the_original_factorization():
 
 def test_default_alpha_is_rank():
     lin = linear_with(spectral_matrix(8, 8)[0])
-    lora.add_lora(lin, rank=3, init="svd")
-    assert adapter(lin).alpha == 3.0 and adapter(lin).scaling == 1.0
+    lora.add_lora(lin, r=3, init="svd")
+    assert adapter(lin).lora_alpha == 3.0 and adapter(lin).scaling == 1.0
     lin2 = linear_with(spectral_matrix(8, 8)[0])
-    lora.add_lora(lin2, rank=3, alpha=12, init="svd")
+    lora.add_lora(lin2, r=3, lora_alpha=12, init="svd")
     assert adapter(lin2).scaling == 4.0
     # the svd factors absorb s: s·B·A = W_r whatever alpha
     assert rel(product(adapter(lin2)), product(adapter(lin))) < 1e-12
@@ -278,7 +278,7 @@ def test_bf16_layer(init):
     W, _ = spectral_matrix(40, 24, seed=1)
     lin = linear_with(W, dtype=torch.bfloat16)
     W16 = lin.weight.detach().clone()
-    lora.add_lora(lin, rank=3, init=init, generator=torch.Generator().manual_seed(0))
+    lora.add_lora(lin, r=3, init=init, generator=torch.Generator().manual_seed(0))
     p = adapter(lin)
     assert p.lora_A.dtype == p.lora_B.dtype == p.lora_B0.dtype == torch.bfloat16
     if init in ("svd", "pissa"):
@@ -298,7 +298,7 @@ def test_pissa_matches_peft():
     r, alpha = 4, 8
     ours = tiny_model()
     theirs = tiny_model()
-    lora.add_lora(ours, rank=r, alpha=alpha, init="pissa", targets=ATTN, svd_method="full")
+    lora.add_lora(ours, r=r, lora_alpha=alpha, init="pissa", targets=ATTN, svd_method="full")
     cfg = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=ATTN, init_lora_weights="pissa")
     pm = peft.get_peft_model(theirs, cfg)
     names = [n for n, _, _ in lora.adapted_modules(ours)]

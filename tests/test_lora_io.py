@@ -1,5 +1,6 @@
 """save_lora / load_lora round trips and export_peft against peft.PeftModel.from_pretrained."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ LABELS = torch.tensor([0, 1, 2])
 
 def _finetune(model, init, targets=ATTN, steps=3, freeze_a=True, rank=4, alpha=None, head=True):
     """add_lora, train B (and the classifier head) for a few AdamW steps; returns the adapted names."""
-    names = lora.add_lora(model, rank=rank, alpha=alpha, init=init, targets=targets, freeze_a=freeze_a,
+    names = lora.add_lora(model, r=rank, lora_alpha=alpha, init=init, targets=targets, freeze_a=freeze_a,
                           generator=torch.Generator().manual_seed(0))
     lora.mark_only_lora_trainable(model)
     if head:
@@ -54,11 +55,11 @@ def test_save_load_round_trip_rebuilds_the_finetuned_model(tmp_path, init, freez
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         keys = set(f.keys())
-    assert meta["format"] == "lora-fa-adapter/1"
+    assert meta["format"] == "lora-fa-adapter/2"
     layers = json.loads(meta["layers"])
     assert list(layers) == names
-    assert layers[names[0]] == dict(rank=4, alpha=4.0, init=init, freeze_a=freeze_a,
-                                    residual=init in ("pissa", "milora"), dropout=0.0)
+    assert layers[names[0]] == dict(r=4, lora_alpha=4.0, init=init, freeze_a=freeze_a,
+                                    residual=init in ("pissa", "milora"), lora_dropout=0.0)
     # adapters + the trained head, nothing else (everything else is frozen)
     assert keys == set(lora.get_lora_state_dict(model)) | {"trained::classifier.weight", "trained::classifier.bias"}
 
@@ -71,7 +72,7 @@ def test_save_load_round_trip_rebuilds_the_finetuned_model(tmp_path, init, freez
         assert type(p) is type(q)
         for k in ("lora_A", "lora_B", "lora_B0"):
             assert torch.equal(getattr(p, k), getattr(q, k)), (n, k)
-        assert (p.alpha, p.init, p.residual, p.enabled) == (q.alpha, q.init, q.residual, q.enabled)
+        assert (p.lora_alpha, p.init, p.residual, p.enabled) == (q.lora_alpha, q.init, q.residual, q.enabled)
         assert q.lora_A.requires_grad == (not freeze_a) and q.lora_B.requires_grad
     assert torch.equal(fresh.classifier.weight, model.classifier.weight)
     torch.testing.assert_close(_logits(fresh), _logits(model), atol=0, rtol=0)
@@ -81,28 +82,57 @@ def test_save_load_round_trip_rebuilds_the_finetuned_model(tmp_path, init, freez
 
 def test_save_load_dropout_and_alpha_survive(tmp_path):
     model = tiny_model()
-    lora.add_lora(model, rank=2, alpha=5.0, init="svd", targets=["value"], dropout=0.25)
+    lora.add_lora(model, r=2, lora_alpha=5.0, init="svd", targets=["value"], lora_dropout=0.25)
     lora.save_lora(model, tmp_path / "a.safetensors", include_trainable=False)
     assert set(load_file(str(tmp_path / "a.safetensors"))) == set(lora.get_lora_state_dict(model))
     fresh = tiny_model()
     lora.load_lora(fresh, tmp_path / "a.safetensors")
     assert lora.lora_config(fresh) == lora.lora_config(model)
     p = adapter(fresh.get_submodule("bert.encoder.layer.1.attention.self.value"))
-    assert p.dropout.p == 0.25 and p.scaling == 2.5
+    assert p.lora_dropout.p == 0.25 and p.scaling == 2.5
 
 
 def test_load_into_adapted_model_errors_and_changes_nothing(tmp_path):
     model = tiny_model()
-    lora.add_lora(model, rank=2, targets=ATTN)
+    lora.add_lora(model, r=2, targets=ATTN)
     lora.save_lora(model, tmp_path / "a.safetensors")
     with pytest.raises(ValueError, match="already has an adapter; load into the base model"):
         lora.load_lora(model, tmp_path / "a.safetensors")
     # only the *last* adapted layer already carries an adapter: the load must still add nothing
     partial = tiny_model()
-    lora.add_lora(partial, rank=2, targets=["layer.1.attention.output.dense"])
+    lora.add_lora(partial, r=2, targets=["layer.1.attention.output.dense"])
     with pytest.raises(ValueError, match=r"'bert\.encoder\.layer\.1\.attention\.output\.dense' already has an adapter"):
         lora.load_lora(partial, tmp_path / "a.safetensors")
     assert [n for n, _, _ in lora.adapted_modules(partial)] == ["bert.encoder.layer.1.attention.output.dense"]
+
+
+def test_files_of_the_first_format_load(tmp_path):
+    """Format 1 named the per-layer settings rank, alpha and dropout; such files still load."""
+    model = tiny_model()
+    lora.add_lora(model, r=2, lora_alpha=5.0, init="pissa", targets=["value"], lora_dropout=0.25)
+    perturb_B(model)
+    lora.save_lora(model, tmp_path / "new.safetensors")
+    old_names = {"r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout"}
+    layers = {n: {old_names.get(k, k): v for k, v in cfg.items()} for n, cfg in lora.lora_config(model).items()}
+    save_file(load_file(str(tmp_path / "new.safetensors")), str(tmp_path / "old.safetensors"),
+              metadata={"format": "lora-fa-adapter/1", "layers": json.dumps(layers)})
+    fresh = tiny_model()
+    lora.load_lora(fresh, tmp_path / "old.safetensors")
+    assert lora.lora_config(fresh) == lora.lora_config(model)
+    ids = token_ids(seed=3)
+    torch.testing.assert_close(hidden(fresh.eval(), ids), hidden(model.eval(), ids), atol=0, rtol=0)
+
+
+def test_atomic_write_replaces_whole_files_only(tmp_path):
+    path = tmp_path / "sub" / "f.txt"
+    with lora.atomic_write(path) as tmp:
+        Path(tmp).write_text("one")
+        assert not path.exists() and Path(tmp).parent == path.parent
+    assert path.read_text() == "one"
+    with pytest.raises(RuntimeError, match="crash"), lora.atomic_write(path) as tmp:
+        Path(tmp).write_text("half")
+        raise RuntimeError("crash")
+    assert path.read_text() == "one" and [p.name for p in path.parent.iterdir()] == ["f.txt"]
 
 
 def test_load_rejects_foreign_files_and_save_needs_adapters(tmp_path):
@@ -116,7 +146,7 @@ def test_load_rejects_foreign_files_and_save_needs_adapters(tmp_path):
 
 def test_load_checks_shapes(tmp_path):
     model = tiny_model()
-    lora.add_lora(model, rank=2, targets=["query"])
+    lora.add_lora(model, r=2, targets=["query"])
     lora.save_lora(model, tmp_path / "a.safetensors", include_trainable=False)
     other = tiny_model()
     other.bert.encoder.layer[1].attention.self.query = nn.Linear(16, 32)  # layer 1 differs
@@ -172,8 +202,8 @@ def test_export_peft_round_trip_with_trained_head(tmp_path, init):
 def test_export_peft_mixed_ranks_and_alphas(tmp_path):
     base = tiny_model()
     model = clone_model(base)
-    lora.add_lora(model, rank=4, alpha=8, init="svd", targets=["query", "value"])
-    lora.add_lora(model, rank=2, init="pissa", targets=["intermediate.dense"])
+    lora.add_lora(model, r=4, lora_alpha=8, init="svd", targets=["query", "value"])
+    lora.add_lora(model, r=2, init="pissa", targets=["intermediate.dense"])
     perturb_B(model)
     model.eval()
     out = lora.export_peft(model, tmp_path / "peft", "tiny-bert")
@@ -191,7 +221,7 @@ def test_export_peft_mixed_ranks_and_alphas(tmp_path):
 
 def test_export_peft_refuses_disabled_adapters(tmp_path):
     model = tiny_model()
-    lora.add_lora(model, rank=2, targets=["query"])
+    lora.add_lora(model, r=2, targets=["query"])
     lora.disable_lora(model)
     with pytest.raises(ValueError, match="is disabled; call lora.enable_lora first"):
         lora.export_peft(model, tmp_path / "p", "x")

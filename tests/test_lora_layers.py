@@ -34,7 +34,7 @@ def _adapted_linear(init, freeze_a=True, alpha=3.0, r=2, seed=0):
     out_f, in_f = _square_or_not(init)
     W, _ = spectral_matrix(out_f, in_f, seed=seed)
     lin = linear_with(W)
-    lora.add_lora(lin, rank=r, alpha=alpha, init=init, freeze_a=freeze_a,
+    lora.add_lora(lin, r=r, lora_alpha=alpha, init=init, freeze_a=freeze_a,
                   generator=torch.Generator().manual_seed(seed))
     return lin, W
 
@@ -91,7 +91,7 @@ def test_from_linear_plain_parametrization():
     """minLoRA-style use: register the parametrization by hand (no fast-path hooks)."""
     W, _ = spectral_matrix(5, 7, seed=2)
     lin = linear_with(W)
-    p = lora.LoRAFAParametrization.from_linear(lin, rank=2, alpha=3.0, init="svd")
+    p = lora.LoRAFAParametrization.from_linear(lin, r=2, lora_alpha=3.0, init="svd")
     assert p.scaling == 1.5 and not p.lora_A.requires_grad and not p.residual
     parametrize.register_parametrization(lin, "weight", p)
     W_r = p.scaling * p.lora_B.detach() @ p.lora_A
@@ -99,22 +99,22 @@ def test_from_linear_plain_parametrization():
     x = torch.randn(4, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(lin(x), x @ (W + W_r).T + lin.bias.detach(), atol=1e-12, rtol=0)
     assert lora.adapted_modules(lin)[0][2] is p
-    q = lora.LoRAParametrization.from_linear(linear_with(W), rank=2, init="pissa")
-    assert q.alpha == 2.0 and q.residual and q.lora_A.requires_grad
+    q = lora.LoRAParametrization.from_linear(linear_with(W), r=2, init="pissa")
+    assert q.lora_alpha == 2.0 and q.residual and q.lora_A.requires_grad
 
 
 def test_from_linear_seed_default_alpha_matches_add_lora():
     W, _ = spectral_matrix(6, 6, seed=2)
     lin = linear_with(W)
-    lora.add_lora(lin, rank=3, init="seed")
-    p = lora.LoRAFAParametrization.from_linear(linear_with(W), rank=3, init="seed")
-    assert p.alpha == adapter(lin).alpha == 1.0
+    lora.add_lora(lin, r=3, init="seed")
+    p = lora.LoRAFAParametrization.from_linear(linear_with(W), r=3, init="seed")
+    assert p.lora_alpha == adapter(lin).lora_alpha == 1.0
 
 
 @pytest.mark.parametrize("init", ["random", "pissa"])
 def test_lora_fa_training_never_moves_A_or_W(init):
     model = tiny_model()
-    lora.add_lora(model, rank=4, init=init, targets=ATTN, freeze_a=True)
+    lora.add_lora(model, r=4, init=init, targets=ATTN, freeze_a=True)
     params = lora.get_lora_params(model)
     assert len(params) == 8 and all(t.requires_grad for t in params)
     adapters = [p for _, _, p in lora.adapted_modules(model)]
@@ -142,7 +142,7 @@ def test_lora_fa_training_never_moves_A_or_W(init):
 
 def test_plain_lora_trains_A():
     model = tiny_model()
-    lora.add_lora(model, rank=4, init="svd", targets=ATTN, freeze_a=False)
+    lora.add_lora(model, r=4, init="svd", targets=ATTN, freeze_a=False)
     assert len(lora.get_lora_params(model)) == 16
     A0 = [p.lora_A.detach().clone() for _, _, p in lora.adapted_modules(model)]
     opt = torch.optim.AdamW(lora.get_lora_params(model), lr=1e-2)
@@ -157,7 +157,7 @@ def test_plain_lora_trains_A():
 def _fast_vs_plain(init, freeze_a, dropout=0.0, train=True):
     targets = ATTN if init == "seed" else ENCODER
     model = tiny_model(head=False).double()  # float64: compare the math, not float32 rounding
-    lora.add_lora(model, rank=4, init=init, targets=targets, freeze_a=freeze_a, dropout=dropout,
+    lora.add_lora(model, r=4, init=init, targets=targets, freeze_a=freeze_a, lora_dropout=dropout,
                   generator=torch.Generator().manual_seed(0))
     perturb_B(model, scale=0.5)
     model.train(train)
@@ -238,7 +238,7 @@ def test_lora_fa_linear_bf16_autocast_keeps_dtypes():
 
 def test_fast_path_float32_bert():
     model = tiny_model()
-    lora.add_lora(model, rank=4, init="pissa", targets=ENCODER)
+    lora.add_lora(model, r=4, init="pissa", targets=ENCODER)
     perturb_B(model)
     ids = token_ids()
     with torch.no_grad():
@@ -255,7 +255,7 @@ def test_dropout_fast_path_eval_equals_plain_and_train_is_stochastic():
     # train mode, fast path: the adapter's input dropout is active and follows the torch seed
     lin, W = _adapted_linear("svd")
     lin2 = linear_with(W)
-    lora.add_lora(lin2, rank=2, alpha=3.0, init="svd", dropout=0.5)
+    lora.add_lora(lin2, r=2, lora_alpha=3.0, init="svd", lora_dropout=0.5)
     x = torch.randn(4, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     outs = []
     for seed in (1, 1, 2):
@@ -273,7 +273,7 @@ def test_dropout_fast_path_eval_equals_plain_and_train_is_stochastic():
 def test_plain_path_applies_dropout_in_train_mode():
     W, _ = spectral_matrix(5, 7, seed=0)
     lin = linear_with(W)
-    lora.add_lora(lin, rank=2, init="svd", dropout=0.5)
+    lora.add_lora(lin, r=2, init="svd", lora_dropout=0.5)
     lora.set_fast_path(lin, False)
     lin.train()
     x = torch.randn(4, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -335,7 +335,7 @@ def test_lora_fa_fast_path_saves_no_input_sized_tensor(init):
     results = {}
     for fast, freeze_a in ((True, True), (False, True), (True, False)):
         model = _sequential()
-        lora.add_lora(model, rank=R, init=init, freeze_a=freeze_a)
+        lora.add_lora(model, r=R, init=init, freeze_a=freeze_a)
         lora.mark_only_lora_trainable(model)
         perturb_B(model)
         lora.set_fast_path(model, fast)
@@ -372,7 +372,7 @@ def test_lora_fa_memory_on_tiny_bert():
     res = {}
     for fast in (True, False):
         model = tiny_model(head=False)
-        names = lora.add_lora(model, rank=r, init="pissa", targets=ATTN)
+        names = lora.add_lora(model, r=r, init="pissa", targets=ATTN)
         lora.set_fast_path(model, fast)
         res[fast] = _extra(run(model), base)
     bound = _bound([(width, width)] * len(names), n, r)
@@ -413,7 +413,7 @@ def test_disable_on_a_model_gives_the_base_model():
     ref = tiny_model()
     model = tiny_model()
     ids = token_ids()
-    lora.add_lora(model, rank=4, init="svd", targets=ENCODER)
+    lora.add_lora(model, r=4, init="svd", targets=ENCODER)
     perturb_B(model)
     with torch.no_grad():
         base_out = hidden(ref, ids)

@@ -28,17 +28,17 @@ def test_add_lora_signature():
     sig = inspect.signature(lora.add_lora)
     params = list(sig.parameters.values())
     assert params[0].name == "model" and params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-    expected = dict(rank=4, alpha=None, init="random", targets=None, freeze_a=True, dropout=0.0,
+    expected = dict(r=4, lora_alpha=None, init="random", targets=None, freeze_a=True, lora_dropout=0.0,
                     generator=None, svd_method="auto", data=None, loss_fn=None)
     assert {p.name: p.default for p in params[1:]} == expected
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[1:])
     with pytest.raises(TypeError):
-        lora.add_lora(tiny_model(), 4)  # rank is keyword-only
+        lora.add_lora(tiny_model(), 4)  # r is keyword-only
 
 
 def test_add_lora_returns_names_and_builds_the_right_classes():
     model = tiny_model()
-    names = lora.add_lora(model, rank=3, targets=["query", "attention.output.dense"])
+    names = lora.add_lora(model, r=3, targets=["query", "attention.output.dense"])
     assert names == [f"bert.encoder.layer.{i}.{s}" for i in range(2)
                      for s in ("attention.self.query", "attention.output.dense")]
     assert [n for n, _, _ in lora.adapted_modules(model)] == names
@@ -54,35 +54,35 @@ def test_add_lora_returns_names_and_builds_the_right_classes():
     assert not parametrize.is_parametrized(model.get_submodule("bert.encoder.layer.0.attention.self.key"))
     # plain LoRA: A trainable too
     model2 = tiny_model()
-    lora.add_lora(model2, rank=3, targets=["value"], freeze_a=False)
+    lora.add_lora(model2, r=3, targets=["value"], freeze_a=False)
     for _, _, p in lora.adapted_modules(model2):
         assert type(p) is lora.LoRAParametrization and p.lora_A.requires_grad
 
 
 def test_targets_none_adapts_every_linear():
     seq = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5))
-    assert lora.add_lora(seq, rank=2) == ["0", "2"]
+    assert lora.add_lora(seq, r=2) == ["0", "2"]
 
 
 def test_target_suffix_matching_is_by_whole_name_components():
     model = tiny_model()
     # "output.dense" matches attention.output.dense and output.dense (not intermediate.dense)
-    names = lora.add_lora(model, rank=2, targets="output.dense")
+    names = lora.add_lora(model, r=2, targets="output.dense")
     assert names == [f"bert.encoder.layer.{i}.{s}" for i in range(2)
                      for s in ("attention.output.dense", "output.dense")]
     # "dense" alone would also match the pooler and intermediate; "ense" matches nothing
     with pytest.raises(ValueError, match="'ense' matches no nn.Linear"):
-        lora.add_lora(tiny_model(), rank=2, targets=["ense"])
+        lora.add_lora(tiny_model(), r=2, targets=["ense"])
 
 
 def test_get_lora_params():
     model = tiny_model()
-    lora.add_lora(model, rank=2, targets=ATTN)
+    lora.add_lora(model, r=2, targets=ATTN)
     params = lora.get_lora_params(model)
     Bs = [p.lora_B for _, _, p in lora.adapted_modules(model)]
     assert len(params) == 8 and all(a is b for a, b in zip(params, Bs))  # B only for LoRA-FA
     model2 = tiny_model()
-    lora.add_lora(model2, rank=2, targets=ATTN, freeze_a=False)
+    lora.add_lora(model2, r=2, targets=ATTN, freeze_a=False)
     params = lora.get_lora_params(model2)
     assert len(params) == 16
     assert {id(t) for t in params} == {id(t) for _, _, p in lora.adapted_modules(model2)
@@ -94,21 +94,21 @@ def test_get_lora_params():
 
 def test_get_lora_state_dict_keys():
     model = tiny_model()
-    lora.add_lora(model, rank=2, targets=["value"], init="pissa")
+    lora.add_lora(model, r=2, targets=["value"], init="pissa")
     sd = lora.get_lora_state_dict(model)
     assert sorted(sd) == sorted(f"bert.encoder.layer.{i}.attention.self.value.parametrizations.weight.0.{k}"
                                 for i in range(2) for k in ("lora_A", "lora_B", "lora_B0"))
     assert lora.lora_config(model)["bert.encoder.layer.0.attention.self.value"] == dict(
-        rank=2, alpha=2.0, init="pissa", freeze_a=True, residual=True, dropout=0.0)
+        r=2, lora_alpha=2.0, init="pissa", freeze_a=True, residual=True, lora_dropout=0.0)
 
 
 # -- errors --------------------------------------------------------------------------------------------
 def test_error_already_adapted():
     model = tiny_model()
-    lora.add_lora(model, rank=2, targets=["query"])
+    lora.add_lora(model, r=2, targets=["query"])
     msg = r"'bert\.encoder\.layer\.0\.attention\.self\.query' already has a LoRA adapter"
     with pytest.raises(ValueError, match=msg):
-        lora.add_lora(model, rank=2, targets=["query", "value"])
+        lora.add_lora(model, r=2, targets=["query", "value"])
     # nothing was added by the failed call
     assert len(lora.adapted_modules(model)) == 2
 
@@ -124,14 +124,14 @@ def test_error_target_matches_nothing_lists_what_exists():
 @pytest.mark.parametrize("rank", [0, -1, 2.0])
 def test_error_rank_not_positive_int(rank):
     with pytest.raises(ValueError, match="rank must be a positive integer"):
-        lora.add_lora(tiny_model(), rank=rank, targets=["query"])
+        lora.add_lora(tiny_model(), r=rank, targets=["query"])
 
 
 def test_error_rank_exceeds_min_dim():
     lin = nn.Linear(9, 5)
     with pytest.raises(ValueError, match=r"rank 6 exceeds min\(out, in\) = 5"):
-        lora.add_lora(lin, rank=6)
-    assert lora.add_lora(lin, rank=5, init="svd") == [""]  # r = min(out, in) is allowed
+        lora.add_lora(lin, r=6)
+    assert lora.add_lora(lin, r=5, init="svd") == [""]  # r = min(out, in) is allowed
     assert torch.allclose(lin.weight, 2 * base_weight(lin), atol=1e-5)  # full rank: W_r = W
 
 
@@ -142,12 +142,12 @@ def test_error_unknown_init():
 
 def test_error_dropout_out_of_range():
     with pytest.raises(ValueError, match="dropout must be in"):
-        lora.add_lora(tiny_model(), targets=["query"], dropout=1.0)
+        lora.add_lora(tiny_model(), targets=["query"], lora_dropout=1.0)
 
 
 def test_error_seed_on_non_square_layer():
     with pytest.raises(ValueError, match=r"only works for square weights; got shape \(37, 32\)"):
-        lora.add_lora(tiny_model(), rank=2, init="seed", targets=["intermediate.dense"])
+        lora.add_lora(tiny_model(), r=2, init="seed", targets=["intermediate.dense"])
 
 
 def test_failed_add_lora_leaves_the_model_untouched():
@@ -155,7 +155,7 @@ def test_failed_add_lora_leaves_the_model_untouched():
     (37x32) fails for init='seed': no layer may keep an adapter from the failed call."""
     model = tiny_model()
     with pytest.raises(ValueError, match="square"):
-        lora.add_lora(model, rank=2, init="seed", targets=ENCODER)
+        lora.add_lora(model, r=2, init="seed", targets=ENCODER)
     assert lora.adapted_modules(model) == []
     assert not any(parametrize.is_parametrized(m) for m in model.modules())
     assert all(t.requires_grad for t in model.parameters())
@@ -166,7 +166,7 @@ def test_failed_add_lora_leaves_the_model_untouched():
 def test_merge_equals_adapted_and_leaves_plain_linears(init):
     model = tiny_model()
     targets = ATTN if init == "seed" else ENCODER
-    names = lora.add_lora(model, rank=4, init=init, targets=targets, freeze_a=False)
+    names = lora.add_lora(model, r=4, init=init, targets=targets, freeze_a=False)
     perturb_B(model)
     ids = token_ids()
     W_eff = {n: model.get_submodule(n).weight.detach().clone() for n in names}
@@ -188,7 +188,7 @@ def test_merge_equals_adapted_and_leaves_plain_linears(init):
 def test_merged_layer_weight_formula():
     W, _ = spectral_matrix(5, 7)
     lin = linear_with(W)
-    lora.add_lora(lin, rank=2, alpha=3.0, init="pissa")
+    lora.add_lora(lin, r=2, lora_alpha=3.0, init="pissa")
     perturb_B(lin, scale=0.5)
     p = adapter(lin)
     expected = W + 1.5 * (p.lora_B - p.lora_B0).detach() @ p.lora_A
@@ -201,7 +201,7 @@ def test_remove_restores_the_original_bitwise(init):
     ref = tiny_model()
     model = tiny_model()
     targets = ATTN if init == "seed" else ENCODER
-    names = lora.add_lora(model, rank=4, init=init, targets=targets)
+    names = lora.add_lora(model, r=4, init=init, targets=targets)
     perturb_B(model, scale=0.5)
     ids = token_ids()
     with torch.no_grad():
@@ -219,21 +219,21 @@ def test_remove_restores_the_original_bitwise(init):
     with torch.no_grad():
         assert torch.equal(hidden(model, ids), base_out)
     # and the layer can be adapted again
-    assert lora.add_lora(model, rank=2, targets=targets) == names
+    assert lora.add_lora(model, r=2, targets=targets) == names
 
 
 def test_merge_then_add_again():
     model = tiny_model()
-    lora.add_lora(model, rank=2, targets=["query"], init="svd")
+    lora.add_lora(model, r=2, targets=["query"], init="svd")
     lora.merge_lora(model)
-    assert len(lora.add_lora(model, rank=2, targets=["query"])) == 2
+    assert len(lora.add_lora(model, r=2, targets=["query"])) == 2
 
 
 def test_bf16_tiny_bert_add_forward_merge():
     ref32 = tiny_model()
     model = tiny_model(dtype=torch.bfloat16)
-    names = lora.add_lora(model, rank=4, init="svd", targets=ATTN)
-    lora.add_lora(ref32, rank=4, init="svd", targets=ATTN)
+    names = lora.add_lora(model, r=4, init="svd", targets=ATTN)
+    lora.add_lora(ref32, r=4, init="svd", targets=ATTN)
     for n in names:
         p16, p32 = adapter(model.get_submodule(n)), adapter(ref32.get_submodule(n))
         assert p16.lora_A.dtype == p16.lora_B.dtype == torch.bfloat16
@@ -262,6 +262,6 @@ def test_bf16_pissa_keeps_the_output():
     ids = token_ids()
     with torch.no_grad():
         before = hidden(model, ids)
-        lora.add_lora(model, rank=4, init="pissa", targets=ENCODER)
+        lora.add_lora(model, r=4, init="pissa", targets=ENCODER)
         after = hidden(model, ids)
     torch.testing.assert_close(after, before, atol=0, rtol=0)  # B − B0 = 0 exactly at init

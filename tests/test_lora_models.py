@@ -31,7 +31,7 @@ def _ids():
 
 
 def test_minilm_targets_adapt_24_layers(model):
-    names = lora.add_lora(model, rank=8, init="random", targets=TARGETS)
+    names = lora.add_lora(model, r=8, init="random", targets=TARGETS)
     assert len(names) == 24
     assert names[:4] == [f"bert.encoder.layer.0.attention.{s}" for s in
                          ("self.query", "self.key", "self.value", "output.dense")]
@@ -40,7 +40,7 @@ def test_minilm_targets_adapt_24_layers(model):
 
 def test_minilm_svd_init_matches_float64_truncation(model):
     r = 8  # auto -> Lanczos (8r <= 384)
-    names = lora.add_lora(model, rank=r, init="svd", targets=TARGETS)
+    names = lora.add_lora(model, r=r, init="svd", targets=TARGETS)
     errs = []
     for n in names:
         p = adapter(model.get_submodule(n))
@@ -55,7 +55,7 @@ def test_minilm_pissa_keeps_the_logits(model, minilm_model):
     ids = _ids()
     with torch.no_grad():
         ref = minilm_model(input_ids=ids, output_hidden_states=True)
-        names = lora.add_lora(model, rank=8, init="pissa", targets=TARGETS)
+        names = lora.add_lora(model, r=8, init="pissa", targets=TARGETS)
         out = model(input_ids=ids, output_hidden_states=True)
     assert len(names) == 24
     torch.testing.assert_close(out.logits, ref.logits, atol=1e-6, rtol=0)

@@ -15,7 +15,7 @@ def test_pip_install_gives_the_lora_library_only(tmp_path):
     assert (target / "lora" / "__init__.py").is_file()
     assert not (target / "utils").exists() and not (target / "bench").exists() and not (target / "tests").exists()
     code = ("import lora, torch; from torch import nn; m = nn.Sequential(nn.Linear(8, 6)); "
-            "lora.add_lora(m, rank=2, init='svd'); print(lora.__file__, lora.__version__, len(lora.get_lora_params(m)))")
+            "lora.add_lora(m, r=2, init='svd'); print(lora.__file__, lora.__version__, len(lora.get_lora_params(m)))")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, capture_output=True,
                          text=True).stdout.split()

@@ -50,8 +50,8 @@ def adapt(model, cfg: RunConfig, data=None, loss_fn=None) -> dict:
     if cfg.method in ADAPTER_METHODS:
         targets = list(cfg.targets or default_targets(model))
         data_args = {"data": data, "loss_fn": loss_fn} if cfg.init in DATA_INITS else {}
-        names = lora.add_lora(model, rank=cfg.rank, alpha=cfg.alpha, init=cfg.init, targets=targets,
-                              freeze_a=cfg.method == "lora-fa", dropout=cfg.lora_dropout,
+        names = lora.add_lora(model, r=cfg.rank, lora_alpha=cfg.alpha, init=cfg.init, targets=targets,
+                              freeze_a=cfg.method == "lora-fa", lora_dropout=cfg.lora_dropout,
                               generator=torch.Generator().manual_seed(cfg.seed),
                               svd_method=RUN_SVD_AUTO if cfg.svd_method == "auto" else cfg.svd_method,
                               **data_args)
