@@ -1,16 +1,24 @@
-"""The four notebooks: committed clean, and executable end to end with papermill.
+"""The notebooks: committed executed and clean, showing what the code computes from logs/, and
+executable end to end with papermill.
 
-The task notebooks run a tiny grid (2 inits x 1 seed, 2 optimizer steps) of a tiny random BERT
-on tiny GLUE-format files written here; plots_for_preso then draws those logs. Everything goes to
-tmp_path; the repo's logs/ and imgs/ are never touched.
+The committed notebooks are re-executed from the committed logs (`utils.notebooks.execute`, which
+never trains) in a temporary folder whose `logs` links to the repo's, and every output but the PNG
+bytes must equal the committed one. The end-to-end test runs a tiny grid (2 inits x 1 seed, 2
+optimizer steps) of a tiny random BERT on tiny GLUE-format files; plots_for_preso then draws those
+logs. Everything is written under tmp_path; the repo's logs/ and imgs/ are never touched.
 """
+import dataclasses
+import json
 import random
+import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from tests.tiny import CORPUS, tiny_model_dir
+from utils import RunConfig, notebooks
+from utils.config import with_legacy_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 TASK_NOTEBOOKS = {"mrpc": "mrpc_experiment.ipynb", "rte": "rte_experiment.ipynb", "cola": "cola_experiment.ipynb"}
@@ -35,18 +43,79 @@ def write_tiny_glue(root: Path, n_train: int = 16, n_dev: int = 8) -> Path:
     return root
 
 
-# ------------------------------------------------------------------ committed notebooks are clean
+# ------------------------------------------------------------------ committed notebooks: executed, clean, current
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_committed_notebook_is_clean(name):
+COMMITTED = [p.name for p in notebooks.notebooks()]
+
+
+def _outputs(nb, kind=None):
+    """The outputs of `nb`'s code cells (only those with data of MIME type `kind`, if given)."""
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if kind is None or kind in o.get("data", {})]
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_committed_notebook_is_executed_and_clean(name):
     nb = nbformat.read(REPO / name, as_version=4)
     nbformat.validate(nb)
     assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert set(nb.metadata) == {"kernelspec", "language_info"}, f"{name}: volatile notebook metadata"
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.outputs == [] and c.execution_count is None for c in code), f"{name}: clear outputs"
+    assert all(c.execution_count is None for c in code), f"{name}: execution counts"
+    assert not [k for c in nb.cells for k in c.metadata if k in notebooks.VOLATILE_CELL_METADATA]
+    outputs = _outputs(nb)
+    assert all(o.get("execution_count") is None for o in outputs)
+    assert not [o for o in outputs if o.output_type in ("stream", "error") and o.get("name") != "stdout"]
+    text = (REPO / name).read_text(encoding="utf-8")
+    for local in (str(REPO), str(Path.home()), "site-packages"):  # paths of the machine that executed it
+        assert local not in text, f"{name}: outputs name {local!r}"
+    assert _outputs(nb, "image/png"), f"{name}: no figure; python -m utils.notebooks {name}"
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and tagged[0].cell_type == "code", f"{name}: need exactly one parameters cell"
     assert nb.cells[0].cell_type == "markdown"
+
+
+def _shown(nb):
+    """Per code cell: its source and its outputs, PNG bytes replaced by their MIME type."""
+    def output(o):
+        data = o.get("data") or {o.get("name", o.output_type): o.get("text", o.get("evalue"))}
+        return {k: k if k.startswith("image/") else v for k, v in data.items()}
+    return [(c.source, [output(o) for o in c.outputs]) for c in nb.cells if c.cell_type == "code"]
+
+
+@pytest.fixture(scope="module")
+def from_logs(tmp_path_factory):
+    """Every committed notebook executed again from the repo's logs/ (in a folder of its own, so
+    plots_for_preso's files go there, not to imgs/)."""
+    cwd = tmp_path_factory.mktemp("from_logs")
+    (cwd / "logs").symlink_to(REPO / "logs", target_is_directory=True)
+    return {name: notebooks.execute(REPO / name, cwd=cwd) for name in COMMITTED}
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_committed_outputs_are_what_the_logs_give(name, from_logs):
+    committed = _shown(nbformat.read(REPO / name, as_version=4))
+    fresh = _shown(from_logs[name])
+    assert len(committed) == len(fresh)
+    for (source, shown), (_, now) in zip(committed, fresh):
+        assert shown == now, f"{name}: the outputs of\n{source}\nare stale: python -m utils.notebooks {name}"
+
+
+def test_finished_grid_reads_finished_runs_and_refuses_the_others(tmp_path):
+    """What `utils.run_grid` is while the notebooks are executed: logs of finished runs, never a run."""
+    committed = next((REPO / "logs" / "round1" / "mrpc").glob("mrpc_minilm_lora-fa_svd_r4_lr0.005_s0_*.json"))
+    logged = with_legacy_defaults(json.loads(committed.read_text())["config"])
+    base = RunConfig(**{f.name: logged[f.name] for f in dataclasses.fields(RunConfig) if f.name in logged})
+    base = dataclasses.replace(base, log_dir=str(tmp_path))
+    base.log_path.parent.mkdir(parents=True)
+    shutil.copy(committed, base.log_path)
+    assert [log["run_id"] for log in notebooks.finished_grid(base, {"seed": [0]}, progress=True)] == [base.run_id]
+    with pytest.raises(notebooks.UnfinishedRuns, match=r"1 of 2 runs .*_s1_"):
+        notebooks.finished_grid(base, {"seed": [0, 1]})
+    running = {**json.loads(committed.read_text()), "status": "running"}
+    base.log_path.write_text(json.dumps(running))
+    with pytest.raises(notebooks.UnfinishedRuns, match=base.run_id):
+        notebooks.finished_grid(base, {"seed": [0]})
 
 
 def test_task_notebooks_differ_only_in_intro_and_parameters():
@@ -82,11 +151,6 @@ def executed(tmp_path_factory):
             str(REPO / name), str(tmp / f"out_{name}"), parameters=params, kernel_name="python3",
             cwd=str(REPO), progress_bar=False, execution_timeout=600)
     return out, logs, imgs
-
-
-def _outputs(nb, kind):
-    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-            if kind in o.get("data", {})]
 
 
 def test_task_notebooks_run_and_plot(executed):
