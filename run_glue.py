@@ -93,9 +93,9 @@ def split_args(args: argparse.Namespace) -> tuple[RunConfig, dict]:
 
 def cmd_train(argv) -> int:
 
-    from utils.build import process_state
     from utils.grid import expand_grid, run_grid, select_shard
     from utils.stats import format_summary, summarize
+    from utils.train import process_state
 
     parser = train_parser()
     args = parser.parse_args(argv)

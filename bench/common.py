@@ -5,9 +5,9 @@
 * `markdown_table`, `fmt`: plain markdown tables.
 * `load_model`: a sequence-classification encoder by alias (`minilm`, `mpnet`), or
   `tiny`, a random 2-layer BERT built in-process for smoke runs.
-* `saved_tensor_bytes`: bytes autograd keeps for backward, counted per storage.
+* `saved_storages`, `saved_tensor_bytes`: what autograd keeps for backward, counted per storage.
 * `median`, `paired_ratio`: robust summaries of interleaved timings.
-* `rss_now_mib`, `reset_peak_rss`, `peak_rss_mib`: memory of the running process.
+The memory of the running process and the git commit come from `utils.record`.
 
 Run the scripts from the repository root (`python bench/step.py ...`); they put the
 root on sys.path themselves so `lora` and `utils` import.
@@ -17,10 +17,8 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import resource
 import shlex
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -42,18 +40,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def git_commit() -> str:
-    """Short hash of HEAD, with '+dirty' when tracked files differ ('unknown' outside git)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "lora", "utils", "bench"],
-                               cwd=ROOT).returncode
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def command_line() -> str:
     """The command that started this process, shell-quoted, as it could be re-run."""
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
@@ -63,6 +49,8 @@ def machine_header(title: str) -> str:
     """Markdown header: title, machine, software, load, date and the exact command line."""
     load = load_average()
     import transformers  # noqa: PLC0415 (heavy; only the scripts need it)
+
+    from utils.record import git_commit  # noqa: PLC0415
     try:
         import peft  # noqa: PLC0415
         peft_version = peft.__version__
@@ -193,14 +181,13 @@ def model_storages(model) -> set[int]:
     return {k[0] for k in keys if k is not None}
 
 
-def saved_tensor_bytes(fn, exclude: set[int] = frozenset()):
-    """Run `fn()` (a forward) and count what autograd saves for backward.
+def saved_storages(fn):
+    """Run `fn()` (a forward) and record what autograd saves for backward: (result of fn,
+    {storage data_ptr: nbytes}).
 
     Every tensor that autograd packs goes through a `saved_tensors_hooks` pack hook; each
-    storage is counted once (key: untyped_storage().data_ptr(), bytes: its nbytes()), so
-    views and tensors saved by several nodes cost what they really hold. Returns
-    (result of fn, total bytes, bytes of storages whose data_ptr is not in `exclude`);
-    pass `model_storages(model)` as `exclude` to get the activations only.
+    storage is recorded once (key: untyped_storage().data_ptr(), bytes: its nbytes()), so
+    views and tensors saved by several nodes cost what they really hold.
     """
     seen: dict[int, int] = {}
 
@@ -215,6 +202,13 @@ def saved_tensor_bytes(fn, exclude: set[int] = frozenset()):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         result = fn()
+    return result, seen
+
+
+def saved_tensor_bytes(fn, exclude: set[int] = frozenset()):
+    """`saved_storages` of `fn()` summed: (result of fn, total bytes, bytes of storages whose data_ptr
+    is not in `exclude`); pass `model_storages(model)` as `exclude` to get the activations only."""
+    result, seen = saved_storages(fn)
     total = sum(seen.values())
     activations = sum(n for p, n in seen.items() if p not in exclude)
     return result, total, activations
@@ -235,39 +229,6 @@ def iqr(xs) -> float:
 def paired_ratio(xs, refs) -> float:
     """Median of the per-round ratios x_i / ref_i: drift that hits a round hits both."""
     return median([x / r for x, r in zip(xs, refs)])
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def rss_now_mib() -> float | None:
-    kib = _status_kib("VmRSS")
-    return None if kib is None else kib / 1024
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark (VmHWM) of this process; False where unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mib(since_reset: bool = False) -> float:
-    """Peak RSS in MiB: ru_maxrss of the whole life of the process, or VmHWM since `reset_peak_rss`."""
-    if since_reset:
-        kib = _status_kib("VmHWM")
-        if kib is not None:
-            return kib / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def add_run_args(parser, variants=None, out_help="folder for the results table", thread_list=None):

@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scipy import stats  # noqa: E402
 
 from bench import common  # noqa: E402
+from utils import record  # noqa: E402
 from utils.config import ADAPTER_METHODS  # noqa: E402
 
 RANK = 4
@@ -80,16 +81,18 @@ def worker_trainer(args, tmp: Path) -> dict:
     from peft import LoraConfig, get_peft_model  # noqa: PLC0415
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed  # noqa: PLC0415
 
+    from utils.adapters import default_targets  # noqa: PLC0415
     from utils.data import tokenize_glue  # noqa: PLC0415
     from utils.glue import compute_metrics, get_task, load_glue  # noqa: PLC0415
-    from utils.models import default_targets, load_model_and_tokenizer, set_trainable  # noqa: PLC0415
+    from utils.models import head_modules, load_model_and_tokenizer  # noqa: PLC0415
 
     task = get_task("mrpc")
     set_seed(args.seed)  # the new head, as in our runner (seed, then load)
     model, tokenizer = load_model_and_tokenizer(args.model, task.num_labels)
     peft_model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=RANK, target_modules=default_targets(model),
                                                   lora_dropout=0.0))
-    set_trainable(model, "lora")  # + head (and BERT pooler), exactly what our runner trains
+    for module in head_modules(model).values():  # PEFT trains lora_A/B; + the head (and BERT pooler), as ours
+        module.requires_grad_(True)
     if args.method == "lora-fa":
         for n, p in model.named_parameters():
             if "lora_A" in n:
@@ -126,7 +129,7 @@ def warm_token_cache(args) -> None:
 
     from utils.data import tokenize_glue  # noqa: PLC0415
     from utils.glue import load_glue  # noqa: PLC0415
-    from utils.model_files import resolve_model  # noqa: PLC0415
+    from utils.models import resolve_model  # noqa: PLC0415
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
     tokenize_glue(load_glue("mrpc", args.data_dir), tokenizer, min(args.max_length, tokenizer.model_max_length))
@@ -139,7 +142,7 @@ def run_worker(args) -> dict:
         out = fn(args, Path(tmp))
     # VmHWM: this process's own peak (ru_maxrss would also count the parent's, inherited at exec)
     out.update(runner=args.worker, dtype=args.dtype, seed=args.seed, grouped=args.group,
-               peak_rss_mib=common.peak_rss_mib(since_reset=True))
+               peak_rss_mib=record.peak_rss_mib(since_reset=True))
     return out
 
 

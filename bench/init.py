@@ -104,7 +104,7 @@ def timed(fn) -> float:
 
 def bench_model(name: str, args) -> dict[int, list[list]]:
     """{threads: table rows} for one model, every variant timed at every thread count."""
-    from utils.models import default_targets  # noqa: PLC0415
+    from utils.adapters import default_targets  # noqa: PLC0415
 
     base = common.load_model(name, seed=args.seed).eval()
     targets = default_targets(base)
@@ -139,9 +139,10 @@ def calibration_data(args):
     """(model, target names, batches) for the data-aware rows: `--init-batches` training batches."""
     from transformers import set_seed  # noqa: PLC0415
 
+    from utils.adapters import default_targets  # noqa: PLC0415
     from utils.data import calibration_batches, tokenize_glue  # noqa: PLC0415
     from utils.glue import get_task, load_glue  # noqa: PLC0415
-    from utils.models import default_targets, load_model_and_tokenizer  # noqa: PLC0415
+    from utils.models import load_model_and_tokenizer  # noqa: PLC0415
 
     task = get_task(args.data_task)
     set_seed(args.seed)

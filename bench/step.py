@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench import common  # noqa: E402
+from utils import record  # noqa: E402
 
 VARIANTS = {
     "floor": "nothing (all frozen, no optimizer step)",
@@ -75,14 +76,15 @@ class Variant:
 
 
 def lora_targets(model, kind: str) -> list[str]:
-    from utils.models import all_linear_targets, default_targets  # noqa: PLC0415
+    from utils.adapters import all_linear_targets, default_targets  # noqa: PLC0415
     return default_targets(model) if kind == "attention" else all_linear_targets(model)
 
 
 def build_variant(name: str, base, targets_kind: str, rank: int = 4, copy_model: bool = True) -> Variant:
     """A model (deep copy of `base`) and optimizer set up to train what `name` trains (see VARIANTS)."""
     import lora  # noqa: PLC0415
-    from utils.models import set_trainable  # noqa: PLC0415
+    from utils.adapters import set_trainable  # noqa: PLC0415
+    from utils.models import head_modules  # noqa: PLC0415
 
     model = copy.deepcopy(base) if copy_model else base
     model.train()
@@ -96,8 +98,9 @@ def build_variant(name: str, base, targets_kind: str, rank: int = 4, copy_model:
     elif name.startswith("peft-"):
         from peft import LoraConfig, get_peft_model  # noqa: PLC0415
         config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0)
-        peft_model = get_peft_model(model, config)  # wraps `model` in place
-        set_trainable(model, "lora")
+        peft_model = get_peft_model(model, config)  # wraps `model` in place; only its lora_A/B train
+        for module in head_modules(model).values():  # + the head (and BERT pooler), as ours trains
+            module.requires_grad_(True)
         if name == "peft-lorafa-opt":
             from peft.optimizers import create_lorafa_optimizer  # noqa: PLC0415
             optimizer = create_lorafa_optimizer(peft_model, r=rank, lora_alpha=rank, lr=LR)
@@ -169,14 +172,14 @@ def rss_child(args) -> dict:
     base = common.load_model(args.model, seq=args.seq, seed=args.seed)
     v = build_variant(args.only, base, args.targets[0], copy_model=False)
     batch = make_batch(base.config.vocab_size, args.batch, args.seq, args.seed)
-    load_peak = common.peak_rss_mib(since_reset=True)  # VmHWM: loading's peak
-    common.reset_peak_rss()
-    before = common.rss_now_mib()
+    load_peak = record.peak_rss_mib(since_reset=True)  # VmHWM: loading's peak
+    record.reset_peak_rss()
+    before = record.rss_now_mib()
     for i in range(2):
         train_step(v, batch, args.dtype[0], args.seed + i)
-    step_peak = common.peak_rss_mib(since_reset=True)
+    step_peak = record.peak_rss_mib(since_reset=True)
     return {"variant": args.only, "peak_rss_mib": max(load_peak, step_peak), "step_peak_above_start_mib":
-            step_peak - before, "ru_maxrss_mib": common.peak_rss_mib()}
+            step_peak - before, "ru_maxrss_mib": record.peak_rss_mib()}
 
 
 def measure_rss(args, dtype: str, targets: str) -> dict:
@@ -204,14 +207,14 @@ def run_config(args, base, dtype: str, targets: str) -> str:
         for v in variants:
             train_step(v, batch, dtype, args.seed + r)
         print(f"  [{dtype}/{targets}] warm-up {r + 1}/{args.warmup}, RSS of this process "
-              f"{common.rss_now_mib():.0f} MiB", file=sys.stderr, flush=True)
+              f"{record.rss_now_mib():.0f} MiB", file=sys.stderr, flush=True)
     saved = {v.name: saved_bytes(v, batch, dtype, args.seed) for v in variants}
     for r in range(args.steps):
         for v in variants:
             wall, cpu = train_step(v, batch, dtype, args.seed + args.warmup + r)
             v.times.append(wall)
             v.cpu.append(cpu)
-        print(f"  [{dtype}/{targets}] round {r + 1}/{args.steps}, RSS of this process {common.rss_now_mib():.0f} MiB",
+        print(f"  [{dtype}/{targets}] round {r + 1}/{args.steps}, RSS of this process {record.rss_now_mib():.0f} MiB",
               file=sys.stderr, flush=True)
     rss = {} if args.no_rss else measure_rss(args, dtype, targets)
 

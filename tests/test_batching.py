@@ -7,8 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.runner_helpers import tiny_config
-from utils.build import new_accelerator
+from tests.runner_helpers import tiny_run_config
 from utils.config import RunConfig
 from utils.data import (
     LengthGroupedBatches,
@@ -22,7 +21,7 @@ from utils.data import (
 from utils.evaluate import evaluate
 from utils.glue import get_task, load_glue
 from utils.models import load_model_and_tokenizer
-from utils.train import run_experiment
+from utils.train import new_accelerator, run_experiment
 
 
 def _padding(batches, lengths):
@@ -124,7 +123,7 @@ def test_calibration_batches_are_seeded_and_unused_by_epoch_orders(tiny_models, 
 
 
 def test_run_with_holdout_logs_both_splits(tmp_path, tiny_models, glue_dir):
-    cfg = tiny_config(tmp_path, tiny_models["bert"], glue_dir, holdout=0.25, threads=1)
+    cfg = tiny_run_config(tmp_path, tiny_models["bert"], glue_dir, holdout=0.25, threads=1)
     log = run_experiment(cfg, progress=False)
     c, s = log["config"], log["summary"]
     assert c["holdout"] == 0.25 and c["group_by_length"] is True and c["threads"] == 1
@@ -142,17 +141,18 @@ def test_run_with_holdout_logs_both_splits(tmp_path, tiny_models, glue_dir):
 
 
 def test_threads_are_set_and_logged(tmp_path, tiny_models, glue_dir):
-    log = run_experiment(tiny_config(tmp_path, tiny_models["bert"], glue_dir, threads=2, max_steps=2),
+    log = run_experiment(tiny_run_config(tmp_path, tiny_models["bert"], glue_dir, threads=2, max_steps=2),
                          progress=False)
     assert log["env"]["threads"] == 2 and log["config"]["threads"] == 2
 
 
 @pytest.mark.parametrize("init", ["eva", "grad"])
 def test_data_aware_inits_in_the_runner(tmp_path, tiny_models, glue_dir, init):
-    from utils.build import adapt, load_seeded
+    from utils.adapters import adapt
     from utils.evaluate import example_losses
+    from utils.models import load_seeded
 
-    cfg = tiny_config(tmp_path, tiny_models["bert"], glue_dir, init=init, init_batches=2, holdout=0.25,
+    cfg = tiny_run_config(tmp_path, tiny_models["bert"], glue_dir, init=init, init_batches=2, holdout=0.25,
                       max_steps=1, keep_checkpoint=True)
     log = run_experiment(cfg, progress=False)
     assert log["config"]["init_batches"] == 2 and log["config"]["init_time_s"] > 0

@@ -38,8 +38,7 @@ def table_rows(text: str, header_start: str) -> tuple[list[str], list[list[str]]
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Start every script at once; {name: (CompletedProcess-like, out folder)} once all finished."""
-    from tests.runner_helpers import write_glue
-    from tests.tiny import tiny_model_dir
+    from tests.tiny import tiny_model_dir, write_glue
 
     out = tmp_path_factory.mktemp("bench")
     model_dir, glue_dir = tiny_model_dir(out / "tiny-bert", "bert"), write_glue(out / "glue")

@@ -1,7 +1,7 @@
 """Two CPU processes (torchrun, gloo): same weights on both ranks, every dev row scored exactly once.
 
 `python -m torch.distributed.run` is torchrun; `accelerate launch --multi_gpu --num_processes 2` works
-too, also without GPUs (utils.build.process_state makes Accelerate use gloo on CPUs).
+too, also without GPUs (utils.train.process_state makes Accelerate use gloo on CPUs).
 """
 import os
 import subprocess
@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.runner_helpers import write_glue
+from tests.tiny import write_glue
 from utils.glue import compute_metrics, load_glue
-from utils.logs import load_summaries, read_log
-from utils.runlog import load_predictions, predictions_path
+from utils.logs import load_predictions, load_summaries, predictions_path, read_log
 
 ROOT = Path(__file__).parents[1]
 

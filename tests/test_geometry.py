@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 import lora
-from lora.model import adapted_modules
 from tests.tiny import CORPUS
 from utils import geometry
 from utils.models import load_model_and_tokenizer
@@ -23,11 +22,11 @@ def test_grams_and_shares_match_numpy(tiny_models):
     model, tok = load_model_and_tokenizer(str(tiny_models["bert"]), 2)
     batch = dict(tok(CORPUS[:3], CORPUS[3:6], padding=True, return_tensors="pt"))
     assert (batch["attention_mask"] == 0).any()  # the batch has padding, which must not count
-    names = lora.model.find_targets(model, TARGETS)
+    names = lora.find_targets(model, TARGETS)
     seen = {}
     hooks = [model.get_submodule(n).register_forward_pre_hook(
         lambda m, a, n=n: seen.__setitem__(n, a[0].detach().numpy().astype(np.float64))) for n in names]
-    grams = geometry.input_grams(model, names, [batch])
+    grams = lora.input_grams(model, names, [batch])
     for h in hooks:
         h.remove()
     keep = batch["attention_mask"].numpy().astype(bool)
@@ -35,7 +34,7 @@ def test_grams_and_shares_match_numpy(tiny_models):
 
     reference = copy.deepcopy(model)  # the random A that a run with --seed 7 trains with
     lora.add_lora(reference, r=3, init="random", targets=TARGETS, generator=torch.Generator().manual_seed(7))
-    random_A = {n: p.lora_A.detach().double().numpy() for n, _, p in adapted_modules(reference)}
+    random_A = {n: p.lora_A.detach().double().numpy() for n, _, p in lora.adapted_modules(reference)}
     assert list(random_A) == names
 
     for n in names:
@@ -103,7 +102,7 @@ def test_eva_and_grad_are_optimal_on_their_calibration_batches(tiny_models):
     energy (Ky Fan) and grad's A the most gradient energy (Eckart–Young), more than random and svd."""
     model, tok = load_model_and_tokenizer(str(tiny_models["bert"]), 2)
     batches = labelled_batches(tok)
-    names = lora.model.find_targets(model, TARGETS)
+    names = lora.find_targets(model, TARGETS)
     C, G = lora.input_grams(model, names, batches), lora.weight_grads(model, names, batches)
     df = geometry.init_geometry(model, C, rank=3, seed=1, grads=G, cal_grams=C, cal_grads=G).set_index("module")
     for n in names:
@@ -116,7 +115,7 @@ def test_eva_and_grad_are_optimal_on_their_calibration_batches(tiny_models):
     for init in ("eva", "grad"):
         adapted = copy.deepcopy(model)
         lora.add_lora(adapted, r=3, init=init, targets=TARGETS, data=batches)
-        for n, _, p in adapted_modules(adapted):
+        for n, _, p in lora.adapted_modules(adapted):
             A, Cn, Gn = (t.detach().double().numpy() for t in (p.lora_A, C[n], G[n]))
             assert df.loc[n, init] == pytest.approx(np.trace(A @ Cn @ A.T) / np.trace(Cn), rel=1e-5)
             assert df.loc[n, f"g_{init}"] == pytest.approx(np.square(Gn @ A.T).sum() / np.square(Gn).sum(), rel=1e-5)
@@ -126,7 +125,7 @@ def test_shares_are_measured_on_other_batches(tiny_models):
     """Held-out batches: eva / grad are no longer optimal by construction, and the columns change."""
     model, tok = load_model_and_tokenizer(str(tiny_models["bert"]), 2)
     cal, held = labelled_batches(tok)[:1], labelled_batches(tok)[1:]
-    names = lora.model.find_targets(model, TARGETS)
+    names = lora.find_targets(model, TARGETS)
     C_cal, G_cal = lora.input_grams(model, names, cal), lora.weight_grads(model, names, cal)
     C, G = lora.input_grams(model, names, held), lora.weight_grads(model, names, held)
     df = geometry.init_geometry(model, C, rank=3, grads=G, cal_grams=C_cal, cal_grads=G_cal)

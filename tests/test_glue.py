@@ -1,4 +1,4 @@
-"""Tests for utils.glue (task table, strict TSV loading, hub fallback) and utils.metrics."""
+"""Tests for utils.glue: task table, strict TSV loading, hub fallback, metrics."""
 import math
 import warnings
 from collections import Counter

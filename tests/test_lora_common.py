@@ -8,12 +8,11 @@ import copy
 import pytest
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, RobertaConfig
+from transformers import AutoModel, AutoModelForSequenceClassification
 
 import lora
+from tests.tiny import VOCAB, tiny_config
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            vocab_size=100, max_position_embeddings=64)
 # every square 32x32 Linear of a tiny BERT/RoBERTa layer
 ATTN = ["query", "key", "value", "attention.output.dense"]
 # every nn.Linear in the encoder layers (6 per layer; "output.dense" matches both output denses;
@@ -22,19 +21,11 @@ ENCODER = ["query", "key", "value", "output.dense", "intermediate.dense"]
 INITS = ("random", "svd", "pissa", "milora", "seed")
 
 
-def tiny_config(arch="bert", dropout=0.0, num_labels=3):
-    """Tiny random config; dropout=0 makes train-mode forwards deterministic."""
-    cls = BertConfig if arch == "bert" else RobertaConfig
-    extra = {} if arch == "bert" else dict(pad_token_id=1, type_vocab_size=1)
-    return cls(**TINY, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-               num_labels=num_labels, **extra)
-
-
 def tiny_model(arch="bert", head=True, seed=0, dropout=0.0, dtype=None):
     """A tiny random BertForSequenceClassification / RobertaForSequenceClassification (or bare encoder)."""
     torch.manual_seed(seed)
     cls = AutoModelForSequenceClassification if head else AutoModel
-    model = cls.from_config(tiny_config(arch, dropout))
+    model = cls.from_config(tiny_config(arch, num_labels=3, dropout=dropout))
     if dtype is not None:
         model = model.to(dtype)
     return model
@@ -45,7 +36,7 @@ def clone_model(model):
 
 
 def token_ids(batch=3, seq=9, seed=1, low=3):
-    return torch.randint(low, TINY["vocab_size"], (batch, seq), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(low, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
 
 def hidden(model, ids):

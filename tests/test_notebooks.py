@@ -9,38 +9,19 @@ logs. Everything is written under tmp_path; the repo's logs/ and imgs/ are never
 """
 import dataclasses
 import json
-import random
 import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from tests.tiny import CORPUS, tiny_model_dir
+from tests.tiny import tiny_model_dir, write_glue
 from utils import RunConfig, notebooks
 from utils.config import with_legacy_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 TASK_NOTEBOOKS = {"mrpc": "mrpc_experiment.ipynb", "rte": "rte_experiment.ipynb", "cola": "cola_experiment.ipynb"}
 NOTEBOOKS = [*TASK_NOTEBOOKS.values(), "plots_for_preso.ipynb"]
-
-
-def write_tiny_glue(root: Path, n_train: int = 16, n_dev: int = 8) -> Path:
-    """MRPC, RTE and CoLA in the classic glue_data layout, random but fixed labels."""
-    rng = random.Random(0)
-
-    def write(folder, name, header, rows):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-        (root / folder / name).write_text(header + "".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
-
-    for split, n in (("train", n_train), ("dev", n_dev)):
-        pairs = [(rng.choice(CORPUS), rng.choice(CORPUS)) for _ in range(n)]
-        write("MRPC", f"{split}.tsv", "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n",
-              [(str(i % 2), str(i), str(i + 1), a, b) for i, (a, b) in enumerate(pairs)])
-        write("RTE", f"{split}.tsv", "index\tsentence1\tsentence2\tlabel\n",
-              [(str(i), a, b, ("entailment", "not_entailment")[i % 2]) for i, (a, b) in enumerate(pairs)])
-        write("CoLA", f"{split}.tsv", "", [("src", str(i % 2), "", a) for i, (a, _) in enumerate(pairs)])
-    return root
 
 
 # ------------------------------------------------------------------ committed notebooks: executed, clean, current
@@ -139,7 +120,7 @@ def executed(tmp_path_factory):
     papermill = pytest.importorskip("papermill")
     tmp = tmp_path_factory.mktemp("notebooks")
     model = tiny_model_dir(tmp / "tiny_bert", "bert")
-    glue = write_tiny_glue(tmp / "glue")
+    glue = write_glue(tmp / "glue", n_train=16, n_dev=8)
     logs, imgs = tmp / "logs", tmp / "imgs"
     tiny = dict(model=str(model), inits=["random", "svd"], ranks=[2], lrs=[1e-2], seeds=[0], epochs=1,
                 max_steps=2, batch_size=4, max_length=32, data_dir=str(glue), log_dir=str(logs),

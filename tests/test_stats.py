@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from tests.test_plots import SEEDS, fake_log, log_dir  # noqa: F401 (fixture)
 from utils import stats
-from utils.logs import write_json_atomic
-from utils.runlog import predictions_path, save_predictions
+from utils.logs import predictions_path, write_json_atomic
+from utils.record import save_predictions
 
 
 def _summaries(svd, random, lr=1e-4):
@@ -144,7 +144,7 @@ def _real_log(cfg, f1, legacy=False):
     """A finished log with the real schema of `cfg` (a RunConfig); `legacy`: written before the fields of
     LEGACY_DEFAULTS existed (the committed logs)."""
     from utils.config import LEGACY_DEFAULTS
-    from utils.runlog import summary
+    from utils.record import summary
 
     cfg = cfg.canonical()
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if not (legacy and k in LEGACY_DEFAULTS)}

@@ -1,6 +1,6 @@
 """Tests for the run loop (utils.train), its data (utils.data), checkpoints, configs and grids.
 
-Tiny random models (tests/tiny.py) on tiny GLUE-format folders (tests/runner_helpers.py),
+Tiny random models on tiny GLUE-format folders (both tests/tiny.py),
 plus one short real run: MiniLM on the real MRPC data in ../shared/glue.
 """
 import dataclasses
@@ -14,17 +14,16 @@ from safetensors import safe_open
 from sklearn.metrics import accuracy_score, f1_score
 
 import lora
-from tests.runner_helpers import REAL_GLUE, tiny_config
+from tests.runner_helpers import REAL_GLUE, tiny_run_config
 from utils import checkpoint as ckpt
-from utils.build import build_model, linear_schedule, make_optimizer
+from utils.adapters import build_model, linear_schedule, make_optimizer
 from utils.config import RunConfig
 from utils.data import EpochSampler, tokenize_glue, train_loader
 from utils.evaluate import example_losses
 from utils.glue import DataNotFoundError, get_task, load_glue
 from utils.grid import expand_grid, parse_shard, select_shard
-from utils.logs import load_runs, load_summaries, read_log
+from utils.logs import load_predictions, load_runs, load_summaries, predictions_path, read_log
 from utils.models import head_modules, load_model_and_tokenizer
-from utils.runlog import load_predictions, predictions_path
 from utils.stats import format_summary, summarize
 from utils.train import TrainingDiverged, run_experiment
 
@@ -94,9 +93,9 @@ def test_real_minilm_mrpc(tmp_path):
 def test_resume_gives_the_same_run(tmp_path, tiny_models, glue_dir, overrides):
     overrides = dict(overrides)
     model = tiny_models[overrides.pop("arch", "bert")]
-    full = tiny_config(tmp_path / "a", model, glue_dir, keep_checkpoint=True, **overrides)
+    full = tiny_run_config(tmp_path / "a", model, glue_dir, keep_checkpoint=True, **overrides)
     ref = run_experiment(full, progress=False)
-    cut = tiny_config(tmp_path / "b", model, glue_dir, keep_checkpoint=True, **overrides)
+    cut = tiny_run_config(tmp_path / "b", model, glue_dir, keep_checkpoint=True, **overrides)
     with pytest.raises(Stop):
         run_experiment(cut, progress=False, on_eval=_stop_after_first_eval)
     killed = read_log(cut.log_path)
@@ -115,7 +114,7 @@ def test_resume_gives_the_same_run(tmp_path, tiny_models, glue_dir, overrides):
 
 
 def test_checkpoint_is_pickle_free_and_loads_with_lora(tmp_path, tiny_models, glue_dir):
-    cfg = tiny_config(tmp_path, tiny_models["bert"], glue_dir, keep_checkpoint=True, max_steps=4)
+    cfg = tiny_run_config(tmp_path, tiny_models["bert"], glue_dir, keep_checkpoint=True, max_steps=4)
     run_experiment(cfg, progress=False)
     folder = ckpt.latest_checkpoint(cfg.ckpt_path)
     assert sorted(p.suffix for p in folder.iterdir()) == [".json"] * 3 + [".safetensors"] * 3
@@ -126,14 +125,14 @@ def test_checkpoint_is_pickle_free_and_loads_with_lora(tmp_path, tiny_models, gl
     # the trainable file is a lora.save_lora adapter: it rebuilds the trained model on the base model
     base, _ = load_model_and_tokenizer(str(tiny_models["bert"]), 2)
     lora.load_lora(base, folder / "trainable.safetensors")
-    trained = _trainable(folder / "trainable.safetensors")
+    trained = lora.read_lora(folder / "trainable.safetensors")[1]  # tensors under the model's names
     for _, _, p in lora.adapted_modules(base):
         assert p.freeze_a and not p.lora_A.requires_grad
-    assert torch.equal(base.classifier.weight, trained["trained::classifier.weight"])
+    assert torch.equal(base.classifier.weight, trained["classifier.weight"])
 
 
 def test_finished_runs_are_skipped(tmp_path, tiny_models, glue_dir, monkeypatch):
-    cfg = tiny_config(tmp_path, tiny_models["bert"], glue_dir, max_steps=2)
+    cfg = tiny_run_config(tmp_path, tiny_models["bert"], glue_dir, max_steps=2)
     first = run_experiment(cfg, progress=False)
     import utils.train
 
@@ -145,7 +144,7 @@ def test_finished_runs_are_skipped(tmp_path, tiny_models, glue_dir, monkeypatch)
 
 
 def test_nan_loss_stops_the_run(tmp_path, tiny_models, glue_dir):
-    cfg = tiny_config(tmp_path, tiny_models["bert"], glue_dir, lr=1e30, eval_every=1, clip_norm=None,
+    cfg = tiny_run_config(tmp_path, tiny_models["bert"], glue_dir, lr=1e30, eval_every=1, clip_norm=None,
                       warmup_ratio=0.0, max_steps=10)
     with pytest.raises(TrainingDiverged, match="diverged at step .*lower learning rate"):
         run_experiment(cfg, progress=False)
@@ -155,14 +154,14 @@ def test_nan_loss_stops_the_run(tmp_path, tiny_models, glue_dir):
 
 
 def test_regularizer_is_in_the_training_loss_only(tmp_path, tiny_models, glue_dir):
-    runs = {lam: run_experiment(tiny_config(tmp_path / str(lam), tiny_models["bert"], glue_dir, reg_lambda=lam,
+    runs = {lam: run_experiment(tiny_run_config(tmp_path / str(lam), tiny_models["bert"], glue_dir, reg_lambda=lam,
                                             init="svd", keep_checkpoint=True, lr=0.05), progress=False)
             for lam in (0.0, 10.0)}
     h0, h1 = runs[0.0]["history"], runs[10.0]["history"]
     assert all(h["reg_loss"] == 0 for h in h0) and all(h["reg_loss"] > 0 for h in h1)
     assert [h["train_loss"] for h in h0] != [h["train_loss"] for h in h1]
     # the logged dev loss is the plain task loss of the final model, recomputed here without any regularizer
-    cfg = tiny_config(tmp_path / "10.0", tiny_models["bert"], glue_dir, reg_lambda=10.0, init="svd", lr=0.05)
+    cfg = tiny_run_config(tmp_path / "10.0", tiny_models["bert"], glue_dir, reg_lambda=10.0, init="svd", lr=0.05)
     model, tokenizer, _ = build_model(cfg.canonical(), 2)
     ckpt.load_trainable(model, ckpt.latest_checkpoint(cfg.ckpt_path) / "trainable.safetensors")
     dev = load_glue("mrpc", glue_dir).dev["dev"]
@@ -177,7 +176,7 @@ def test_regularizer_is_in_the_training_loss_only(tmp_path, tiny_models, glue_di
 @pytest.mark.parametrize("method, arch, task", [("head", "mpnet", "cola"), ("full", "roberta", "mrpc"),
                                                 ("lora", "bert", "stsb")])
 def test_methods_and_tasks(tmp_path, tiny_models, glue_dir, method, arch, task):
-    cfg = tiny_config(tmp_path, tiny_models[arch], glue_dir, method=method, task=task, max_steps=3, eval_every=None)
+    cfg = tiny_run_config(tmp_path, tiny_models[arch], glue_dir, method=method, task=task, max_steps=3, eval_every=None)
     log = run_experiment(cfg, progress=False)
     model, _, info = build_model(cfg.canonical(), get_task(task).num_labels)
     n_all = sum(p.numel() for p in model.parameters())
@@ -193,7 +192,7 @@ def test_methods_and_tasks(tmp_path, tiny_models, glue_dir, method, arch, task):
 def test_weight_decay_spares_adapters_biases_and_norms(tmp_path, tiny_models, glue_dir):
     """With zero gradients one AdamW step only applies decoupled decay: p <- p (1 - lr wd).
     The pissa B (nonzero init) must not move; a head weight must shrink by exactly that factor."""
-    cfg = tiny_config(tmp_path, tiny_models["bert"], glue_dir, method="lora-fa", init="pissa", weight_decay=0.5)
+    cfg = tiny_run_config(tmp_path, tiny_models["bert"], glue_dir, method="lora-fa", init="pissa", weight_decay=0.5)
     model, _, _ = build_model(cfg.canonical(), 2)
     opt = make_optimizer(model, cfg)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}

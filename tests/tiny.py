@@ -1,5 +1,6 @@
-"""Tiny random models for tests: a WordPiece tokenizer trained on the sentences
-below and 2-layer BERT / RoBERTa / MPNet encoders saved as safetensors.
+"""Tiny random models and data for tests: a WordPiece tokenizer trained on the sentences
+below, 2-layer BERT / RoBERTa / MPNet encoders saved as safetensors, and GLUE-format files
+of those sentences' words (`write_glue`).
 
 Both helpers write ordinary Hugging Face folders, so tests go through the same
 `utils.models.load_model_and_tokenizer` path as real checkpoints.  Building
@@ -9,6 +10,7 @@ session (fixture ``tiny_models``).
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import torch
@@ -25,6 +27,7 @@ HEADS = 4
 INTERMEDIATE = 37
 MAX_POSITIONS = 64  # RoBERTa/MPNet start positions at pad_token_id + 1, so 62 tokens fit
 MAX_LENGTH = MAX_POSITIONS - 2
+VOCAB = 100  # vocabulary of models built without a tokenizer (tests/test_lora_common.py)
 
 # Special tokens in RoBERTa/MPNet id order (<s>=0, <pad>=1, </s>=2, <unk>=3):
 # MPNet hard-codes padding_idx=1, so pad must be id 1 for every arch.
@@ -85,8 +88,11 @@ def tiny_tokenizer(tmp_dir, arch: str = "bert") -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_config(arch: str, vocab_size: int, num_labels: int | None = None):
-    """Config of a tiny random `arch` encoder (shapes from the module constants)."""
+def tiny_config(arch: str = "bert", vocab_size: int = VOCAB, num_labels: int | None = None,
+                dropout: float | None = None):
+    """Config of a tiny random `arch` encoder (shapes from the module constants); `dropout` sets
+    the hidden and attention dropout (0: train-mode forwards are deterministic), None keeps the
+    architecture's default."""
     kwargs = dict(
         vocab_size=vocab_size,
         hidden_size=HIDDEN,
@@ -102,6 +108,8 @@ def tiny_config(arch: str, vocab_size: int, num_labels: int | None = None):
         kwargs["type_vocab_size"] = 1
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
+    if dropout is not None:
+        kwargs.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     return AutoConfig.for_model(arch, **kwargs)
 
 
@@ -123,3 +131,43 @@ def tiny_model_dir(tmp_dir, arch: str, num_labels: int | None = None, seed: int 
     model = cls.from_config(config)
     model.save_pretrained(str(folder))  # safetensors by default
     return folder
+
+
+# ---------------------------------------------------------------- tiny GLUE files
+
+WORDS = sorted({w.strip(".,?").lower() for s in CORPUS for w in s.split()})
+
+
+def _sentence(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) + " ."
+
+
+def write_glue(root, n_train: int = 48, n_dev: int = 21, seed: int = 0) -> Path:
+    """A GLUE folder with MRPC (pairs, header with BOM), CoLA (no header), RTE (text labels),
+    STS-B (regression) and MNLI (two dev files) in the classic layout; sentences of `CORPUS`'s
+    words, labels random but fixed by `seed`."""
+    rng = random.Random(seed)
+    root = Path(root)
+
+    def write(folder, name, header, rows):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / name).write_text(header + "".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        write("MRPC", f"{split}.tsv", "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n",
+              [(str(rng.randint(0, 1)), str(i), str(i + 1), _sentence(rng), _sentence(rng)) for i in range(n)])
+        write("CoLA", f"{split}.tsv", "",
+              [("src", str(rng.randint(0, 1)), "", _sentence(rng)) for _ in range(n)])
+        write("STS-B", f"{split}.tsv",
+              "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n",
+              [(str(i), "g", "f", "2012", "0", "n", "n", _sentence(rng), _sentence(rng), f"{rng.uniform(0, 5):.3f}")
+               for i in range(n)])
+    head = "index\tsentence1\tsentence2\tgold_label\n"
+    labels = ("entailment", "neutral", "contradiction")
+    for name, n in (("train.tsv", n_train), ("dev_matched.tsv", n_dev), ("dev_mismatched.tsv", n_dev - 4)):
+        write("MNLI", name, head, [(str(i), _sentence(rng), _sentence(rng), rng.choice(labels)) for i in range(n)])
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        write("RTE", f"{split}.tsv", "index\tsentence1\tsentence2\tlabel\n",
+              [(str(i), _sentence(rng), _sentence(rng), rng.choice(("entailment", "not_entailment")))
+               for i in range(n)])
+    return root

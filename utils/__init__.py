@@ -7,9 +7,11 @@ stays light):
     log = run_experiment(RunConfig(task="mrpc", model="minilm", init="svd", data_dir="../shared/glue"))
 
 Submodules: `utils.config` (RunConfig, run ids), `utils.glue` (tasks, loading, metrics),
-`utils.data` (tokenising, cache, loaders), `utils.models` (model loading, targets),
+`utils.data` (tokenising, cache, loaders), `utils.models` (pretrained models: files, loading,
+head), `utils.adapters` (what a run trains: adapters, trainable parameters, AdamW),
 `utils.train` (the run loop), `utils.evaluate` (dev evaluation), `utils.checkpoint`
-(resume), `utils.grid` (grids, summaries), `utils.logs` / `utils.runlog` (JSON run logs),
+(resume), `utils.grid` (grids, shards), `utils.record` (what a run records, the run lock),
+`utils.logs` (JSON run logs on disk, read back as tables), `utils.geometry` (init diagnostics),
 `utils.plots` (figures), `utils.stats` (tables, paired tests, the Results report).
 """
 import importlib
@@ -25,7 +27,7 @@ _EXPORTS = {
     "load_runs": "utils.logs",
     "load_summaries": "utils.logs",
     "read_log": "utils.logs",
-    "load_predictions": "utils.runlog",
+    "load_predictions": "utils.logs",
     "load_glue": "utils.glue",
     "compute_metrics": "utils.glue",
     "load_model_and_tokenizer": "utils.models",

@@ -16,24 +16,16 @@ Only the main process writes the shared files; every process writes its own RNG 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import lora
-
-
-def _write_json(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
+from utils.logs import write_json_atomic
 
 # ---------------------------------------------------------------- parts
 
@@ -48,14 +40,13 @@ def save_trainable(model, path: Path) -> None:
 
 def load_trainable(model, path: Path) -> None:
     """Copy the tensors saved by `save_trainable` into the (already adapted) model."""
+    tensors = lora.read_lora(path)[1] if lora.adapted_modules(model) else load_file(str(path))
     state = model.state_dict(keep_vars=True)
-    with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
-            name = key.removeprefix("trained::")
-            if name not in state:
-                raise ValueError(f"checkpoint {path}: {name!r} is no parameter or buffer of the model")
-            with torch.no_grad():
-                state[name].copy_(f.get_tensor(key))
+    for name, tensor in tensors.items():
+        if name not in state:
+            raise ValueError(f"checkpoint {path}: {name!r} is no parameter or buffer of the model")
+        with torch.no_grad():
+            state[name].copy_(tensor)
 
 
 def _split_optimizer(sd: dict) -> tuple[dict, dict]:
@@ -113,16 +104,16 @@ def save_checkpoint(run_dir, step: int, *, model, optimizer, scheduler, state: d
     accelerator.wait_for_everyone()
     tensors, rest = rng_state()
     save_file(tensors, str(folder / f"rng-{accelerator.process_index}.safetensors"))
-    _write_json(rest, folder / f"rng-{accelerator.process_index}.json")
+    write_json_atomic(rest, folder / f"rng-{accelerator.process_index}.json")
     if main:
         save_trainable(accelerator.unwrap_model(model), folder / "trainable.safetensors")
         tensors, rest = _split_optimizer(optimizer.state_dict())
         save_file(tensors, str(folder / "optimizer.safetensors"))
-        _write_json({"optimizer": rest, "scheduler": scheduler.state_dict()}, folder / "optimizer.json")
-        _write_json(state, folder / "state.json")
+        write_json_atomic({"optimizer": rest, "scheduler": scheduler.state_dict()}, folder / "optimizer.json")
+        write_json_atomic(state, folder / "state.json")
     accelerator.wait_for_everyone()
     if main:
-        _write_json({"step": step, "folder": folder.name}, run_dir / "latest.json")
+        write_json_atomic({"step": step, "folder": folder.name}, run_dir / "latest.json")
         for old in run_dir.glob("step-*"):
             if old != folder:
                 shutil.rmtree(old, ignore_errors=True)

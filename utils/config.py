@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora import INITS, SVD_METHODS
+from lora import DATA_INITS, INITS, SVD_METHODS
 from utils.glue import DataNotFoundError, get_task
 
 METHODS = ("lora-fa", "lora", "head", "full")  # lora-fa: A frozen; head: classifier only
@@ -33,7 +33,6 @@ UNHASHED_FIELDS = ("data_dir", "log_dir", "ckpt_dir", "resume", "overwrite", "ke
 # at its legacy value is left out of the run id's hash, so the ids of committed logs stay valid,
 # and readers fill a log that lacks the field with this value (`with_legacy_defaults`).
 LEGACY_DEFAULTS = {"group_by_length": False, "holdout": 0.0, "init_batches": None, "threads": None}
-DATA_INITS = ("eva", "grad")  # inits computed from calibration batches (`init_batches`)
 FLOAT_FIELDS = ("alpha", "lora_dropout", "lr", "weight_decay", "warmup_ratio", "clip_norm", "reg_lambda",
                 "holdout")
 

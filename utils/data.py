@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding
 
 from utils.glue import GlueData
-from utils.model_files import cache_root
+from utils.models import cache_root
 
 FORMAT = 1  # bump when the tokenised layout changes, so old cache entries are not reused
 MEGA = 50  # batches per mega-batch of LengthGroupedBatches
@@ -49,7 +49,7 @@ HOLDOUT_SEED = 0  # the holdout slice depends on the task's data and the fractio
 
 
 def tokenized_cache_dir() -> Path:
-    """Where tokenised datasets are cached: `<cache>/tokenized` (see utils.model_files.cache_root)."""
+    """Where tokenised datasets are cached: `<cache>/tokenized` (see utils.models.cache_root)."""
     return cache_root() / "tokenized"
 
 

@@ -3,7 +3,7 @@
 With A frozen, LoRA-FA trains only B, and for an adapted layer with inputs X (N, in) and output
 gradients G (N, out) (s = alpha / r):
 
-    dL/dB = s · Gᵀ (X Aᵀ)  (out, r),        ΔY = s · (X Aᵀ) ΔBᵀ  (N, out)
+    dL/dB = s · Gᵀ (X Aᵀ)  (out, r),        δY = s · (X Aᵀ) δBᵀ  (N, out)
 
 so the input energy that A lets through, ‖X Aᵀ‖², sets both the size of B's gradient and how far a
 step of B moves the layer's output. For A with orthonormal rows it is a share of ‖X‖²:
@@ -21,7 +21,7 @@ size across inits.
 relative change of the layer's output at step 0 (`pissa` starts at W, with `svd`'s A).
 
 The gradient energy A captures is the other half of the picture: with G = Σ ∂loss/∂W (out, in) the
-full-weight gradient, the best first step of B alone changes W by s·ΔB·A, which can follow G only
+full-weight gradient, the best first step δB of B alone changes W by s·δB·A, which can follow G only
 inside A's row space, a share
 
     grad_captured(A) = ‖G Aᵀ‖²_F / ‖G‖²_F     (`g_` columns; `g_best`: G's top-r singular values' share).
@@ -39,7 +39,6 @@ import pandas as pd
 import torch
 
 import lora
-from lora import input_grams, weight_grads  # noqa: F401 (input_grams: this module's name for it, kept)
 
 INPUT_COLUMNS = ("random", "svd", "eva", "grad")  # captured input energy of each init's A
 GRAD_COLUMNS = tuple(f"g_{i}" for i in INPUT_COLUMNS)  # captured gradient energy
@@ -113,16 +112,17 @@ def measure(task: str, model_name: str, rank: int = 4, targets: list[str] | None
     tokenizes them."""
     from transformers import set_seed
 
+    from utils.adapters import default_targets
     from utils.data import calibration_batches, eval_loader, tokenize_glue
     from utils.glue import get_task, load_glue
-    from utils.models import default_targets, load_model_and_tokenizer, matches_suffix
+    from utils.models import load_model_and_tokenizer
 
     t = get_task(task)
     set_seed(seed)
     model, tokenizer = load_model_and_tokenizer(model_name, t.num_labels)
     targets = list(targets or default_targets(model))
     names = lora.find_targets(model, targets)
-    kinds = {n: next(s for s in targets if matches_suffix(n, s)) for n in names}
+    kinds = {n: next(s for s in targets if lora.matches_suffix(n, s)) for n in names}
     train = tokenize_glue(load_glue(t, data_dir), tokenizer, max_length)["train"]
     calibration = calibration_batches(train, tokenizer, batch_size, seed, init_batches)
     used = {tuple(ids[m.bool()].tolist()) for b in calibration for ids, m in zip(b["input_ids"], b["attention_mask"])}
@@ -131,7 +131,7 @@ def measure(task: str, model_name: str, rank: int = 4, targets: list[str] | None
         raise ValueError(f"{task}: no training example is left outside the {init_batches} calibration batches "
                          f"of {batch_size}; use fewer or smaller batches")
     measured = list(eval_loader(train.select(held_out), tokenizer, batch_size))
-    return init_geometry(model, input_grams(model, names, measured), rank, kinds, seed=seed,
-                         grads=weight_grads(model, names, measured),
-                         cal_grams=input_grams(model, names, calibration),
-                         cal_grads=weight_grads(model, names, calibration))
+    return init_geometry(model, lora.input_grams(model, names, measured), rank, kinds, seed=seed,
+                         grads=lora.weight_grads(model, names, measured),
+                         cal_grams=lora.input_grams(model, names, calibration),
+                         cal_grads=lora.weight_grads(model, names, calibration))

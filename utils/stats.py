@@ -19,8 +19,15 @@ from scipy import stats
 from lora.inits import INITS
 from utils.config import ADAPTER_METHODS, DATA_INITS, METHODS, NAME_FIELDS, UNHASHED_FIELDS, RunConfig
 from utils.glue import compute_metrics, get_task
-from utils.logs import load_runs, load_summaries, read_logs, select_logs, summary_row
-from utils.runlog import load_predictions, predictions_path
+from utils.logs import (
+    load_predictions,
+    load_runs,
+    load_summaries,
+    predictions_path,
+    read_logs,
+    select_logs,
+    summary_row,
+)
 
 
 def series_order(key):

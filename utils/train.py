@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
@@ -24,17 +25,36 @@ from tqdm.auto import tqdm
 
 import lora
 from utils import checkpoint as ckpt
-from utils import runlog
-from utils.build import adapt, linear_schedule, load_seeded, make_optimizer, new_accelerator, params_hash, process_state
+from utils import record
+from utils.adapters import adapt, linear_schedule, make_optimizer, params_hash
 from utils.config import DATA_INITS, RunConfig
 from utils.data import calibration_batches, eval_loader, holdout_split, tokenize_glue, train_loader
 from utils.evaluate import evaluate, example_losses
 from utils.glue import get_task, load_glue
-from utils.logs import RunLocked, read_log, run_lock, write_json_atomic
+from utils.logs import predictions_path, read_log, write_json_atomic
+from utils.models import load_seeded
+from utils.record import RunLocked, run_lock
 
 
 class TrainingDiverged(RuntimeError):
     """The training loss or gradient norm became NaN or infinite."""
+
+
+# ---------------------------------------------------------------- processes
+
+def process_state() -> PartialState:
+    """The processes of this job (rank, world size). Without CUDA, cpu=True: that makes
+    Accelerate use gloo when launched by torchrun / accelerate launch with several processes."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def new_accelerator(cfg: RunConfig) -> Accelerator:
+    """A fresh Accelerator per run (its shared state is reset, so runs of a grid may differ in
+    bf16); the process group (PartialState) is kept for every run under torchrun."""
+    process_state()
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
 
 
 # ---------------------------------------------------------------- one run
@@ -96,7 +116,7 @@ def run_experiment(config: RunConfig, progress: bool = True, on_eval=None) -> di
     use it to interrupt a run). On failure the log is written with status "failed" and the
     error, the last checkpoint is kept, and the exception propagates (TrainingDiverged for
     a NaN/inf loss). Only one worker runs a run at a time: RunLocked (nothing run or written)
-    if another live process holds its lock file (utils.logs.run_lock).
+    if another live process holds its lock file (utils.record.run_lock).
     """
     cfg = config.canonical()
     cfg.check_files()
@@ -132,7 +152,7 @@ def _run(cfg: RunConfig, progress: bool, on_eval) -> dict:
             print(f"skip {cfg.run_id}: finished (log {cfg.log_path})")
         return old
     acc = new_accelerator(cfg)
-    run = Run(cfg, acc, runlog.new_log(cfg, {}, runlog.environment(acc)))
+    run = Run(cfg, acc, record.new_log(cfg, {}, record.environment(acc)))
     pos = Position()
     try:
         run.write_log()
@@ -153,8 +173,8 @@ def _run(cfg: RunConfig, progress: bool, on_eval) -> dict:
         return run.log
     except BaseException as e:
         run.log["status"], run.log["error"] = "failed", f"{type(e).__name__}: {e}"
-        run.log["summary"] = runlog.summary(run.log["history"], steps=pos.step, wall_time_s=run.elapsed(pos),
-                                            peak_rss_mb=runlog.peak_rss_mb())
+        run.log["summary"] = record.summary(run.log["history"], steps=pos.step, wall_time_s=run.elapsed(pos),
+                                            peak_rss_mb=record.peak_rss_mib())
         run.write_log()
         raise
 
@@ -279,10 +299,10 @@ def _evaluate_and_save(run: Run, pos: Position) -> None:
         "reg_loss": reg / n, "lr": run.scheduler.get_last_lr()[0], "dev_loss": dev_loss, "metrics": metrics,
         **held, "time_s": run.elapsed(pos)})
     pos.since_eval = [0.0, 0.0, 0]
-    run.log["summary"] = runlog.summary(run.log["history"], steps=pos.step, wall_time_s=run.elapsed(pos))
+    run.log["summary"] = record.summary(run.log["history"], steps=pos.step, wall_time_s=run.elapsed(pos))
     run.write_log()
     if run.acc.is_main_process:
-        runlog.save_predictions(runlog.predictions_path(run.cfg.log_path), pos.step, preds)
+        record.save_predictions(predictions_path(run.cfg.log_path), pos.step, preds)
     state = {**dataclasses.asdict(pos), "elapsed": run.elapsed(pos), "run_id": run.cfg.run_id,
              "processes": run.acc.num_processes, "history": run.log["history"],
              "train_loss": run.log["train_loss"]}
@@ -294,10 +314,10 @@ def _finish(run: Run, pos: Position, progress: bool) -> None:
     """Final summary, status "finished", checkpoint removal (unless keep_checkpoint)."""
     cfg, acc = run.cfg, run.acc
     hashes = gather_object([params_hash(acc.unwrap_model(run.model))])
-    run.log["summary"] = runlog.summary(
+    run.log["summary"] = record.summary(
         run.log["history"], steps=pos.step, epochs=round(pos.step / run.steps_per_epoch, 6),
         wall_time_s=run.elapsed(pos), train_time_s=pos.timers["train"], eval_time_s=pos.timers["eval"],
-        setup_time_s=pos.timers["setup"], peak_rss_mb=runlog.peak_rss_mb(),
+        setup_time_s=pos.timers["setup"], peak_rss_mb=record.peak_rss_mib(),
         padding_efficiency=pos.tokens[0] / max(1, pos.tokens[1]),
         tokens_per_second=pos.tokens[0] * acc.num_processes / max(1e-9, pos.timers["train"]),
         peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,

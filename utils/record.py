@@ -1,0 +1,232 @@
+"""Recording a run while it runs: what its log holds (environment, summary), the predictions file,
+the process's memory, and the lock that lets one worker at a time run it. `utils.logs` writes and
+reads the log files (the schema is in its docstring).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import lora
+from utils.logs import SCHEMA, lock_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- the log
+
+def git_commit() -> str:
+    """HEAD of the repository this file lives in, "+dirty" if any tracked file differs from it (in the
+    working tree or the index; untracked files do not count); "unknown" without git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)  # without importing it (peft takes seconds)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def environment(accelerator) -> dict:
+    """Where and with what the run ran (the log's "env" block)."""
+    device = str(accelerator.device)
+    if accelerator.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(accelerator.device)})"
+    return {"git_commit": git_commit(), "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": _version("transformers"), "accelerate": _version("accelerate"),
+            "peft": _version("peft"), "datasets": _version("datasets"), "project": lora.__version__,
+            "device": device, "mixed_precision": accelerator.mixed_precision,
+            "threads": torch.get_num_threads(), "processes": accelerator.num_processes,
+            "host": socket.gethostname(), "platform": platform.platform(), "argv": sys.argv}
+
+
+def new_log(cfg, extra_config: dict, env: dict) -> dict:
+    """A fresh log with status "running" and empty history."""
+    return {"schema": SCHEMA, "run_id": cfg.run_id, "status": "running", "error": None,
+            "config": {**dataclasses.asdict(cfg), **extra_config}, "env": env,
+            "history": [], "train_loss": [], "summary": {}}
+
+
+def _best(history: list[dict], key: str) -> dict:
+    """{metric: {"value": max over the history of h[key][metric], "step": where}} (losses left out)."""
+    best = {}
+    for h in history:
+        for k, v in h.get(key, {}).items():
+            if k != "loss" and (k not in best or v > best[k]["value"]):
+                best[k] = {"value": v, "step": h["step"]}
+    return best
+
+
+def summary(history: list[dict], **extra) -> dict:
+    """final (last evaluation's metrics + dev_loss) and best (max of each metric, with its step);
+    with a holdout slice also "holdout": {"final": its metrics + loss, "best": ...}."""
+    if not history:
+        return {"final": {}, "best": {}, **extra}
+    last = history[-1]
+    held = {"holdout": {"final": last["holdout"], "best": _best(history, "holdout")}} if "holdout" in last else {}
+    return {"final": {**last["metrics"], "dev_loss": last["dev_loss"]}, "best": _best(history, "metrics"),
+            **held, **extra}
+
+
+def save_predictions(path, step: int, preds: dict) -> None:
+    """Write {split: (predictions, labels)} of one evaluation as `<split>/pred`, `<split>/label`."""
+    arrays = {"step": np.asarray(step)}
+    for split, (pred, label) in preds.items():
+        arrays[f"{split}/pred"], arrays[f"{split}/label"] = np.asarray(pred), np.asarray(label)
+    with lora.atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+# ---------------------------------------------------------------- memory of this process
+
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_now_mib() -> float | None:
+    """Resident memory of this process now, in MiB (None where /proc is missing)."""
+    kib = _status_kib("VmRSS")
+    return None if kib is None else kib / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (VmHWM) of this process; False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib(since_reset: bool = False) -> float:
+    """Peak resident memory of this process in MiB: ru_maxrss over its whole life (in a grid run in
+    one process, the maximum over the runs so far), or VmHWM since `reset_peak_rss`."""
+    if since_reset:
+        kib = _status_kib("VmHWM")
+        if kib is not None:
+            return kib / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# ---------------------------------------------------------------- one worker per run
+
+class RunLocked(RuntimeError):
+    """Another live process holds the run's lock file: it is running (or about to run) that run."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _read_holder(path: Path) -> dict | None:
+    """The lock's {"pid", "host", ...}, or None if it is gone or unreadable (being written)."""
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _is_stale(holder: dict) -> bool:
+    """A lock of a process on this host that no longer exists (a killed worker)."""
+    pid = holder.get("pid")
+    return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
+
+
+def _take_over(path: Path, stale: dict) -> None:
+    """Remove the stale lock `stale`; if another worker replaced it meanwhile, leave that one.
+
+    The lock is renamed aside first (atomic: of two workers taking over, one gets the file), then
+    checked: a fresh lock moved by mistake is linked back (os.link fails if a lock is there again)."""
+    aside = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    if _read_holder(aside) != stale:
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+    aside.unlink(missing_ok=True)
+
+
+def acquire_lock(path) -> dict:
+    """Create the lock file `path` atomically (O_CREAT | O_EXCL) holding this process's pid and host
+    (JSON); returns what it wrote. A stale lock (its pid is dead on this host) is taken over with a
+    warning on stderr; RunLocked if a live process (or one on another host) holds it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex,
+          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_holder(path)
+            if holder is None or not _is_stale(holder):
+                who = "an unreadable lock" if holder is None else \
+                    f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started', '?')}"
+                raise RunLocked(f"{path} is held by {who}: another worker is running this run "
+                                f"(delete the file if no process uses it)") from None
+            print(f"warning: taking over the stale lock {path} of pid {holder.get('pid')} (no longer "
+                  f"running on {holder.get('host')})", file=sys.stderr)
+            _take_over(path, holder)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return me
+    raise RunLocked(f"{path}: could not take the lock (other workers keep replacing it)")
+
+
+def release_lock(path, held: dict) -> None:
+    """Delete the lock file `path` if it is still the one `acquire_lock` returned as `held`."""
+    path = Path(path)
+    if _read_holder(path) == held:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def run_lock(log_path):
+    """Hold the run's lock file (`lock_path(log_path)`) for the block; released on exit, also when
+    the block raises. RunLocked (before the block) if another live worker holds it."""
+    path = lock_path(log_path)
+    held = acquire_lock(path)
+    try:
+        yield path
+    finally:
+        release_lock(path, held)
