@@ -148,7 +148,7 @@ def calibration_data(args):
     set_seed(args.seed)
     model, tokenizer = load_model_and_tokenizer(args.data_model, task.num_labels)
     train = tokenize_glue(load_glue(task, args.data_dir), tokenizer, args.max_length)["train"]
-    batches = calibration_batches(train, tokenizer, args.batch, args.seed, args.init_batches)
+    batches = calibration_batches(train, tokenizer, args.batch, seed=args.seed, n_batches=args.init_batches)
     return model.eval(), default_targets(model), batches
 
 

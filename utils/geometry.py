@@ -71,7 +71,7 @@ def init_geometry(model, grams: dict[str, torch.Tensor], rank: int, kinds: dict[
     ‖G Aᵀ‖² / ‖G‖² (`g_<init>`) and `g_best`; plus `svd_over_random` and `start_shift` (module docstring).
     `kinds`: {name: label} to group layers by (e.g. the target suffix)."""
     names = list(grams)  # the order of `names`, the order add_lora draws random A in
-    As = frozen_As(model, names, rank, seed, svd_method, cal_grams, cal_grads)
+    As = frozen_As(model, names, rank, seed=seed, svd_method=svd_method, cal_grams=cal_grams, cal_grads=cal_grads)
     rows = []
     for name, C in grams.items():
         W = model.get_submodule(name).weight.detach().double()  # (out, in)
@@ -124,7 +124,7 @@ def measure(task: str, model_name: str, rank: int = 4, targets: list[str] | None
     names = lora.find_targets(model, targets)
     kinds = {n: next(s for s in targets if lora.matches_suffix(n, s)) for n in names}
     train = tokenize_glue(load_glue(t, data_dir), tokenizer, max_length)["train"]
-    calibration = calibration_batches(train, tokenizer, batch_size, seed, init_batches)
+    calibration = calibration_batches(train, tokenizer, batch_size, seed=seed, n_batches=init_batches)
     used = {tuple(ids[m.bool()].tolist()) for b in calibration for ids, m in zip(b["input_ids"], b["attention_mask"])}
     held_out = [i for i, ids in enumerate(train["input_ids"]) if tuple(ids) not in used][:examples]
     if not held_out:

@@ -191,7 +191,7 @@ def _setup(run: Run, progress: bool) -> None:
     keep, held = holdout_split(glue.train["label"], cfg.holdout, regression=task.is_regression)
     train = tokens["train"].select(keep) if held else tokens["train"]
     t_init = time.time()
-    data = (calibration_batches(train, tokenizer, cfg.batch_size, cfg.seed, cfg.init_batches)
+    data = (calibration_batches(train, tokenizer, cfg.batch_size, seed=cfg.seed, n_batches=cfg.init_batches)
             if cfg.init in DATA_INITS else None)
     info = adapt(model.to(acc.device), cfg, data and [{k: v.to(acc.device) for k, v in b.items()} for b in data],
                  loss_fn=lambda m, b: example_losses(m(**{k: v for k, v in b.items() if k != "labels"}).logits,
