@@ -4,7 +4,8 @@
     python run_glue.py --task mrpc --model minilm --init random svd --rank 4 --lr 1e-4 4e-4 --seeds 0 1 2
     python run_glue.py --task rte --init random svd --seeds 0 1 2 --shard 0/4 --resume   # shard 0 of 4
     python run_glue.py summary --log-dir logs            # mean ± std over seeds of finished runs
-    python run_glue.py plot --log-dir logs --out imgs    # figures + summary/results tables (utils.plots, utils.stats)
+    python run_glue.py plot --log-dir logs --out imgs    # figures + summary/results tables (utils.plots, utils.report)
+    python run_glue.py plot --log-dir logs/round2 --out imgs/round2 --round2   # + round 2's lr choice and comparison
     python run_glue.py geometry --task mrpc --model minilm --rank 4   # what each init's frozen A passes (utils.geometry)
     python run_glue.py select --task mrpc --init svd --lr 1e-4 1e-3 1e-2 --log-dir logs/round2   # lr chosen on holdout
     torchrun --nproc_per_node 2 run_glue.py ...          # 2 processes (gloo on CPUs), or equally:
@@ -94,7 +95,8 @@ def split_args(args: argparse.Namespace) -> tuple[RunConfig, dict]:
 def cmd_train(argv) -> int:
 
     from utils.grid import expand_grid, run_grid, select_shard
-    from utils.stats import format_summary, summarize
+    from utils.report import format_summary
+    from utils.stats import summarize
     from utils.train import process_state
 
     parser = train_parser()
@@ -126,7 +128,8 @@ def cmd_train(argv) -> int:
 
 def cmd_summary(argv) -> int:
     from utils.logs import load_summaries
-    from utils.stats import format_summary, summarize
+    from utils.report import format_summary
+    from utils.stats import summarize
 
     p = argparse.ArgumentParser(prog="run_glue.py summary", description="mean ± std over seeds of finished runs, "
                                 "one row per setting (runs differing in any setting but the seed are kept apart)")
@@ -144,6 +147,8 @@ def cmd_plot(argv) -> int:
     p = argparse.ArgumentParser(prog="run_glue.py plot", description="figures and summary.md from the run logs")
     p.add_argument("--log-dir", default="logs", help="folder of JSON run logs (default: logs)")
     p.add_argument("--out", default="imgs", help="output folder (default: imgs)")
+    p.add_argument("--round2", action="store_true", help="also round 2's lr-sensitivity and chosen-lr figures "
+                   "and round2.md (utils.round2: README \"Round 2 protocol\")")
     args = p.parse_args(argv)
     try:
         from utils import plots
@@ -151,7 +156,7 @@ def cmd_plot(argv) -> int:
         print(f"error: plotting needs utils.plots and matplotlib ({e})", file=sys.stderr)
         return 1
     try:
-        written = plots.main(args.log_dir, args.out)
+        written = plots.main(args.log_dir, args.out, args.round2)
     except Exception as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
@@ -179,7 +184,7 @@ def cmd_geometry(argv) -> int:
     p.add_argument("--csv", default=None, help="also write the per-layer table to this CSV file")
     args = p.parse_args(argv)
     from utils.geometry import measure, summarize_geometry
-    from utils.stats import to_markdown
+    from utils.report import to_markdown
 
     df = measure(args.task, args.model, args.rank, args.targets, args.examples, batch_size=args.batch_size,
                  max_length=args.max_length, seed=args.seed, data_dir=args.data_dir, init_batches=args.init_batches)
@@ -196,7 +201,7 @@ def cmd_geometry(argv) -> int:
 
 def cmd_select(argv) -> int:
     p = argparse.ArgumentParser(prog="run_glue.py select", description="the learning rate chosen on the holdout "
-                                "slice for one init (utils.stats.select_lr); prints it, or exits 1 if a run is missing")
+                                "slice for one init (utils.round2.select_lr); prints it, or exits 1 if a run is missing")
     p.add_argument("--log-dir", default="logs", help="folder of JSON run logs (default: logs)")
     p.add_argument("--task", required=True)
     p.add_argument("--init", required=True, help="adapter init (none for head/full)")
@@ -206,7 +211,8 @@ def cmd_select(argv) -> int:
     p.add_argument("--epochs", type=int, default=None, help="only runs of this many epochs")
     args = p.parse_args(argv)
     from utils.logs import load_runs
-    from utils.stats import select_lr, to_markdown
+    from utils.report import to_markdown
+    from utils.round2 import select_lr
 
     try:
         lr, table = select_lr(load_runs(args.log_dir), args.task, args.init, args.lr, method=args.method,

@@ -8,7 +8,8 @@ its own learning rate chosen on a holdout slice of train, all trained to the tas
 Resumable: finished runs are skipped, interrupted ones continue from their checkpoints (--resume).
 Every worker walks the whole list in priority order and runs the first run that is neither finished nor
 held by another worker (lock files), one `run_glue.py` process per run. A run whose lr is "select"
-waits until every lr of its init's selection grid has finished (`utils.stats.select_lr`). To keep
+waits until every lr of its init's selection grid has finished (`utils.round2.select_lr`; the protocol's
+runs and settings are `utils.round2`). To keep
 editing the code meanwhile, run it from a worktree of a fixed commit with `--log-dir` pointing back:
     git worktree add ../sweep HEAD && cd ../sweep && \\
     GLUE_DIR=$PWD/../shared/glue nohup python sweep_round2.py --workers 2 --log-dir $OLDPWD/logs/round2 &
@@ -19,43 +20,9 @@ import argparse
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from utils.config import RunConfig
-from utils.logs import load_runs, lock_path, read_log
-from utils.stats import select_lr
-
-LORA_LRS = (1e-4, 4e-4, 1.7e-3, 7e-3, 3e-2)  # the per-init selection grid (step 2)
-GRID_LRS = {"full": (2e-5, 5e-5, 1e-4), "head": (1e-3, 5e-3, 2e-2), "lora-fa": LORA_LRS}  # step 1 and 2
-INITS = ("random", "svd", "pissa", "milora", "eva", "grad")
-EPOCHS = {"mrpc": 6, "cola": 4, "rte": 6}
-EVAL_EVERY = {"mrpc": 52, "cola": 120, "rte": 35}  # twice per epoch after the 10 % holdout
-SMALL_LR = LORA_LRS[0]  # step 4
-SMALL_LR_SEEDS = (1,)  # step 4 beyond the selection run's seed 0: 2 seeds in all, as the budget plans
-
-
-def runs() -> list[tuple]:
-    """(task, method, init, lr, seed) in priority order; lr "select" or ("select", task): the chosen lr."""
-    out = []
-    for task in ("cola", "mrpc"):  # 1. ceilings, seed 0: the lr grids
-        out += [(task, m, "none", lr, 0) for m in ("full", "head") for lr in GRID_LRS[m]]
-    for task in ("cola", "mrpc"):  # 2. LoRA-FA lr per init, seed 0
-        out += [(task, "lora-fa", init, lr, 0) for init in INITS for lr in LORA_LRS]
-    out += [("rte", m, "none", ("select", "mrpc"), 0) for m in ("full", "head")]  # 1. RTE at MRPC's lrs
-    for task in ("mrpc", "cola"):  # 1. ceiling seeds
-        out += [(task, m, "none", "select", s) for s in (1, 2) for m in ("full", "head")]
-    for task in ("mrpc", "cola"):  # 3. final comparison at the selected lrs
-        out += [(task, "lora-fa", init, "select", s) for s in (1, 2) for init in INITS]
-    for task in ("mrpc", "cola"):  # 4. the small-lr half
-        out += [(task, "lora-fa", init, SMALL_LR, s) for s in SMALL_LR_SEEDS for init in INITS]
-    return out
-
-
-def config(task, method, init, lr, seed, args) -> RunConfig:
-    return RunConfig(task=task, model=args.model, method=method, init="random" if init == "none" else init,
-                     rank=4, lr=lr, seed=seed, epochs=EPOCHS[task], eval_every=EVAL_EVERY[task], batch_size=32,
-                     max_length=128, bf16=False, group_by_length=True, holdout=0.1, init_batches=8,
-                     log_dir=args.log_dir, data_dir=args.data_dir).canonical()
+from utils.round2 import run_states
 
 
 def command(cfg: RunConfig, threads: int | None) -> list[str]:
@@ -70,37 +37,12 @@ def command(cfg: RunConfig, threads: int | None) -> list[str]:
     return cmd + (["--threads", str(threads)] if threads else [])
 
 
-def resolve(args) -> list[tuple[str, RunConfig | None]]:
-    """[(state, config)] for every run: finished, running (locked), ready, or waiting (no lr yet)."""
-    history = load_runs(args.log_dir) if Path(args.log_dir).is_dir() else None
-    out = []
-    for task, method, init, lr, seed in runs():
-        if lr == "select" or isinstance(lr, tuple):
-            source = lr[1] if isinstance(lr, tuple) else task
-            try:
-                lr = select_lr(history, source, init if method == "lora-fa" else "none", GRID_LRS[method],
-                               method=method, epochs=EPOCHS[source])[0] if history is not None else None
-            except ValueError:
-                lr = None
-        if lr is None:
-            out.append((f"waiting: {task} {method} {init} seed {seed} (lr not selected yet)", None))
-            continue
-        cfg = config(task, method, init, lr, seed, args)
-        path = cfg.log_path
-        if path.is_file() and read_log(path)["status"] == "finished":
-            out.append(("finished", cfg))
-        elif lock_path(path).exists():
-            out.append(("running", cfg))
-        else:
-            out.append(("ready", cfg))
-    return out
-
-
 def worker(k: int, args) -> None:
     """Run the first ready run, again and again, until none is ready (waiting ones need others first)."""
     tried = set()
     while True:
-        ready = [cfg for state, cfg in resolve(args) if state == "ready" and cfg.run_id not in tried]
+        states = run_states(args.log_dir, model=args.model, data_dir=args.data_dir)
+        ready = [cfg for state, cfg in states if state == "ready" and cfg.run_id not in tried]
         if not ready:
             return
         cfg = ready[0]
@@ -121,7 +63,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.threads = 1 if args.workers > 1 else None
     if args.list:
-        for state, cfg in resolve(args):
+        for state, cfg in run_states(args.log_dir, model=args.model, data_dir=args.data_dir):
             print(state if cfg is None else f"{state:9s} {' '.join(command(cfg, args.threads)[1:])}")
         return 0
     if args.worker_id is not None or args.workers == 1:

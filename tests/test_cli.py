@@ -104,13 +104,14 @@ def test_failed_run_exits_1(tmp_path, tiny_models, glue_dir, capsys):
 def test_plot_dispatches_to_utils_plots(monkeypatch, capsys):
     calls = []
     fake = types.ModuleType("utils.plots")
-    fake.main = lambda log_dir, out_dir: calls.append((log_dir, out_dir)) or ["figure.png"]
+    fake.main = lambda log_dir, out_dir, round2: calls.append((log_dir, out_dir, round2)) or ["figure.png"]
     import utils
 
     monkeypatch.setitem(sys.modules, "utils.plots", fake)
     monkeypatch.setattr(utils, "plots", fake, raising=False)
     assert run_glue.main(["plot", "--log-dir", "some/logs", "--out", "some/imgs"]) == 0
-    assert calls == [("some/logs", "some/imgs")] and "figure.png" in capsys.readouterr().out
+    assert run_glue.main(["plot", "--log-dir", "r2", "--out", "i2", "--round2"]) == 0
+    assert calls == [("some/logs", "some/imgs", False), ("r2", "i2", True)] and "figure.png" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- several workers, unreadable logs

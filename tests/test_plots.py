@@ -8,8 +8,10 @@ import pytest
 from matplotlib.colors import to_hex
 from scipy import stats
 
-from utils import plots
+from utils import figures, plots
 from utils.logs import SCHEMA, load_runs, load_summaries, write_json_atomic
+from utils.report import format_table
+from utils.stats import summary_table
 
 INITS = ("random", "svd", "pissa")
 LRS = (1e-4, 1e-3)
@@ -77,7 +79,7 @@ def test_cli_and_empty_dir_message(tmp_path, capsys):
 
 def test_summary_table_matches_hand_computation(log_dir):
     summaries = load_summaries(log_dir)
-    table = plots.summary_table(summaries, metrics="all")
+    table = summary_table(summaries, metrics="all")
     row = table[(table.task == "mrpc") & (table.init == "svd") & (table.lr == 1e-3)
                 & (table.metric == "f1") & (table.method == "lora-fa")]
     assert len(row) == 1
@@ -90,32 +92,32 @@ def test_summary_table_matches_hand_computation(log_dir):
     assert row.final_mean == pytest.approx(mean) and row.final_std == pytest.approx(std)
     assert row.best_mean == pytest.approx(np.mean(bests)) and row.best_std == pytest.approx(np.std(bests, ddof=1))
     # main metric only: F1 for MRPC, accuracy for RTE; a single seed has no std
-    main = plots.summary_table(summaries)
+    main = summary_table(summaries)
     assert set(main.groupby("task").metric.unique().map(tuple)) == {("f1",), ("accuracy",)}
     rte = main[main.task == "rte"]
     assert (rte.n == 1).all() and rte.final_std.isna().all()
-    assert plots.format_table(rte).iloc[0]["final (mean ± std)"].count("±") == 0
+    assert format_table(rte).iloc[0]["final (mean ± std)"].count("±") == 0
 
 
 def test_band_is_the_t_interval(log_dir):
     runs = load_runs(log_dir)
     sel = runs[(runs.task == "mrpc") & (runs.init == "random") & (runs.lr == 1e-4) & (runs.method == "lora-fa")]
-    curve = plots.seed_curve(sel, "f1").set_index("step")
+    curve = figures.seed_curve(sel, "f1").set_index("step")
     vals = sel[sel.step == 20]["f1"].to_numpy()
     half = stats.t.ppf(0.975, 2) * vals.std(ddof=1) / math.sqrt(3)
     assert curve.loc[20, "n"] == 3
     assert curve.loc[20, "lo"] == pytest.approx(vals.mean() - half)
     assert curve.loc[20, "hi"] == pytest.approx(vals.mean() + half)
     # the figure's band is that interval: the fill_between polygon spans lo..hi at step 20
-    fig = plots.plot_histories(runs, "mrpc", lr=1e-4)
+    fig = figures.plot_histories(runs, "mrpc", lr=1e-4)
     f1_ax = [ax for ax in fig.axes if ax.get_ylabel() == "dev F1"][0]
-    color = plots.series_style("lora-fa", "random")["color"]
+    color = figures.series_style("lora-fa", "random")["color"]
     band = [c for c in f1_ax.collections if to_hex(c.get_facecolor()[0]) == color.lower()][0]
     ys = band.get_paths()[0].vertices
     at20 = ys[np.isclose(ys[:, 0], 20), 1]
     assert at20.min() == pytest.approx(vals.mean() - half) and at20.max() == pytest.approx(vals.mean() + half)
     # one seed: no band
-    one = plots.seed_curve(sel[sel.seed == 0], "f1")
+    one = figures.seed_curve(sel[sel.seed == 0], "f1")
     assert one["lo"].isna().all()
     matplotlib.pyplot.close("all")
 
@@ -123,8 +125,8 @@ def test_band_is_the_t_interval(log_dir):
 def test_titles_labels_and_setting_choice(log_dir):
     runs = load_runs(log_dir)
     with pytest.raises(ValueError, match="2 settings"):
-        plots.plot_histories(runs, "mrpc")
-    fig = plots.plot_histories(runs, "mrpc", lr=1e-3)
+        figures.plot_histories(runs, "mrpc")
+    fig = figures.plot_histories(runs, "mrpc", lr=1e-3)
     assert [ax.get_title() for ax in fig.axes] == ["train loss", "dev loss", "dev F1", "dev accuracy"]
     assert all(ax.get_xlabel() == "optimizer step" for ax in fig.axes)
     assert fig.axes[0].get_ylabel() == "cross-entropy loss"
@@ -132,7 +134,7 @@ def test_titles_labels_and_setting_choice(log_dir):
     assert "dev" in title and "n=2–3 seeds" in title and "lr 0.001" in title
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["random (n=3)", "svd (n=3)", "pissa (n=3)", "head only (n=2)"]
-    cola = plots.plot_histories(runs, "rte")
+    cola = figures.plot_histories(runs, "rte")
     assert cola.axes[2].get_ylabel() == "dev accuracy"
     matplotlib.pyplot.close("all")
 
@@ -146,14 +148,14 @@ def _line_colors(fig):
 
 def test_colours_consistent_across_figures(log_dir):
     runs, summaries = load_runs(log_dir), load_summaries(log_dir)
-    figs = [plots.plot_histories(runs, "mrpc", lr=1e-4), plots.plot_histories(runs, "rte"),
-            plots.summary_figure(summaries)]
+    figs = [figures.plot_histories(runs, "mrpc", lr=1e-4), figures.plot_histories(runs, "rte"),
+            figures.summary_figure(summaries)]
     seen = {}
     for fig in figs:
         for label, color in _line_colors(fig).items():
             assert seen.setdefault(label, color) == color, label
-    assert seen["svd"] == plots.INIT_COLORS["svd"].lower()
-    assert seen["random"] == plots.INIT_COLORS["random"].lower()
+    assert seen["svd"] == figures.INIT_COLORS["svd"].lower()
+    assert seen["random"] == figures.INIT_COLORS["random"].lower()
     assert len(set(seen.values())) == len(seen)  # every series its own colour
     matplotlib.pyplot.close("all")
 
@@ -167,7 +169,7 @@ def test_runs_with_other_settings_are_not_averaged(log_dir, tmp_path):
     out = tmp_path / "imgs"
     names = {p.name for p in plots.main(log_dir, out)}
     assert {"mrpc_minilm_r4_lr0.0001_history.png", "mrpc_minilm_r4_lr0.0001_epochs=2_history.png"} <= names
-    table = plots.summary_table(load_summaries(log_dir))
+    table = summary_table(load_summaries(log_dir))
     svd = table[(table.task == "mrpc") & (table.init == "svd") & (table.lr == 1e-4)].set_index("variant")
     assert svd.loc["", "n"] == 3 and svd.loc["epochs=2", "n"] == 2
     assert "| epochs=2 |" in (out / "summary.md").read_text()
@@ -185,9 +187,9 @@ def test_show_task_displays_figures_and_table(log_dir, capsys):
 def test_single_seed_points_are_hollow_and_not_joined(log_dir):
     log = fake_log("mrpc", "lora-fa", "random", 1e-2, 0)  # a one-seed pilot next to the 3-seed lrs
     write_json_atomic(log, log_dir / "mrpc" / f"{log['run_id']}.json")
-    fig = plots.summary_figure(load_summaries(log_dir))
+    fig = figures.summary_figure(load_summaries(log_dir))
     ax = next(a for a in fig.axes if a.get_title().startswith("MRPC"))
-    color = plots.INIT_COLORS["random"].lower()
+    color = figures.INIT_COLORS["random"].lower()
     lines = [ln for ln in ax.get_lines() if to_hex(ln.get_color() if ln.get_marker() in ("None", "") else
                                                    ln.get_markeredgecolor()) == color and len(ln.get_xdata())]
     joined = [ln for ln in lines if ln.get_linestyle() != "None"]

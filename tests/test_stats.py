@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.test_plots import SEEDS, fake_log, log_dir  # noqa: F401 (fixture)
-from utils import stats
+from utils import report, stats
 from utils.logs import predictions_path, write_json_atomic
 from utils.record import save_predictions
 
@@ -44,7 +44,7 @@ def test_paired_comparison_pairs_by_seed_and_skips_unpaired():
 
 
 def test_fmt_p_never_prints_zero():
-    assert [stats.fmt_p(p) for p in (0.0004, 0.0005, 0.0123, 1.0, math.nan)] == ["<0.001", "0.001", "0.012", "1.000", "–"]
+    assert [report.fmt_p(p) for p in (0.0004, 0.0005, 0.0123, 1.0, math.nan)] == ["<0.001", "0.001", "0.012", "1.000", "–"]
 
 
 def test_holm_matches_hand_computation():
@@ -95,14 +95,14 @@ def test_majority_metrics_from_stored_labels(tmp_path):
 def test_compute_table_sums_logged_wall_time():
     df = _summaries([0.8, 0.9], [0.7, 0.6, 0.5]).assign(wall_time_s=[600.0, 1200.0, 1800.0, 2400.0, 3000.0])
     df.loc[df["init"] == "random", "method"] = "head"
-    out = stats.compute_table(df).set_index("method")
+    out = report.compute_table(df).set_index("method")
     assert out.loc["lora-fa", "runs"] == 2 and out.loc["lora-fa", "total hours"] == "0.5"  # 30 min
     assert out.loc["head", "minutes per run (median, range)"] == "40 (30–50)"
     assert out.loc["head", "total hours"] == "2.0"
 
 
 def test_report_has_every_section(log_dir):  # noqa: F811
-    md = stats.report(log_dir)
+    md = report.report(log_dir)
     assert "### MRPC (f1;" in md and "### RTE (accuracy;" in md
     assert md.count("Paired comparisons (same seeds)") == 2  # MRPC and RTE both have svd and random
     assert "| svd − random | 0.0001 | final | 3 |" in md and "| pissa − random | 0.001 | best | 3 |" in md
@@ -118,24 +118,24 @@ def test_report_adds_seed_contrast_to_the_holm_family(log_dir):  # noqa: F811
     for s in SEEDS:  # the original factorization, small lr only (as in the grid)
         log = fake_log("mrpc", "lora-fa", "seed", 1e-4, s)
         write_json_atomic(log, log_dir / "mrpc" / f"{log['run_id']}.json")
-    md = stats.report(log_dir)
+    md = report.report(log_dir)
     assert "| seed − random | 0.0001 | final | 3 |" in md and "| seed − random | 0.0001 | best | 3 |" in md
     assert "| seed − random | 0.001 |" not in md
     assert "adjusted over all 14 paired tests" in md
 
 
 def test_majority_level_is_drawn_on_metric_panels_only(log_dir):  # noqa: F811
-    from utils import plots
+    from utils import figures
     from utils.logs import load_runs
 
     runs = load_runs(log_dir)
-    fig = plots.plot_histories(runs, "mrpc", lr=1e-4, majority={"mrpc": {"f1": 0.8123, "accuracy": 0.6838}})
+    fig = figures.plot_histories(runs, "mrpc", lr=1e-4, majority={"mrpc": {"f1": 0.8123, "accuracy": 0.6838}})
     levels = {ax.get_title(): [ln.get_ydata()[0] for ln in ax.lines if ln.get_label() == "majority class"]
               for ax in fig.axes if ax.get_title()}
     assert levels == {"train loss": [], "dev loss": [], "dev F1": [0.8123], "dev accuracy": [0.6838]}
     # the figure style applies to the whole figure (plot_histories runs inside plt.rc_context(STYLE))
-    assert {ax.xaxis.label.get_fontsize() for ax in fig.axes if ax.get_title()} == {plots.STYLE["font.size"]}
-    plots.plt.close(fig)
+    assert {ax.xaxis.label.get_fontsize() for ax in fig.axes if ax.get_title()} == {figures.STYLE["font.size"]}
+    figures.plt.close(fig)
 
 
 # ------------------------------------------------------------------ one grouping: the README's quick start
@@ -229,7 +229,7 @@ def test_grouping_uses_every_result_changing_field():
 
 
 def test_select_lr_uses_the_last_epoch_on_holdout_only():
-    from utils.stats import select_lr
+    from utils.round2 import select_lr
 
     rows = []
     # (lr: holdout F1 per evaluation at epochs 0.5..2, dev F1): 1e-3 peaks early, 1e-2 ends best on

@@ -24,7 +24,8 @@ from utils.glue import DataNotFoundError, get_task, load_glue
 from utils.grid import expand_grid, parse_shard, select_shard
 from utils.logs import load_predictions, load_runs, load_summaries, predictions_path, read_log
 from utils.models import head_modules, load_model_and_tokenizer
-from utils.stats import format_summary, summarize
+from utils.report import format_summary
+from utils.stats import summarize
 from utils.train import TrainingDiverged, run_experiment
 
 

@@ -12,7 +12,9 @@ head), `utils.adapters` (what a run trains: adapters, trainable parameters, Adam
 `utils.train` (the run loop), `utils.evaluate` (dev evaluation), `utils.checkpoint`
 (resume), `utils.grid` (grids, shards), `utils.record` (what a run records, the run lock),
 `utils.logs` (JSON run logs on disk, read back as tables), `utils.geometry` (init diagnostics),
-`utils.plots` (figures), `utils.stats` (tables, paired tests, the Results report).
+`utils.stats` (statistics: means, intervals, paired tests), `utils.report` (markdown tables and
+the Results reports), `utils.round2` (round 2's runs and lr choice), `utils.figures` (figures),
+`utils.plots` (the `plot` command, notebook views), `utils.notebooks` (executing the notebooks).
 """
 import importlib
 
@@ -23,7 +25,7 @@ _EXPORTS = {
     "run_grid": "utils.grid",
     "expand_grid": "utils.grid",
     "summarize": "utils.stats",
-    "format_summary": "utils.stats",
+    "format_summary": "utils.report",
     "load_runs": "utils.logs",
     "load_summaries": "utils.logs",
     "read_log": "utils.logs",

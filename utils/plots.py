@@ -1,250 +1,34 @@
-"""Figures and tables from the run logs: training histories, the learning-rate summary, tables.
+"""The `plot` command and the notebooks' views: every figure and report of a log folder, written to
+imgs/ or shown inline.
 
-One set of functions serves the task notebooks (`show_task`), plots_for_preso.ipynb and the CLI
-``python -m utils.plots --log-dir logs --out imgs`` (also ``python run_glue.py plot``).
-Inputs are the tables of `utils.logs`: `load_runs` (one row per evaluation) for histories,
-`load_summaries` (one row per run) for the summary figure and table.
-
-Conventions: a *series* is one LoRA-FA init (``random``, ``svd``, ...) or one baseline method
-(``head``, ``full``, plain ``lora``). Its colour comes from `series_style` and is the same in every
-figure (Okabe-Ito palette, colour-blind safe); line style and marker separate methods. Curves are
-means over seeds; bands and error bars are 95% t-intervals over seeds (none for n=1). Every metric
-is measured on the GLUE dev split.
+``python -m utils.plots --log-dir logs/round1 --out imgs`` (also ``python run_glue.py plot``) writes a
+history figure per setting, the dev metric against lr, summary.md/.csv and results.md (`utils.report`);
+``--round2`` adds round 2's lr-sensitivity and selected-lr figures and round2.md. The task notebooks
+call `show_task` (and `show_round2`), plots_for_preso.ipynb `main` and `show_files`. The figures
+themselves are `utils.figures`.
 """
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import re
 import sys
-import zlib
 from pathlib import Path
 
-import matplotlib
-
-if "ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND"):
-    matplotlib.use("Agg")  # scripts and tests: no display needed
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
-from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from utils.config import ADAPTER_METHODS, model_short_name
+from utils.figures import lr_sensitivity_figure, plot_histories, select_series, summary_figure
 from utils.glue import get_task
 from utils.logs import load_runs, load_summaries, read_logs
-from utils.stats import (
-    add_variant,
-    fmt_lr,
-    format_report,
-    format_table,
-    majority_metrics,
-    series_order,
-    summary_table,
-    t_interval,
-    task_metrics,
-    to_markdown,
-    with_variant,
-)
-
-# Okabe & Ito (2008) colour-blind-safe palette; yellow is left out (invisible on white).
-OKABE_ITO = {"orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73", "blue": "#0072B2",
-             "vermillion": "#D55E00", "purple": "#CC79A7", "black": "#000000", "grey": "#7F7F7F"}
-INIT_COLORS = {"random": OKABE_ITO["orange"], "svd": OKABE_ITO["blue"], "pissa": OKABE_ITO["green"],
-               "milora": OKABE_ITO["purple"], "seed": OKABE_ITO["vermillion"]}
-BASELINE_COLORS = {"head": OKABE_ITO["grey"], "full": OKABE_ITO["black"]}
-INIT_MARKERS = {"random": "o", "svd": "s", "pissa": "^", "milora": "D", "seed": "v"}
-METHOD_LINES = {"lora-fa": "-", "lora": "--", "head": ":", "full": "-."}
-METRIC_LABELS = {"mcc": "MCC", "f1": "F1", "accuracy": "accuracy", "pearson": "Pearson r",
-                 "spearman": "Spearman ρ"}
-STYLE = {"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 10}  # applied per figure only
+from utils.report import fmt_lr, format_report, format_table, round2_report, to_markdown
+from utils.round2 import TASKS, at_selected, selected_lrs
+from utils.stats import add_variant, majority_metrics, summary_table
 
 
 class NoRunsError(ValueError):
     """The log folder holds no finished runs to plot."""
 
-
-# ------------------------------------------------------------------ styles and statistics
-
-def series_style(method: str, init: str | None) -> dict:
-    """Label, colour, line style and marker of one series; identical in every figure."""
-    if method in BASELINE_COLORS:
-        label = {"head": "head only", "full": "full fine-tune"}[method]
-        return {"label": label, "color": BASELINE_COLORS[method], "linestyle": METHOD_LINES[method],
-                "marker": "X" if method == "head" else "P"}
-    extra = [OKABE_ITO[c] for c in ("sky", "green", "purple", "vermillion", "blue", "orange")]
-    color = INIT_COLORS.get(init) or extra[zlib.crc32(str(init).encode()) % len(extra)]
-    label = str(init) if method == "lora-fa" else f"{method} ({init})"
-    return {"label": label, "color": color, "linestyle": METHOD_LINES.get(method, "--"),
-            "marker": INIT_MARKERS.get(init, "o")}
-
-
-def seed_curve(runs: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Mean, std, n and 95% CI bounds of `column` over seeds at each step (columns lo/hi)."""
-    rows = [(step, *t_interval(g[column])) for step, g in runs.groupby("step")]
-    out = pd.DataFrame(rows, columns=["step", "mean", "std", "n", "half"]).dropna(subset=["mean"])
-    out["lo"], out["hi"] = out["mean"] - out["half"], out["mean"] + out["half"]
-    return out
-
-
-def metric_label(name: str) -> str:
-    return METRIC_LABELS.get(name, name)
-
-
-def _select(df: pd.DataFrame, task=None, **filters) -> pd.DataFrame:
-    """Rows of `task` whose columns match `filters` (a value or a list); rank only binds adapters."""
-    keep = pd.Series(True, index=df.index)
-    if task is not None:
-        keep &= df["task"] == get_task(task).name
-    for col, value in filters.items():
-        if value is None:
-            continue
-        values = list(value) if isinstance(value, (list, tuple, set)) else [value]
-        match = df[col].isin(values)
-        if col == "rank":
-            match |= ~df["method"].isin(ADAPTER_METHODS)
-        if col == "init":
-            match |= df["method"].isin(list(BASELINE_COLORS))
-        keep &= match
-    return df[keep]
-
-
-def _n_text(ns) -> str:
-    ns = sorted({int(n) for n in ns})
-    return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
-
-
-# ------------------------------------------------------------------ figures
-
-def _legend(fig, handles, labels):
-    """One legend below all panels (never over data), wrapped to the figure's width."""
-    per_row = max(1, int(fig.get_figwidth() / 2.1))
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), per_row),
-               title="LoRA-FA init / baseline")
-
-
-def _majority_line(ax, majority, task, metric):
-    """A dashed grey line at the majority-class value of `metric` (if known); returns it or None."""
-    value = (majority or {}).get(get_task(task).name, {}).get(metric)
-    if value is None:
-        return None
-    return ax.axhline(value, color="#444444", linestyle=(0, (6, 3)), lw=1.0, label="majority class")
-
-
-@plt.rc_context(STYLE)
-def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, variant=None, fig=None,
-                   majority=None):
-    """Train loss, dev loss and the task's dev metric(s) against optimizer step, for one setting.
-
-    `df` is `load_runs` output; `model`/`rank`/`lr`/`variant` (see `add_variant`) pick the setting
-    (needed only when `df` holds several). Baselines (head/full) at the same lr are drawn too. One colour per series; lines are
-    means over seeds with a shaded 95% t-interval. `majority` ({task: {metric: value}}, see
-    `utils.stats.majority_metrics`) adds the majority-class level to the metric panels.
-    Returns the figure (drawn into `fig` if given).
-    """
-    task = get_task(task)
-    runs = _select(with_variant(df), task, model=model, rank=rank, lr=lr, variant=variant)
-    adapters = runs[runs["method"].isin(ADAPTER_METHODS)]
-    settings = adapters[["model", "rank", "lr", "variant"]].drop_duplicates() if len(adapters) else \
-        runs[["model", "lr", "variant"]].drop_duplicates()
-    if len(settings) != 1:
-        raise ValueError(f"{task.name}: {len(settings)} settings match (model/rank/lr/variant); pick one of\n"
-                         f"{settings.to_string(index=False)}")
-    metrics = task_metrics(task, runs.columns)
-    panels = [("train_loss", "train loss"), ("dev_loss", "dev loss")] + \
-        [(m, f"dev {metric_label(m)}") for m in metrics]
-    ncols = 2 if len(panels) == 4 else len(panels)  # MRPC: 2 x 2
-    nrows = math.ceil(len(panels) / ncols)
-    fig = fig or plt.figure(figsize=(4.2 * ncols, 3.4 * nrows + 1.2), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    loss = "MSE loss" if task.is_regression else "cross-entropy loss"
-    ns = []
-    for (method, init), g in sorted(runs.groupby(["method", "init"]), key=lambda kv: series_order(kv[0])):
-        style = series_style(method, init)
-        ns.append(g["seed"].nunique())
-        for ax, (col, _) in zip(axes, panels):
-            c = seed_curve(g, col)
-            ax.plot(c["step"], c["mean"], color=style["color"], linestyle=style["linestyle"], lw=1.8,
-                    marker=style["marker"] if len(c) <= 30 else None, markersize=4,  # eval points
-                    label=f"{style['label']} (n={ns[-1]})")
-            ax.fill_between(c["step"], c["lo"], c["hi"], color=style["color"], alpha=0.18, lw=0)
-    ref = [_majority_line(ax, majority, task, col) for ax, (col, _) in zip(axes, panels)]
-    for ax, (col, title) in zip(axes, panels):
-        ax.set(title=title, xlabel="optimizer step",
-               ylabel=loss if col.endswith("loss") else f"dev {metric_label(col)}")
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    s = settings.iloc[0]
-    where = model_short_name(s["model"]) + (f" · rank {s['rank']} · " if "rank" in s else " · ")
-    seeds = "single seed (n=1), no band" if max(ns) == 1 else \
-        f"mean over {_n_text(ns)} seeds, band = 95% CI"
-    variant = f" · {s['variant']}" if s["variant"] else ""
-    fig.suptitle(f"{task.folder} (GLUE dev split) · {where}lr {fmt_lr(s['lr'])}{variant}\n{seeds}")
-    handles, labels = axes[0].get_legend_handles_labels()
-    ref = [h for h in ref if h is not None]
-    _legend(fig, handles + ref[:1], labels + [h.get_label() for h in ref[:1]])
-    return fig
-
-
-@plt.rc_context(STYLE)
-def summary_figure(summaries: pd.DataFrame, which: str = "final", majority=None):
-    """Dev main metric (`which`: "final" or "best") against learning rate, one panel per
-    task/model/rank; points are seed means with 95% t-interval error bars, joined by a line; a point
-    from a single seed is drawn hollow and left out of the line; `majority` as in `plot_histories`.
-    Returns the figure."""
-    summaries = with_variant(summaries).copy()
-    summaries["_key"] = list(zip(summaries["method"], summaries["init"]))
-    adapters = summaries[summaries["method"].isin(ADAPTER_METHODS)]
-    panels = sorted(adapters.groupby(["task", "model", "variant", "rank"]).groups)
-    panels += sorted((t, m, v, None) for t, m, v in summaries.groupby(["task", "model", "variant"]).groups
-                     if (t, m, v) not in {p[:3] for p in panels})  # baselines only
-    ncols = min(3, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig = plt.figure(figsize=(5.2 * ncols, 4.2 * nrows + 0.6), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    legend, ns = {}, []
-    for ax, (task, model, variant, rank) in zip(axes, panels):
-        metric = get_task(task).main_metric
-        sub = _select(summaries, task, model=model, rank=rank, variant=variant)
-        keys = sorted(sub["_key"].unique(), key=series_order)
-        for i, key in enumerate(keys):
-            style = series_style(*key)
-            pts = [(lr, *t_interval(g[f"{which}_{metric}"])) for lr, g in
-                   sub[sub["_key"] == key].groupby("lr")]
-            lr, mean, _, n, half = map(np.array, zip(*pts))
-            ns += list(n)
-            dodge = 10 ** (0.04 * (i - (len(keys) - 1) / 2))  # spread markers sideways
-            multi = n >= 2
-            if multi.any():
-                h = ax.errorbar(lr[multi] * dodge, mean[multi], yerr=np.nan_to_num(half[multi]), color=style["color"],
-                                linestyle=style["linestyle"], marker=style["marker"], capsize=3, lw=1.5)
-                legend.setdefault(style["label"], h)
-            if (~multi).any():  # one seed: no interval, and not joined to the seed means
-                (h,) = ax.plot(lr[~multi] * dodge, mean[~multi], linestyle="none", marker=style["marker"],
-                               markerfacecolor="none", markeredgecolor=style["color"], markersize=8, mew=1.5)
-                legend.setdefault(style["label"], h)
-        line = _majority_line(ax, majority, task, metric)
-        if line is not None:
-            legend.setdefault(line.get_label(), line)
-        ax.set_xscale("log")
-        lo, hi = np.log10(sub["lr"].min()), np.log10(sub["lr"].max())
-        pad = max(0.25, (1 - (hi - lo)) / 2)  # show at least one decade: a labelled major tick
-        ax.set_xlim(10 ** (lo - pad), 10 ** (hi + pad))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set(xlabel="learning rate (log scale)", ylabel=f"dev {metric_label(metric)} ({which})",
-               title=" · ".join([get_task(task).folder, model_short_name(model)]
-                                + ([f"rank {rank}"] if rank is not None else []) + ([variant] if variant else [])))
-        ax.grid(alpha=0.3)
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
-    single = " (hollow: one seed, not joined)" if min(ns, default=2) < 2 else ""
-    fig.suptitle(f"{which.capitalize()} dev metric (GLUE dev split) vs learning rate\n"
-                 f"mean over {_n_text(ns)} seeds per point{single}, error bars = 95% CI")
-    _legend(fig, list(legend.values()), list(legend))
-    return fig
-
-
-# ------------------------------------------------------------------ notebook and CLI entry points
 
 def _load(log_dir, run_ids=None):
     """(runs, summaries, majority-class metrics) of the finished runs in `log_dir` (only `run_ids`
@@ -296,7 +80,7 @@ def show_task(log_dir, task, *, config=None, grid=None, **filters) -> pd.DataFra
     """
     from IPython.display import Markdown, display
     runs, summaries, majority = _load(log_dir, None if config is None else grid_run_ids(config, grid or {}))
-    runs, summaries = _select(runs, task, **filters), _select(summaries, task, **filters)
+    runs, summaries = select_series(runs, task, **filters), select_series(summaries, task, **filters)
     if runs.empty:
         raise NoRunsError(f"no finished {get_task(task).name} runs in {log_dir} match the selection")
     for setting in _settings(runs):
@@ -311,6 +95,19 @@ def show_task(log_dir, task, *, config=None, grid=None, **filters) -> pd.DataFra
     return table
 
 
+def show_round2(log_dir, task) -> None:
+    """Notebook view of round 2 for one task: the lr sensitivity, the histories at the chosen lrs
+    and the task's part of the round-2 report (`utils.report.round2_report`)."""
+    from IPython.display import Markdown, display
+    runs, summaries, majority = _load(log_dir)
+    if get_task(task).name not in set(runs["task"]):
+        raise NoRunsError(f"no finished {get_task(task).name} runs in {log_dir}")
+    for fig in round2_figures(runs, majority, tasks=[task]).values():
+        display(fig)
+        plt.close(fig)
+    display(Markdown(round2_report(runs, summaries, majority, tasks=[task])))
+
+
 def show_files(paths) -> None:
     """Display written PNGs and markdown files inline (notebooks)."""
     from IPython.display import Image, Markdown, display
@@ -321,9 +118,24 @@ def show_files(paths) -> None:
             display(Markdown(p.read_text()))
 
 
-def main(log_dir="logs", out_dir="imgs") -> list[Path]:
+def round2_figures(runs: pd.DataFrame, majority: dict, tasks=None) -> dict[str, plt.Figure]:
+    """Round 2's figures by file name, per task (all, or `tasks`): the lr sensitivity of every series
+    (seed 0) and the histories of every series at its chosen lr (once any has one)."""
+    selected = selected_lrs(runs)
+    figs = {}
+    for task in sorted(runs["task"].unique() if tasks is None else [get_task(t).name for t in tasks]):
+        if task in TASKS:
+            figs[f"{task}_lr_sensitivity.png"] = lr_sensitivity_figure(runs, task, selected, majority)
+        chosen = at_selected(runs[runs["task"] == task], selected)
+        if not chosen.empty:
+            figs[f"{task}_selected_lr_history.png"] = plot_histories(chosen, task, lr="each", majority=majority)
+    return figs
+
+
+def main(log_dir="logs", out_dir="imgs", round2: bool = False) -> list[Path]:
     """Write every history figure, the summary figures, summary.md (+ .csv) and results.md (the
-    statistics of `utils.stats.report`) from `log_dir` into `out_dir`."""
+    tables of `utils.report.format_report`) from `log_dir` into `out_dir`; with `round2`, also
+    `round2_figures` and round2.md (`utils.report.round2_report`)."""
     runs, summaries, majority = _load(log_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -344,16 +156,24 @@ def main(log_dir="logs", out_dir="imgs") -> list[Path]:
         "# Final and best dev metric per setting (mean ± std over seeds; GLUE dev split)\n\n"
         + to_markdown(format_table(table)))
     (out / "results.md").write_text("# Results (generated by `python run_glue.py plot`)\n\n" + format_report(runs, summaries, majority))
-    return written + [out / "summary.csv", out / "summary.md", out / "results.md"]
+    written += [out / "summary.csv", out / "summary.md", out / "results.md"]
+    if round2:
+        for name, fig in round2_figures(runs, majority).items():
+            save(fig, name)
+        (out / "round2.md").write_text("# Round 2 (generated by `python run_glue.py plot --round2`)\n\n"
+                                       + round2_report(runs, summaries, majority))
+        written.append(out / "round2.md")
+    return written
 
 
 def cli(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--log-dir", default="logs", help="folder of JSON run logs (default: logs)")
     parser.add_argument("--out", default="imgs", help="folder for PNGs and summary.md (default: imgs)")
+    parser.add_argument("--round2", action="store_true", help="also round 2's figures and round2.md (utils.round2)")
     args = parser.parse_args(argv)
     try:
-        paths = main(args.log_dir, args.out)
+        paths = main(args.log_dir, args.out, args.round2)
     except NoRunsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,146 @@
+"""Round 2's selection and report (utils.round2, utils.report.round2_report, the --round2 figures) on
+synthetic logs whose chosen lrs and paired differences are known by construction."""
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from utils import figures, plots, round2
+from utils.logs import SCHEMA, load_runs, load_summaries, write_json_atomic
+from utils.report import round2_report
+from utils.stats import holm, majority_metrics
+
+EPOCH_POINTS = (4.5, 5.0, 5.5, 6.0)  # the last two evaluations are MRPC's 6th epoch, the first two its 5th
+HOLDOUT_PEAK = {"random": 7e-3, "svd": 1.7e-3, "full": 5e-5, "head": 5e-3}  # where each series' holdout F1 peaks
+DEV = {("random", 0): 0.85, ("random", 1): 0.84, ("random", 2): 0.86,  # dev F1 at the chosen lr
+       ("svd", 0): 0.83, ("svd", 1): 0.83, ("svd", 2): 0.85, ("full", 0): 0.87}
+SMALL = {("random", 0): 0.812, ("random", 1): 0.815, ("svd", 0): 0.82, ("svd", 1): 0.826}
+
+
+def _log(method, init, lr, seed, dev_f1, holdout_f1, task="mrpc"):
+    history = [{"step": 10 * (k + 1), "epoch": e, "train_loss": 0.6, "lr": lr, "dev_loss": 0.5,
+                "metrics": {"accuracy": dev_f1 - 0.1, "f1": dev_f1 - 0.02 * (3 - k)},  # rises to dev_f1
+                "holdout": {"accuracy": 0.7, "f1": holdout_f1 - (0.01 if k < 2 else 0), "loss": 0.5},
+                "time_s": 60.0 * (k + 1)} for k, e in enumerate(EPOCH_POINTS)]
+    config = {**dataclasses.asdict(round2.run_config(task, method, init, lr, seed)), "main_metric": "f1"}
+    final = {**history[-1]["metrics"], "dev_loss": 0.5}
+    best = {m: {"value": max(h["metrics"][m] for h in history), "step": 40} for m in ("accuracy", "f1")}
+    return {"schema": SCHEMA, "run_id": f"{task}_{method}_{init}_lr{lr:g}_s{seed}", "status": "finished", "error": None,
+            "config": config, "env": {}, "history": history, "train_loss": [],
+            "summary": {"final": final, "best": best, "steps": 40, "wall_time_s": 240.0, "peak_rss_mb": 1.0,
+                        "trainable_params": 10}}
+
+
+def _holdout(series, lr):
+    """Holdout F1 falling off with the distance (in decades) from the series' peak lr."""
+    return 0.85 - 0.05 * abs(math.log10(lr / HOLDOUT_PEAK[series]))
+
+
+@pytest.fixture
+def round2_logs(tmp_path):
+    logs = []
+    for method in ("full", "head"):
+        logs += [_log(method, "none", lr, 0, DEV.get((method, 0), 0.82), _holdout(method, lr))
+                 for lr in round2.GRID_LRS[method]]
+    for init in ("random", "svd"):
+        for lr in round2.LORA_LRS:
+            chosen = np.isclose(lr, HOLDOUT_PEAK[init])
+            dev = DEV[(init, 0)] if chosen else SMALL[(init, 0)] if lr == round2.SMALL_LR else 0.80
+            logs.append(_log("lora-fa", init, lr, 0, dev, _holdout(init, lr)))
+        logs += [_log("lora-fa", init, HOLDOUT_PEAK[init], s, DEV[(init, s)], 0.8) for s in (1, 2)]
+        logs.append(_log("lora-fa", init, round2.SMALL_LR, 1, SMALL[(init, 1)], 0.8))
+    root = tmp_path / "logs"
+    for log in logs:
+        write_json_atomic(log, root / "mrpc" / f"{log['run_id']}.json")
+    return root
+
+
+def test_selected_lrs_are_the_holdout_peaks(round2_logs):
+    sel = round2.selected_lrs(load_runs(round2_logs)).set_index(["task", "method", "init"])
+    for init in ("random", "svd"):
+        assert sel.loc[("mrpc", "lora-fa", init), "lr"] == pytest.approx(HOLDOUT_PEAK[init])
+        assert sel.loc[("mrpc", "lora-fa", init), "grid"] == "5/5"
+    assert sel.loc[("mrpc", "full", "none"), "lr"] == pytest.approx(5e-5)
+    assert sel.loc[("rte", "full", "none"), "lr"] == pytest.approx(5e-5)  # RTE borrows MRPC's
+    assert math.isnan(sel.loc[("mrpc", "lora-fa", "pissa"), "lr"]) and sel.loc[("mrpc", "lora-fa", "pissa"), "grid"] == "0/5"
+    assert math.isnan(sel.loc[("cola", "full", "none"), "lr"])
+
+
+def test_at_selected_keeps_each_series_at_its_own_lr(round2_logs):
+    summaries = load_summaries(round2_logs)
+    chosen = round2.at_selected(summaries, round2.selected_lrs(load_runs(round2_logs)))
+    got = chosen.groupby(["method", "init"])["lr"].agg(lambda s: sorted(set(s))).to_dict()
+    assert got == {("full", "none"): [5e-5], ("head", "none"): [5e-3],
+                   ("lora-fa", "random"): [7e-3], ("lora-fa", "svd"): [1.7e-3]}
+    assert sorted(chosen[chosen["init"] == "svd"]["seed"]) == [0, 1, 2]
+
+
+def test_report_pairs_each_init_at_its_own_lr_and_holm_counts_the_family(round2_logs):
+    runs, summaries = load_runs(round2_logs), load_summaries(round2_logs)
+    md = round2_report(runs, summaries, {"mrpc": {"f1": 0.812}})
+    # svd − random at the chosen lrs: final F1 differences -0.02, -0.01, -0.01 (seeds 0, 1, 2)
+    diffs = np.array([-0.02, -0.01, -0.01])
+    line = next(ln for ln in md.splitlines() if ln.startswith("| svd − random | final | 3 |"))
+    assert f"{diffs.mean():+.3f}" in line and "0/3" in line
+    small = next(ln for ln in md.splitlines() if ln.startswith("| svd − random | final | 2 |"))
+    assert f"{np.mean([0.82 - 0.812, 0.826 - 0.815]):+.3f}" in small and "2/2" in small  # at lr 1e-4
+    # family: (svd − random) final and best, at the chosen lrs and at the small lr: 4 tests
+    assert "over all 4 paired tests" in md
+    # the chosen lr is bold in the selection table, and the share of full fine-tuning's gain
+    assert "**0.850 (0.850)**" in md  # random at 7e-3: holdout score 0.85, dev final 0.85
+    share = (np.mean([0.85, 0.84, 0.86]) - 0.812) / (0.87 - 0.812)
+    row = next(ln for ln in md.splitlines() if ln.startswith("| minilm | lora-fa | random | 4 | 0.007 | 3 |"))
+    assert f"| {share:.2f} | +0.010 (not converged) |" in row
+
+
+def test_holm_is_the_step_down_of_the_whole_family():
+    assert holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_plot_round2_writes_the_figures_and_rings_the_chosen_lr(round2_logs, tmp_path):
+    names = {p.name for p in plots.main(round2_logs, tmp_path / "imgs", round2=True)}
+    assert {"mrpc_lr_sensitivity.png", "mrpc_selected_lr_history.png", "round2.md"} <= names
+    runs = load_runs(round2_logs)
+    fig = figures.lr_sensitivity_figure(runs, "mrpc", round2.selected_lrs(runs), majority_metrics(round2_logs))
+    rings = [ln for ln in fig.axes[0].lines if ln.get_markersize() == 14]
+    assert sorted(float(ln.get_xdata()[0]) for ln in rings) == pytest.approx([1.7e-3, 7e-3])
+    figures.plt.close(fig)
+
+
+def test_show_round2_draws_one_task(round2_logs, monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))
+    plots.show_round2(round2_logs, "mrpc")
+    kinds = [type(o).__name__ for o in shown]
+    assert kinds.count("Figure") == 2 and kinds[-1] == "Markdown"
+    assert "### MRPC" in shown[-1].data and "### COLA" not in shown[-1].data
+    with pytest.raises(plots.NoRunsError, match="cola"):
+        plots.show_round2(round2_logs, "cola")
+
+
+def test_train_ready_runs_what_the_selection_allows(round2_logs, monkeypatch):
+    trained = []
+
+    def fake_run(cfg):  # stands in for utils.train.run_experiment: writes a finished log
+        trained.append(cfg)
+        write_json_atomic(_log(cfg.method, cfg.init, cfg.lr, cfg.seed, 0.6, 0.6, task=cfg.task), cfg.log_path)
+
+    monkeypatch.setattr("utils.train.run_experiment", fake_run)
+    assert round2.train_ready(round2_logs / "none", tasks=["rte"]) == 0  # no MRPC grid: RTE waits
+    assert round2.train_ready(round2_logs, tasks=["rte"]) == 2
+    assert {(c.method, c.lr, c.seed, c.epochs) for c in trained} == {("full", 5e-5, 0, 6), ("head", 5e-3, 0, 6)}
+    assert round2.train_ready(round2_logs, tasks=["rte"]) == 0  # finished: only reads the logs
+    states = [s for s, _ in round2.run_states(round2_logs, tasks=["rte"])]
+    assert states == ["finished", "finished"]
+
+
+def test_convergence_compares_the_last_two_epochs_on_holdout(round2_logs):
+    runs = load_runs(round2_logs)
+    conv = round2.convergence(runs, round2.selected_lrs(runs)).set_index(["method", "init"])
+    # seed 0 (the grid run): holdout 0.85 in the last epoch, 0.84 in the one before; seeds 1, 2: 0.80 and 0.79
+    assert conv.loc[("lora-fa", "svd"), "last"] == pytest.approx((0.85 + 0.8 + 0.8) / 3)
+    assert conv.loc[("lora-fa", "svd"), "last"] - conv.loc[("lora-fa", "svd"), "previous"] == pytest.approx(0.01)
+    assert not conv["converged"].any()  # 0.01 > MRPC's 0.005
+    loose = runs.assign(**{"holdout_f1": runs["holdout_f1"].where(runs["epoch"] > 5, runs["holdout_f1"] + 0.006)})
+    assert round2.convergence(loose, round2.selected_lrs(runs))["converged"].all()  # |−0.004| <= 0.005

@@ -1,0 +1,281 @@
+"""The Results as markdown: formatted tables of `utils.stats`' numbers, and the report of each round.
+
+`report(log_dir)` is round 1's (cells at each shared lr); `round2_report(log_dir)` is round 2's
+(`utils.round2`: each init at its own selected lr). `python run_glue.py plot` writes them to
+imgs/ next to the figures. Every metric is measured on the GLUE dev split unless a column says
+holdout (the slice of train held out for choosing learning rates).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from utils.config import ADAPTER_METHODS
+from utils.glue import get_task
+from utils.logs import load_runs, load_summaries, read_logs
+from utils.round2 import (
+    EPOCHS,
+    GRID_LRS,
+    INITS,
+    SMALL_LR,
+    TASKS,
+    at_selected,
+    convergence,
+    holdout_scores,
+    selected_lrs,
+)
+from utils.stats import (
+    CONTRASTS,
+    PAIRED_BY_SERIES,
+    holm,
+    majority_metrics,
+    paired_comparison,
+    series_order,
+    steps_to_target,
+    summary_table,
+    t_interval,
+    with_variant,
+)
+
+
+def fmt_lr(lr) -> str:
+    return f"{float(lr):g}"
+
+
+def _pm(mean, std, digits=3):
+    """"mean ± std", or just the mean when std is undefined, "–" when the mean is."""
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
+
+
+def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """`summary_table` output as strings: "mean ± std" per final/best, "–" where undefined."""
+    extra = ["variant"] if table["variant"].astype(bool).any() else []
+    out = table[["task", "model", "method", "init", "rank", "lr", *extra, "metric", "n"]].copy()
+    out["rank"] = [("–" if pd.isna(r) else str(int(r))) for r in out["rank"]]
+    out["init"] = out["init"].where(out["method"].isin(ADAPTER_METHODS), "–")
+    if extra:
+        out["variant"] = out["variant"].replace("", "main")
+    out["lr"] = [fmt_lr(v) for v in out["lr"]]
+    out["final (mean ± std)"] = [_pm(m, s, digits) for m, s in zip(table["final_mean"], table["final_std"])]
+    out["best (mean ± std)"] = [_pm(m, s, digits) for m, s in zip(table["best_mean"], table["best_std"])]
+    return out
+
+
+def format_summary(df: pd.DataFrame, digits: int = 4) -> str:
+    """The `summarize` table as text: `format_table` cells plus the seeds."""
+    if df.empty:
+        return "(no finished runs)"
+    out = format_table(df, digits)
+    out.insert(out.columns.get_loc("n") + 1, "seeds", df["seeds"].to_numpy())
+    return out.to_string(index=False)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub markdown table of `df` (no extra dependency)."""
+    cells = [[str(c) for c in df.columns]] + [[str(v) for v in row] for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(r) + " |" for r in cells]
+    return "\n".join([lines[0], "|" + "---|" * len(df.columns), *lines[1:]]) + "\n"
+
+
+def fmt_p(p: float) -> str:
+    """A p-value to 3 decimals, "<0.001" below that (never "0.000"), "–" for NaN."""
+    return "–" if pd.isna(p) else ("<0.001" if p < 0.0005 else f"{p:.3f}")
+
+
+def compute_table(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Wall time of the finished runs per task and method: runs, median and range per run in
+    minutes, and total hours (each run's own logged wall clock, summed; runs that shared the CPU
+    overlap in real time, so this is run time, not elapsed time)."""
+    rows = []
+    for (task, method), g in summaries.groupby(["task", "method"]):
+        minutes = g["wall_time_s"].astype(float) / 60
+        rows.append({"task": task, "method": method, "runs": len(g),
+                     "minutes per run (median, range)": f"{minutes.median():.0f} ({minutes.min():.0f}–{minutes.max():.0f})",
+                     "total hours": f"{minutes.sum() / 60:.1f}"})
+    return pd.DataFrame(rows)
+
+
+def paired_markdown(pairs: pd.DataFrame) -> str:
+    """`paired_comparison` rows (with "p_holm") as a markdown table."""
+    lrs = {"lr": [fmt_lr(v) for v in pairs["lr"]]} if "lr" in pairs else {}  # absent: each at its own lr
+    return to_markdown(pd.DataFrame({
+        "comparison": [f"{a} − {b}" for a, b in zip(pairs["a"], pairs["b"])], **lrs,
+        "which": pairs["which"], "n": pairs["n"],
+        "difference (95% CI)": [f"{d:+.3f}" + ("" if pd.isna(lo) else f" ({lo:+.3f}, {hi:+.3f})")
+                                for d, lo, hi in zip(pairs["diff"], pairs["diff_lo"], pairs["diff_hi"])],
+        "p": [fmt_p(p) for p in pairs["p"]], "p (Holm)": [fmt_p(p) for p in pairs["p_holm"]],
+        "seeds won": [f"{w}/{n}" for w, n in zip(pairs["wins"], pairs["n"])]}))
+
+
+def steps_markdown(steps: pd.DataFrame, wall: bool = False) -> str:
+    """`steps_to_target` rows as a markdown table, one row per lr and series (`wall`: with the
+    runs' wall clock at that step, in minutes)."""
+    rows = []
+    by = ["lr", "method", "init"] if "lr" in steps else ["method", "init"]
+    for key, g in sorted(steps.groupby(by), key=lambda kv: (kv[0][0] if len(by) == 3 else 0, series_order(kv[0][-2:]))):
+        method, init = key[-2:]
+        m, sd, _, _ = t_interval(g["step"])
+        row = {"lr": fmt_lr(key[0])} if len(by) == 3 else {}
+        row.update({"method": method, "init": init if method in ADAPTER_METHODS else "–",
+                    "target": _pm(g["target"].iloc[0], math.nan), "reached": f"{g['step'].notna().sum()}/{len(g)}",
+                    "steps (mean ± std over runs that reached it)": _pm(m, sd, 0)})
+        if wall:
+            tm, tsd, _, _ = t_interval(g["time_s"] / 60)
+            row["minutes (mean ± std)"] = _pm(tm, tsd, 1)
+        rows.append(row)
+    return to_markdown(pd.DataFrame(rows))
+
+
+def report(log_dir="logs", frac: float = 0.9) -> str:
+    """The Results tables as markdown from the finished runs in `log_dir` (see `format_report`)."""
+    logs = read_logs(log_dir, status=None)
+    return format_report(load_runs(logs), load_summaries(logs), majority_metrics(logs), frac)
+
+
+def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, frac: float = 0.9) -> str:
+    """The Results tables as markdown, per task: final/best main dev metric per series (mean ± std,
+    n, 95% CI of the final), the `CONTRASTS` on paired seeds, and steps to target.
+    `runs`/`summaries` as from `load_runs`/`load_summaries`, `baselines` from `majority_metrics`."""
+    if summaries.empty:
+        return "No finished runs.\n"
+    summaries = with_variant(summaries)
+    if "variant" not in runs.columns:
+        runs = runs.merge(summaries[["run_id", "variant"]], on="run_id")
+    pairs_all = pd.concat([paired_comparison(summaries, a, b, w) for a, b in CONTRASTS
+                           for w in ("final", "best")], ignore_index=True)
+    tests = int(pairs_all["p"].notna().sum()) if not pairs_all.empty else 0
+    if not pairs_all.empty:
+        pairs_all["p_holm"] = holm(pairs_all["p"])
+    out = [("All metrics on the GLUE dev split. mean ± std over seeds (n seeds); 95% CI: t-interval of "
+            "the mean. Paired: same seed numbers, difference a − b, two-sided paired t-test; "
+            f"p (Holm): Holm-Bonferroni adjusted over all {tests} paired tests in this report (every task, "
+            "lr, contrast, final and best).\n")]
+    for task in sorted(summaries["task"].unique()):
+        t = get_task(task)
+        s = summaries[summaries["task"] == task]
+        base = baselines.get(t.name, {})
+        out.append(f"\n### {t.name.upper()} ({t.main_metric}; majority-class {t.main_metric} = "
+                   f"{base.get(t.main_metric, float('nan')):.3f})\n")
+        table = summary_table(s)
+        f = format_table(table)
+        f["95% CI (final)"] = [("–" if pd.isna(h) else f"{m - h:.3f} – {m + h:.3f}")
+                               for m, h in zip(table["final_mean"], table["final_half"])]
+        out.append(to_markdown(f.drop(columns=["task", "metric"])))
+        pairs = pairs_all[pairs_all["task"] == task] if not pairs_all.empty else pairs_all
+        if not pairs.empty:
+            out.append("\nPaired comparisons (same seeds):\n")
+            out.append(paired_markdown(pairs))
+        steps = steps_to_target(runs[runs["task"] == task], baselines, frac)
+        if not steps.empty:
+            out.append(f"\nSteps to reach {frac:.0%} of the way from the majority-class {t.main_metric} to "
+                       f"the best series' mean best (first evaluation at or above the target):\n")
+            out.append(steps_markdown(steps))
+    out.append("\n### Compute (wall time of each finished run, as logged)\n")
+    out.append(to_markdown(compute_table(summaries)))
+    return "\n".join(out)
+
+
+
+
+# ------------------------------------------------------------------ round 2: each init at its own lr
+
+def _round2_pairs(summaries: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
+    """Round 2's family of paired tests, final and best: every init − random and pissa − svd, each
+    init at its selected lr (part "selected") and all at `SMALL_LR` (part "small lr"); Holm over all."""
+    adapters = summaries[summaries["method"] == "lora-fa"]
+    parts = {"selected": at_selected(adapters, selected),
+             "small lr": adapters[np.isclose(adapters["lr"].astype(float), SMALL_LR)]}
+    contrasts = [(i, "random") for i in INITS if i != "random"] + [("pissa", "svd")]
+    frames = [paired_comparison(df, a, b, w, keys=PAIRED_BY_SERIES).assign(part=part)
+              for part, df in parts.items() for a, b in contrasts for w in ("final", "best")]
+    frames = [f for f in frames if not f.empty]
+    pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not pairs.empty:
+        pairs["p_holm"] = holm(pairs["p"])
+    return pairs
+
+
+def _selection_markdown(runs: pd.DataFrame, task: str, selected: pd.DataFrame) -> str:
+    """One row per series of `task`: holdout score (final dev metric) at each lr of its grid, the
+    chosen lr in bold; one table per grid (ceilings, LoRA-FA)."""
+    out = []
+    for methods in (("full", "head"), ("lora-fa",)):
+        grid = GRID_LRS[methods[0]] if len(methods) == 1 else sorted({lr for m in methods for lr in GRID_LRS[m]})
+        rows = []
+        for _, r in selected[(selected["task"] == task) & selected["method"].isin(methods)].iterrows():
+            scores = holdout_scores(runs, task, r["init"], method=r["method"], epochs=EPOCHS[task])
+            row = {"series": r["method"] if r["method"] != "lora-fa" else r["init"], "finished": r["grid"]}
+            for lr in grid:
+                hit = scores[np.isclose(scores["lr"], lr)]
+                cell = "" if hit.empty else f"{hit['score'].iloc[0]:.3f} ({hit['final_dev'].iloc[0]:.3f})"
+                row[fmt_lr(lr)] = f"**{cell}**" if cell and np.isclose(lr, r["lr"]) else cell
+            row["chosen lr"] = "–" if pd.isna(r["lr"]) else fmt_lr(r["lr"])
+            rows.append(row)
+        if rows:
+            out.append(to_markdown(pd.DataFrame(rows)))
+    return "\n".join(out)
+
+
+def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, frac: float = 0.9,
+                  tasks=None) -> str:
+    """Round 2's tables as markdown (README "Round 2 protocol"), per task (all, or `tasks`): the lr
+    selection on holdout, the ceilings and every init at its chosen lr (dev; share of full
+    fine-tuning's gain over the majority class), the small-lr half, their paired tests (one Holm
+    family over every task, whichever are shown) and steps to target."""
+    if summaries.empty:
+        return "No finished runs.\n"
+    summaries, selected = with_variant(summaries), selected_lrs(runs)
+    pairs = _round2_pairs(summaries, selected)
+    tests = int(pairs["p"].notna().sum()) if not pairs.empty else 0
+    out = ["Selection: seed 0, score = holdout main metric averaged over the last epoch's evaluations "
+           "(holdout: 10 % of train, never trained on); cells are score (final dev metric), the chosen lr "
+           "in bold. Everything else is on the GLUE dev split: mean ± std over seeds, 95 % CI a t-interval; "
+           "share of full FT = (final − majority) / (full fine-tuning's final − majority). Paired: same seeds, "
+           f"a − b, two-sided paired t-test; p (Holm) adjusted over all {tests} paired tests of round 2.\n"]
+    for task in sorted(summaries["task"].unique() if tasks is None else [get_task(t).name for t in tasks]):
+        t, s = get_task(task), summaries[summaries["task"] == task]
+        m0 = baselines.get(t.name, {}).get(t.main_metric, math.nan)
+        out.append(f"\n### {t.name.upper()} ({t.main_metric}; majority-class {t.main_metric} = {m0:.3f})\n")
+        if task in TASKS:
+            out += ["\nLearning-rate selection (holdout score (final dev), seed 0):\n",
+                    _selection_markdown(runs, task, selected)]
+        chosen = summary_table(at_selected(s, selected))
+        if not chosen.empty:
+            full = chosen.loc[chosen["method"] == "full", "final_mean"]
+            gain = full.iloc[0] - m0 if len(full) else math.nan
+            f = format_table(chosen).drop(columns=["task", "metric"])
+            f["95% CI (final)"] = [("–" if pd.isna(h) else f"{m - h:.3f} – {m + h:.3f}")
+                                   for m, h in zip(chosen["final_mean"], chosen["final_half"])]
+            f["share of full FT"] = [("–" if pd.isna(gain) or gain <= 0 else f"{(m - m0) / gain:.2f}")
+                                     for m in chosen["final_mean"]]
+            conv = convergence(runs[runs["task"] == task], selected).set_index(["method", "init"])
+            f["holdout: last − previous epoch"] = [
+                "–" if (m, i) not in conv.index else
+                f"{conv.loc[(m, i), 'last'] - conv.loc[(m, i), 'previous']:+.3f}"
+                + ("" if conv.loc[(m, i), "converged"] else " (not converged)")
+                for m, i in zip(chosen["method"], chosen["init"])]
+            out += ["\nEvery series at its chosen lr (dev):\n", to_markdown(f)]
+        small = summary_table(s[(s["method"] == "lora-fa") & np.isclose(s["lr"].astype(float), SMALL_LR)])
+        if not small.empty:
+            out += [f"\nThe small-lr half: every init at lr {fmt_lr(SMALL_LR)} (dev):\n",
+                    to_markdown(format_table(small).drop(columns=["task", "metric"]))]
+        mine = pairs[pairs["task"] == task] if not pairs.empty else pairs
+        for part in ("selected", "small lr"):
+            p = mine[mine["part"] == part] if not mine.empty else mine
+            if not p.empty:
+                label = "each init at its chosen lr" if part == "selected" else f"all at lr {fmt_lr(SMALL_LR)}"
+                out += [f"\nPaired comparisons, {label}:\n", paired_markdown(p)]
+        lora_runs = runs[(runs["task"] == task) & (runs["method"] == "lora-fa")]
+        for label, sub in (("each init at its chosen lr", at_selected(lora_runs, selected)),
+                           (f"all at lr {fmt_lr(SMALL_LR)}", lora_runs[np.isclose(lora_runs["lr"].astype(float), SMALL_LR)])):
+            steps = steps_to_target(sub, baselines, frac, keys=("task", "model", "variant")) if len(sub) else sub
+            if len(steps):
+                out += [f"\nSteps (and wall minutes) to {frac:.0%} of the way from the majority class to the best "
+                        f"init's mean best, {label}:\n", steps_markdown(steps, wall=True)]
+    shown = summaries if tasks is None else summaries[summaries["task"].isin([get_task(t).name for t in tasks])]
+    out += ["\n### Compute (wall time of each finished run, as logged)\n", to_markdown(compute_table(shown))]
+    return "\n".join(out)

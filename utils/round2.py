@@ -1,0 +1,210 @@
+"""Round 2 of the research as data (README "Round 2 protocol"): its runs, and the lr each init gets.
+
+1. Ceilings: full fine-tuning and head-only over `GRID_LRS`, seed 0; RTE only at MRPC's chosen lrs.
+2. LoRA-FA, rank 4 on the attention projections: every init over `LORA_LRS`, seed 0.
+   The lr of each (task, method, init) is chosen on the holdout slice of train (`select_lr`).
+   Ceilings: seeds `CEILING_SEEDS` at their chosen lr.
+3. The final comparison: every init at its chosen lr, seeds `FINAL_SEEDS`, paired by seed.
+4. The small-lr half: every init at `SMALL_LR`, seeds 0 (the selection run) and `SMALL_LR_SEEDS`.
+
+`sweep_round2.py` runs `planned_runs()`; `utils.report.round2_report` reads the results back.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from utils.config import RunConfig
+from utils.glue import get_task
+from utils.logs import load_runs, lock_path, read_log
+
+LORA_LRS = (1e-4, 4e-4, 1.7e-3, 7e-3, 3e-2)  # the per-init selection grid (step 2)
+GRID_LRS = {"full": (2e-5, 5e-5, 1e-4), "head": (1e-3, 5e-3, 2e-2), "lora-fa": LORA_LRS}  # steps 1 and 2
+INITS = ("random", "svd", "pissa", "milora", "eva", "grad")
+TASKS = ("mrpc", "cola")  # RTE: ceilings only (its LoRA-FA grid did not fit the budget)
+EPOCHS = {"mrpc": 6, "cola": 4, "rte": 6}
+EVAL_EVERY = {"mrpc": 52, "cola": 120, "rte": 35}  # twice per epoch after the 10 % holdout
+CEILING_SEEDS = (0, 1, 2)  # step 1: seed 0 is the selection run itself
+FINAL_SEEDS = (0, 1, 2, 3, 4)  # step 3, likewise
+SMALL_LR = LORA_LRS[0]  # step 4
+SMALL_LR_SEEDS = (1, 2)  # step 4 beyond the selection run's seed 0
+SELECT = "select"  # in `planned_runs`: the lr chosen for this (task, method, init)
+CONVERGED = {"mrpc": 0.005, "cola": 0.01, "rte": 0.01}  # step 3's rule: last vs previous epoch on holdout
+
+
+def planned_runs() -> list[tuple]:
+    """(task, method, init, lr, seed) in priority order; lr `SELECT` is the lr chosen on the task,
+    (`SELECT`, task) the one chosen on another task. init "none" for the ceilings."""
+    out = []
+    for task in ("cola", "mrpc"):  # 1. ceilings, seed 0: the lr grids
+        out += [(task, m, "none", lr, 0) for m in ("full", "head") for lr in GRID_LRS[m]]
+    for task in ("cola", "mrpc"):  # 2. LoRA-FA lr per init, seed 0
+        out += [(task, "lora-fa", init, lr, 0) for init in INITS for lr in LORA_LRS]
+    out += [("rte", m, "none", (SELECT, "mrpc"), 0) for m in ("full", "head")]  # 1. RTE at MRPC's lrs
+    for task in ("mrpc", "cola"):  # 1. ceiling seeds
+        out += [(task, m, "none", SELECT, s) for s in CEILING_SEEDS[1:] for m in ("full", "head")]
+    for task in ("mrpc", "cola"):  # 3. final comparison at the selected lrs, 3 seeds first
+        out += [(task, "lora-fa", init, SELECT, s) for s in FINAL_SEEDS[1:3] for init in INITS]
+    for task in ("mrpc", "cola"):  # 4. the small-lr half
+        out += [(task, "lora-fa", init, SMALL_LR, s) for s in SMALL_LR_SEEDS for init in INITS]
+    for task in ("mrpc", "cola"):  # 3. the final comparison's seeds 3 and 4
+        out += [(task, "lora-fa", init, SELECT, s) for s in FINAL_SEEDS[3:] for init in INITS]
+    return out
+
+
+def run_config(task, method, init, lr, seed, *, model="minilm", log_dir="logs/round2", data_dir=None) -> RunConfig:
+    """The RunConfig of one round-2 run (every setting the protocol fixes)."""
+    return RunConfig(task=task, model=model, method=method, init="random" if init == "none" else init,
+                     rank=4, lr=lr, seed=seed, epochs=EPOCHS[task], eval_every=EVAL_EVERY[task], batch_size=32,
+                     max_length=128, bf16=False, group_by_length=True, holdout=0.1, init_batches=8,
+                     log_dir=log_dir, data_dir=data_dir).canonical()
+
+
+def run_states(log_dir, *, model="minilm", data_dir=None, tasks=None) -> list[tuple[str, RunConfig | None]]:
+    """[(state, config)] for every planned run (of `tasks`, if given) against the logs in `log_dir`:
+    "finished", "running" (another process holds its lock), "ready", or "waiting: ..." with config
+    None while its lr cannot be chosen yet (its grid has unfinished runs)."""
+    history = load_runs(log_dir) if Path(log_dir).is_dir() else None
+    out = []
+    for task, method, init, lr, seed in planned_runs():
+        if tasks is not None and task not in tasks:
+            continue
+        if lr == SELECT or isinstance(lr, tuple):
+            source = lr[1] if isinstance(lr, tuple) else task
+            try:
+                lr = select_lr(history, source, init, GRID_LRS[method], method=method,
+                               epochs=EPOCHS[source])[0] if history is not None else None
+            except ValueError:
+                lr = None
+        if lr is None:
+            out.append((f"waiting: {task} {method} {init} seed {seed} (lr not selected yet)", None))
+            continue
+        cfg = run_config(task, method, init, lr, seed, model=model, log_dir=str(log_dir), data_dir=data_dir)
+        path = cfg.log_path
+        if path.is_file() and read_log(path)["status"] == "finished":
+            out.append(("finished", cfg))
+        elif lock_path(path).exists():
+            out.append(("running", cfg))
+        else:
+            out.append(("ready", cfg))
+    return out
+
+
+def train_ready(log_dir, *, model="minilm", data_dir=None, tasks=None) -> int:
+    """Train every ready run of `tasks` (all, if None) in the planned order, in this process, until
+    none is ready; a run whose lr is chosen from others becomes ready once they have finished.
+    Returns how many runs it trained (0 when everything has finished: then it only reads logs)."""
+    from utils.train import run_experiment  # lazy: the training stack
+    tried = set()
+    while True:
+        ready = [c for state, c in run_states(log_dir, model=model, data_dir=data_dir, tasks=tasks)
+                 if state == "ready" and c.run_id not in tried]
+        if not ready:
+            return len(tried)
+        tried.add(ready[0].run_id)
+        run_experiment(ready[0])
+
+
+def holdout_scores(runs: pd.DataFrame, task: str, init: str, *, method: str = "lora-fa", seed: int = 0,
+                   epochs: int | None = None) -> pd.DataFrame:
+    """Per lr of the finished `seed` runs of one (task, method, init) (and `epochs`, if given):
+
+        score = mean of the holdout main metric over the evaluations of the run's last epoch
+
+    (the end of training, averaged over that epoch's evaluations to damp one evaluation's noise),
+    with the final holdout metric and the final and best dev metric next to it (for reading only:
+    dev never chooses). `runs`: `load_runs` output. Columns lr, score, evaluations, final_holdout,
+    final_dev, best_dev; rows sorted by lr; runs without holdout metrics are left out."""
+    metric = get_task(task).main_metric
+    col = f"holdout_{metric}"
+    pick = runs[(runs["task"] == get_task(task).name) & (runs["method"] == method) & (runs["init"] == init)
+                & (runs["seed"] == seed)] if len(runs) else runs
+    if epochs is not None and len(pick):
+        pick = pick[pick["epochs"] == epochs]
+    rows = []
+    for lr, r in (pick.groupby("lr") if len(pick) and col in pick else []):
+        if r[col].isna().all():
+            continue
+        r = r.sort_values("step")
+        last = r[r["epoch"] > r["epoch"].max() - 1]  # the evaluations of the last epoch
+        rows.append({"lr": float(lr), "score": float(last[col].mean()), "evaluations": len(last),
+                     "final_holdout": float(r[col].iloc[-1]), "final_dev": float(r[metric].iloc[-1]),
+                     "best_dev": float(r[metric].max())})
+    return pd.DataFrame(rows, columns=["lr", "score", "evaluations", "final_holdout", "final_dev", "best_dev"])
+
+
+def select_lr(runs: pd.DataFrame, task: str, init: str, lrs, *, method: str = "lora-fa", seed: int = 0,
+              epochs: int | None = None) -> tuple[float, pd.DataFrame]:
+    """The learning rate chosen on the holdout slice (never dev) for one (task, method, init): the
+    highest `holdout_scores` score over `lrs`, ties to the smaller lr. Returns (lr, its rows of
+    `holdout_scores`); ValueError naming what is missing if a run of `lrs` has not finished or has no
+    holdout metrics."""
+    scores = holdout_scores(runs, task, init, method=method, seed=seed, epochs=epochs)
+    table = []
+    for lr in sorted(float(x) for x in lrs):
+        row = scores[np.isclose(scores["lr"], lr)]
+        if row.empty:
+            raise ValueError(f"select_lr: no finished {task} {method} {init} run at lr {lr:g}, seed {seed}"
+                             + (f", {epochs} epochs" if epochs else "") + f" with holdout {get_task(task).main_metric}")
+        table.append(row)
+    table = pd.concat(table, ignore_index=True)
+    best = table.loc[table["score"].idxmax(), "lr"]  # idxmax: the first (smallest lr) of equal scores
+    return float(best), table
+
+
+def series() -> list[tuple[str, str, str]]:
+    """(task, method, init) of every series whose lr round 2 selects; RTE borrows MRPC's."""
+    return [(t, m, "none") for t in TASKS for m in ("full", "head")] + \
+        [(t, "lora-fa", init) for t in TASKS for init in INITS]
+
+
+def selected_lrs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The lr chosen for every (task, method, init) of `series()`, NaN while its grid is unfinished.
+    Columns task, method, init, lr, grid (how many of the grid's lrs have finished)."""
+    rows = []
+    for task, method, init in series():
+        done = holdout_scores(runs, task, init, method=method, epochs=EPOCHS[task])
+        try:
+            lr = select_lr(runs, task, init, GRID_LRS[method], method=method, epochs=EPOCHS[task])[0]
+        except ValueError:
+            lr = np.nan
+        rows.append({"task": task, "method": method, "init": init, "lr": lr,
+                     "grid": f"{len(done)}/{len(GRID_LRS[method])}"})
+    for method in ("full", "head"):  # RTE's ceilings run at MRPC's lrs
+        mrpc = next(r for r in rows if r["task"] == "mrpc" and r["method"] == method)
+        rows.append({**mrpc, "task": "rte", "grid": "MRPC's"})
+    return pd.DataFrame(rows)
+
+
+def at_selected(df: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `df` (runs or summaries) at their series' selected lr (`selected_lrs`)."""
+    if df.empty:
+        return df
+    chosen = selected.dropna(subset=["lr"]).rename(columns={"lr": "_lr"})[["task", "method", "init", "_lr"]]
+    out = df.merge(chosen, on=["task", "method", "init"])
+    return out[np.isclose(out["lr"].astype(float), out["_lr"].astype(float))].drop(columns="_lr")
+
+
+def convergence(runs: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
+    """Step 3's convergence rule per (task, method, init) at its chosen lr: the holdout main metric
+    averaged over the last epoch's evaluations and over the previous epoch's (each a mean over the
+    seeds' per-epoch means); converged if they differ by at most `CONVERGED[task]`."""
+    rows = []
+    for (task, method, init), r in at_selected(runs, selected).groupby(["task", "method", "init"]):
+        col = f"holdout_{get_task(task).main_metric}"
+        last_epoch = r.groupby("seed")["epoch"].transform("max")
+        last = r[r["epoch"] > last_epoch - 1].groupby("seed")[col].mean().mean()
+        prev = r[(r["epoch"] > last_epoch - 2) & (r["epoch"] <= last_epoch - 1)].groupby("seed")[col].mean().mean()
+        rows.append({"task": task, "method": method, "init": init, "last": last, "previous": prev,
+                     "converged": bool(abs(last - prev) <= CONVERGED[task])})
+    return pd.DataFrame(rows, columns=["task", "method", "init", "last", "previous", "converged"])
+
+
+def progress(states) -> str:
+    """One line on `run_states`: how many planned runs have finished, can start (ready, or running:
+    lock files are not part of the record) and wait for a chosen lr."""
+    kinds = [s if s == "finished" else "waiting" if s.startswith("waiting") else "startable" for s, _ in states]
+    return (f"{kinds.count('finished')} of {len(kinds)} planned runs finished, {kinds.count('startable')} "
+            f"can start, {kinds.count('waiting')} wait for their chosen lr (`python sweep_round2.py --list`)")
