@@ -173,10 +173,10 @@ def majority_metrics(log_dir) -> dict[str, dict[str, float]]:
     return out
 
 
-# The paired tests of the report (a − b), one Holm family: each SVD-based init against random, and
-# pissa against svd, which share A and B at step 0 and differ only in the base (W − W_r vs W): that
-# contrast isolates svd's start shift W_eff = W + W_r from its A (added before any pissa run finished).
-# seed − random tests the original claim with the original (wrong) factorization (MRPC, small lr).
+# Round 1's paired tests (a − b), one Holm family: each SVD-based init against random, and pissa
+# against svd, which share A and B at step 0 and differ only in the base (W − W_r vs W): that contrast
+# isolates svd's start shift W_eff = W + W_r from its A. seed − random tests the original claim with
+# the original (wrong) factorization (MRPC, small lr). Round 2's family: utils.report.round2_report.
 CONTRASTS = (("svd", "random"), ("pissa", "random"), ("pissa", "svd"), ("seed", "random"))
 
 
