@@ -134,3 +134,57 @@ def test_old_logs_read_with_legacy_defaults_and_extra_keys_tolerated(tmp_path):
     assert df.loc[0, "group_by_length"] in (False,) and df.loc[1, "group_by_length"] in (True,)
     assert df.loc[0, "holdout"] == 0.0 and df.loc[1, "holdout"] == 0.1
     assert "some_future_field" not in df and "another" not in df  # nested values are not columns
+
+
+def test_relpaths_rewrites_path_fields_only_once_and_skips_running_logs(tmp_path, capsys):
+    """`python -m utils.record relpaths`: logs written with this machine's absolute paths get them as a run
+    records them now; every other value stays as it was, a second pass changes nothing, and a running log
+    or one with a lock file (a worker writes them) and a hub log are left as they are, byte for byte."""
+    repo = tmp_path / "repo"
+    env_glue = fake_log("mrpc", "lora-fa", "svd", 1e-4, 0)  # data from $GLUE_DIR (no data_dir)
+    env_glue["config"].update(data_dir=None, log_dir=f"{repo}/logs", ckpt_dir="checkpoints",
+                              data_source="local:/data/glue",
+                              data_files={"train": "/data/glue/MRPC/train.tsv", "dev": "/data/glue/MRPC/dev.tsv"})
+    env_glue["env"] = {"host": "vm", "argv": ["run_glue.py", "--log-dir", f"{repo}/logs", "--lr", "1e-4",
+                                              "--x=/data/glue/MRPC", f"{repo}/run_glue.py", "/elsewhere"]}
+    typed = fake_log("mrpc", "lora-fa", "svd", 1e-4, 1)  # --data-dir <repo>/glue typed
+    typed["config"].update(data_dir=f"{repo}/glue", log_dir="logs", ckpt_dir=f"{repo}/ckpt",
+                           data_source=f"local:{repo}/glue", data_files={"train": f"{repo}/glue/MRPC/train.tsv"})
+    typed["env"] = {"argv": ["run_glue.py", "--data-dir", f"{repo}/glue"]}
+    hub = fake_log("mrpc", "lora-fa", "svd", 1e-4, 2)
+    hub["config"].update(data_dir=None, log_dir="logs", data_source="hub:nyu-mll/glue",
+                         data_files={"train": "nyu-mll/glue/mrpc:train"})
+    running = {**env_glue, "status": "running", "run_id": "running"}
+    logs_dir = repo / "logs" / "mrpc"
+    for name, log in {"env": env_glue, "typed": typed, "hub": hub, "running": running, "locked": env_glue}.items():
+        write_json_atomic(log, logs_dir / f"{name}.json")
+    lock_path(logs_dir / "locked.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in logs_dir.iterdir()}
+
+    assert record.main(["relpaths", str(repo / "logs"), "--repo-root", str(repo)]) == 0
+    assert capsys.readouterr().out.strip() == "2 rewritten, 1 unchanged, 2 running"
+    after = {p.name: json.loads(p.read_text()) for p in logs_dir.iterdir()}
+    assert {k: after["env.json"]["config"][k] for k in ("data_dir", "log_dir", "ckpt_dir", "data_source", "data_files")} \
+        == {"data_dir": None, "log_dir": "logs", "ckpt_dir": "checkpoints", "data_source": "local:$GLUE_DIR",
+            "data_files": {"train": "MRPC/train.tsv", "dev": "MRPC/dev.tsv"}}
+    assert after["env.json"]["env"]["argv"] == ["run_glue.py", "--log-dir", "logs", "--lr", "1e-4",
+                                                "--x=$GLUE_DIR/MRPC", "run_glue.py", "/elsewhere"]
+    assert {k: after["typed.json"]["config"][k] for k in ("data_dir", "ckpt_dir", "data_source", "data_files")} \
+        == {"data_dir": "glue", "ckpt_dir": "ckpt", "data_source": "local:glue", "data_files": {"train": "MRPC/train.tsv"}}
+    assert after["typed.json"]["env"]["argv"] == ["run_glue.py", "--data-dir", "glue"]
+
+    def without_paths(log):  # the log with its path fields taken out: must not change
+        log = json.loads(json.dumps(log))
+        for k in ("data_dir", "log_dir", "ckpt_dir", "data_source", "data_files"):
+            log["config"].pop(k, None)
+        log["env"].pop("argv", None)
+        return log
+    for name, log in {"env.json": env_glue, "typed.json": typed}.items():
+        assert without_paths(after[name]) == without_paths(log)
+    assert (logs_dir / "hub.json").read_bytes() == before["hub.json"]
+    assert all((logs_dir / f).read_bytes() == before[f] for f in ("running.json", "locked.json"))
+
+    rewritten = {p.name: p.read_bytes() for p in logs_dir.iterdir()}
+    assert record.main(["relpaths", str(repo / "logs"), "--repo-root", str(repo)]) == 0
+    assert capsys.readouterr().out.strip() == "0 rewritten, 3 unchanged, 2 running"
+    assert {p.name: p.read_bytes() for p in logs_dir.iterdir()} == rewritten

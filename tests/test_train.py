@@ -5,6 +5,8 @@ plus one short real run: MiniLM on the real MRPC data in ../shared/glue.
 """
 import dataclasses
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -142,6 +144,30 @@ def test_finished_runs_are_skipped(tmp_path, tiny_models, glue_dir, monkeypatch)
     monkeypatch.undo()
     again = run_experiment(dataclasses.replace(cfg, overwrite=True), progress=False)
     assert again["status"] == "finished" and again["summary"]["final"] == first["summary"]["final"]
+
+
+@pytest.mark.parametrize("source", ["GLUE_DIR", "--data-dir"])
+def test_logs_record_paths_as_given(tmp_path, tiny_models, glue_dir, monkeypatch, source):
+    """No absolute path of this machine in a log: the data dir as given ($GLUE_DIR or the --data-dir string),
+    its files relative to it, a log dir inside the working directory relative to it; argv likewise."""
+    monkeypatch.chdir(tmp_path)
+    typed = os.path.relpath(glue_dir, tmp_path)  # e.g. "../glue0", as a user would type it from here
+    if source == "GLUE_DIR":
+        monkeypatch.setenv("GLUE_DIR", str(glue_dir))
+    else:
+        monkeypatch.delenv("GLUE_DIR", raising=False)
+    given = "$GLUE_DIR" if source == "GLUE_DIR" else typed
+    cfg = dataclasses.replace(tiny_run_config(tmp_path, tiny_models["bert"], glue_dir, max_steps=2),
+                              data_dir=None if source == "GLUE_DIR" else typed)
+    monkeypatch.setattr(sys, "argv", ["run_glue.py", "--log-dir", str(tmp_path / "logs"), "--lr", "0.01",
+                                      f"--extra={glue_dir}/MRPC", str(tiny_models["bert"])])
+    log = run_experiment(cfg, progress=False)
+    c = read_log(cfg.log_path)["config"]
+    assert log["status"] == "finished" and c["num_rows"] == {"train": 48, "dev": 21}
+    assert (c["data_source"], c["data_files"]) == (f"local:{given}", {"train": "MRPC/train.tsv", "dev": "MRPC/dev.tsv"})
+    assert (c["data_dir"], c["log_dir"], c["ckpt_dir"]) == (None if source == "GLUE_DIR" else typed, "logs", "ckpt")
+    assert log["env"]["argv"] == ["run_glue.py", "--log-dir", "logs", "--lr", "0.01", f"--extra={given}/MRPC",
+                                  str(tiny_models["bert"])]  # outside the working directory and the repo: as is
 
 
 def test_nan_loss_stops_the_run(tmp_path, tiny_models, glue_dir):

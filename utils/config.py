@@ -27,8 +27,9 @@ METHODS = ("lora-fa", "lora", "head", "full")  # lora-fa: A frozen; head: classi
 ADAPTER_METHODS = ("lora-fa", "lora")
 RUN_SVD_AUTO = "lanczos"  # what a run's svd_method "auto" means: the solver of every committed log
 NAME_FIELDS = ("task", "model", "method", "init", "rank", "lr", "seed")  # spelled out in run_id
-UNHASHED_FIELDS = ("data_dir", "log_dir", "ckpt_dir", "resume", "overwrite", "keep_checkpoint",
-                   "eval_batch_size", "log_every", "threads")  # never change what a run computes
+PATH_FIELDS = ("data_dir", "log_dir", "ckpt_dir")  # where files are; logs record them as given (utils.record)
+UNHASHED_FIELDS = PATH_FIELDS + ("resume", "overwrite", "keep_checkpoint",
+                                 "eval_batch_size", "log_every", "threads")  # never change what a run computes
 # Fields added after the first logs were written, with the value every older run used. A field
 # at its legacy value is left out of the run id's hash, so the ids of committed logs stay valid,
 # and readers fill a log that lacks the field with this value (`with_legacy_defaults`).

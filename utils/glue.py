@@ -212,18 +212,28 @@ class GlueData:
     source: str  # "local:<abs dir>" or "hub:nyu-mll/glue"
     files: dict[str, str]  # split -> absolute file path (local) or "nyu-mll/glue/<config>:<split>"
     num_rows: dict[str, int]  # split -> rows read
+    given_dir: str | None = None  # the local folder as the user gave it (`local_data_dir`); None: the hub
+
+
+def local_data_dir(data_dir: str | Path | None = None) -> tuple[Path, str] | None:
+    """The local GLUE folder `load_glue(task, data_dir)` reads: (absolute path, the folder as the user
+    gave it: `data_dir` as typed, or "$GLUE_DIR" when it comes from that variable). None: the hub."""
+    if data_dir is None:
+        data_dir = os.environ.get("GLUE_DIR") or None
+        given = "$GLUE_DIR"
+    else:
+        given = str(data_dir)
+    return None if data_dir is None else (Path(data_dir).expanduser().resolve(), given)
 
 
 def load_glue(task: str | GlueTask, data_dir: str | Path | None = None) -> GlueData:
     """Load train + dev of `task` from `data_dir`, else $GLUE_DIR, else the HF hub."""
     task = get_task(task)
-    data_dir = data_dir if data_dir is not None else os.environ.get("GLUE_DIR") or None
-    if data_dir is not None:
-        return _load_local(task, Path(data_dir).expanduser().resolve())
-    return _load_hub(task)
+    local = local_data_dir(data_dir)
+    return _load_hub(task) if local is None else _load_local(task, *local)
 
 
-def _load_local(task: GlueTask, data_dir: Path) -> GlueData:
+def _load_local(task: GlueTask, data_dir: Path, given_dir: str) -> GlueData:
     if not data_dir.is_dir():
         raise DataNotFoundError(
             f"GLUE data dir {data_dir} does not exist (from --data-dir or GLUE_DIR); it must hold "
@@ -236,7 +246,7 @@ def _load_local(task: GlueTask, data_dir: Path) -> GlueData:
                 f"GLUE task {task.name!r}: expected file {path} is missing in data dir {data_dir}")
     feats = _features(task)
     data = {s: datasets.Dataset.from_dict(read_tsv(p, task), features=feats) for s, p in paths.items()}
-    return _glue_data(task, data, f"local:{data_dir}", {s: str(p) for s, p in paths.items()})
+    return _glue_data(task, data, f"local:{data_dir}", {s: str(p) for s, p in paths.items()}, given_dir)
 
 
 def _load_hub(task: GlueTask) -> GlueData:
@@ -258,9 +268,9 @@ def _load_hub(task: GlueTask) -> GlueData:
 
 
 def _glue_data(task: GlueTask, data: dict[str, datasets.Dataset], source: str,
-               files: dict[str, str]) -> GlueData:
+               files: dict[str, str], given_dir: str | None = None) -> GlueData:
     num_rows = {s: len(d) for s, d in data.items()}
-    return GlueData(task, data.pop("train"), data, source, files, num_rows)
+    return GlueData(task, data.pop("train"), data, source, files, num_rows, given_dir)
 
 
 # ---------------------------------------------------------------- metrics

@@ -22,7 +22,9 @@ several dev sets (MNLI) prefix the extra ones with the split name
 
 Extensions written by utils.train (readers must not rely on them being present):
 
-    config:  data_files {split: path}, num_rows {split: rows; train after the holdout, holdout},
+    config:  data_source ("local:$GLUE_DIR", "local:<--data-dir as given>" or "hub:nyu-mll/glue"),
+             data_files {split: path relative to the data folder, or hub id},
+             num_rows {split: rows; train after the holdout, holdout},
              init_time_s (adapter init), max_length_used, targets_resolved (suffixes), adapted_modules,
              trainable_params, processes, total_batch_size, steps_per_epoch, total_steps
     env:     accelerate, peft, datasets, mixed_precision, platform, argv; git_commit gets "+dirty"

@@ -1,9 +1,15 @@
-"""Recording a run while it runs: what its log holds (environment, summary), the predictions file,
-the process's memory, and the lock that lets one worker at a time run it. `utils.logs` writes and
+"""Recording a run while it runs: what its log holds (environment, summary, paths), the predictions
+file, the process's memory, and the lock that lets one worker at a time run it. `utils.logs` writes and
 reads the log files (the schema is in its docstring).
+
+Paths are recorded as the user gave them, never as this machine's absolute ones: the data folder as
+"$GLUE_DIR" or the --data-dir string, its files relative to it, an absolute path inside the working
+directory or the repository relative to it. ``python -m utils.record relpaths LOGS...`` rewrites the
+path fields of logs written before (and nothing else).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.metadata
 import json
@@ -22,7 +28,9 @@ import numpy as np
 import torch
 
 import lora
-from utils.logs import SCHEMA, lock_path
+from utils.config import PATH_FIELDS
+from utils.glue import local_data_dir
+from utils.logs import SCHEMA, lock_path, read_logs, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,8 +57,8 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def environment(accelerator) -> dict:
-    """Where and with what the run ran (the log's "env" block)."""
+def environment(accelerator, data_dir=None) -> dict:
+    """Where and with what the run ran (the log's "env" block); `data_dir`: the run's, for argv's paths."""
     device = str(accelerator.device)
     if accelerator.device.type == "cuda":
         device += f" ({torch.cuda.get_device_name(accelerator.device)})"
@@ -59,14 +67,111 @@ def environment(accelerator) -> dict:
             "peft": _version("peft"), "datasets": _version("datasets"), "project": lora.__version__,
             "device": device, "mixed_precision": accelerator.mixed_precision,
             "threads": torch.get_num_threads(), "processes": accelerator.num_processes,
-            "host": socket.gethostname(), "platform": platform.platform(), "argv": sys.argv}
+            "host": socket.gethostname(), "platform": platform.platform(),
+            "argv": portable_argv(sys.argv, local_data_dir(data_dir))}
 
 
 def new_log(cfg, extra_config: dict, env: dict) -> dict:
-    """A fresh log with status "running" and empty history."""
+    """A fresh log with status "running" and empty history (path fields as `portable_path` gives them)."""
+    paths = {k: portable_path(getattr(cfg, k)) for k in PATH_FIELDS}
     return {"schema": SCHEMA, "run_id": cfg.run_id, "status": "running", "error": None,
-            "config": {**dataclasses.asdict(cfg), **extra_config}, "env": env,
+            "config": {**dataclasses.asdict(cfg), **paths, **extra_config}, "env": env,
             "history": [], "train_loss": [], "summary": {}}
+
+
+def data_fields(glue) -> dict:
+    """data_source and data_files of a run's log for its `utils.glue.GlueData`."""
+    return portable_data(glue.source, glue.files, glue.given_dir)
+
+
+# ---------------------------------------------------------------- paths as the user gave them
+
+def _inside(path, root) -> str | None:
+    """`path` relative to the folder `root` ("." for root itself) if `path` is absolute and inside it."""
+    if path is None or not os.path.isabs(path):
+        return None
+    try:
+        return Path(os.path.normpath(path)).relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def portable_path(path, roots=None) -> str | None:
+    """`path` as a log records it: an absolute path inside one of `roots` (default: the working
+    directory, then this repository) relative to the first of them, any other path as given."""
+    for root in (Path.cwd(), REPO) if roots is None else roots:
+        rel = _inside(path, root)
+        if rel is not None:
+            return rel
+    return None if path is None else str(path)
+
+
+def portable_data(source: str, files: dict, given_dir: str | None, roots=None) -> dict:
+    """data_source and data_files as a log records them: a local folder as the user gave it
+    ("local:$GLUE_DIR", "local:../shared/glue"; `portable_path`) and its files relative to it
+    ("MRPC/train.tsv"); hub data (and fields recorded this way already) unchanged."""
+    folder = source.removeprefix("local:")
+    if folder == source or not os.path.isabs(folder):
+        return {"data_source": source, "data_files": files}
+    return {"data_source": f"local:{portable_path(given_dir, roots)}",
+            "data_files": {split: _inside(f, folder) or f for split, f in files.items()}}
+
+
+def portable_argv(argv, data=None, roots=None) -> list[str]:
+    """`argv` as a log records it: an argument (or the value of `--flag=value`) inside the local data
+    folder `data` ((absolute, as given), `utils.glue.local_data_dir`) starts with the folder as given
+    ("$GLUE_DIR/MRPC"), other absolute paths inside `roots` become relative (`portable_path`)."""
+    def one(arg: str) -> str:
+        flag, eq, value = arg.partition("=") if arg.startswith("-") and "=" in arg else ("", "", arg)
+        rel = None if data is None else _inside(value, data[0])
+        if rel is not None:
+            return flag + eq + (data[1] if rel == "." else f"{data[1]}/{rel}")
+        return flag + eq + portable_path(value, roots)
+    return [one(str(a)) for a in argv]
+
+
+def portable_log(log: dict, repo_root) -> dict:
+    """`log` (a run log written by an older version) with its path fields (config data_source,
+    data_files and PATH_FIELDS, env argv) as a run records them now, paths inside `repo_root` relative
+    to it; every other value the same. A local folder of a log without data_dir was $GLUE_DIR's."""
+    roots = (Path(repo_root).resolve(),)
+    config, env = dict(log["config"]), dict(log.get("env") or {})
+    folder = str(config.get("data_source", "")).removeprefix("local:")
+    data = (folder, "$GLUE_DIR" if config.get("data_dir") is None else portable_path(config["data_dir"], roots))
+    if "data_source" in config:
+        config.update(portable_data(config["data_source"], config.get("data_files", {}), data[1], roots))
+    config.update({k: portable_path(config[k], roots) for k in PATH_FIELDS if k in config})
+    if "argv" in env:
+        env["argv"] = portable_argv(env["argv"], data if os.path.isabs(folder) else None, roots)
+    return {**log, "config": config, **({"env": env} if "env" in log else {})}
+
+
+def masked_paths(log: dict) -> dict:
+    """`log` with every path field `portable_log` may change replaced by None (to compare the rest)."""
+    config = {**log["config"], **{k: None for k in (*PATH_FIELDS, "data_source", "data_files") if k in log["config"]}}
+    env = log.get("env")
+    return {**log, "config": config, **({"env": {**env, "argv": None}} if isinstance(env, dict) else {})}
+
+
+def rewrite_paths(paths, repo_root) -> dict[str, list]:
+    """Rewrite the logs under `paths` (folders or files) in place, atomically, as `portable_log`
+    gives them; running logs (status "running" or a lock file: a worker writes them) are left alone, as
+    are logs already so. Returns {"rewritten": [...], "unchanged": [...], "running": [...]} (file paths)."""
+    done = {"rewritten": [], "unchanged": [], "running": []}
+    for path in paths:
+        for file, log in read_logs(path, status=None).items():
+            if log["status"] == "running" or lock_path(file).exists():
+                done["running"].append(file)
+                continue
+            new = portable_log(log, repo_root)
+            if masked_paths(new) != masked_paths(log):  # never happens: portable_log changes paths only
+                raise AssertionError(f"{file}: the rewrite would change more than path fields")
+            if new == log:
+                done["unchanged"].append(file)
+            else:
+                write_json_atomic(new, file)
+                done["rewritten"].append(file)
+    return done
 
 
 def _best(history: list[dict], key: str) -> dict:
@@ -230,3 +335,25 @@ def run_lock(log_path):
         yield path
     finally:
         release_lock(path, held)
+
+
+# ---------------------------------------------------------------- command line
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m utils.record", description="rewrite the path fields of run "
+                                "logs written before paths were recorded as given (nothing else changes)")
+    sub = p.add_subparsers(dest="command", required=True)
+    rel = sub.add_parser("relpaths", help="data dir as $GLUE_DIR or as given, data files relative to it, paths "
+                         "inside the repository relative to it; running logs are skipped")
+    rel.add_argument("paths", nargs="+", help="log folders or files")
+    rel.add_argument("--repo-root", default=str(REPO), help="paths inside it become relative (default: this repo)")
+    args = p.parse_args(argv)
+    done = rewrite_paths(args.paths, args.repo_root)
+    for f in done["running"]:
+        print(f"skipped (running): {f}", file=sys.stderr)
+    print(", ".join(f"{len(v)} {k}" for k, v in done.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

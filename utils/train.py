@@ -152,7 +152,7 @@ def _run(cfg: RunConfig, progress: bool, on_eval) -> dict:
             print(f"skip {cfg.run_id}: finished (log {cfg.log_path})")
         return old
     acc = new_accelerator(cfg)
-    run = Run(cfg, acc, record.new_log(cfg, {}, record.environment(acc)))
+    run = Run(cfg, acc, record.new_log(cfg, {}, record.environment(acc, cfg.data_dir)))
     pos = Position()
     try:
         run.write_log()
@@ -213,7 +213,7 @@ def _setup(run: Run, progress: bool) -> None:
     run.scheduler = linear_schedule(run.optimizer, math.ceil(cfg.warmup_ratio * run.total), run.total)
     run.adapters = [p for _, _, p in lora.adapted_modules(acc.unwrap_model(run.model))]
     run.log["config"].update(
-        data_source=glue.source, data_files=glue.files, main_metric=task.main_metric,
+        **record.data_fields(glue), main_metric=task.main_metric,
         num_rows={**glue.num_rows, "train": len(keep), **({"holdout": len(held)} if held else {})},
         max_length_used=max_len, **info, processes=acc.num_processes,
         total_batch_size=cfg.batch_size * cfg.grad_accum * acc.num_processes,
