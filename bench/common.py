@@ -1,7 +1,8 @@
 """Helpers shared by the benchmark scripts in bench/.
 
 * `machine_header` / `write_results`: every results file starts with the machine
-  (CPU model, cores, torch version and threads, load, date) and the exact command.
+  (CPU model, cores, torch version and threads, load, date) and the exact command; paths in them
+  are relative or "$GLUE_DIR" (`command_line`, `data_dir_as_given`), never this machine's.
 * `markdown_table`, `fmt`: plain markdown tables.
 * `load_model`: a sequence-classification encoder by alias (`minilm`, `mpnet`), or
   `tiny`, a random 2-layer BERT built in-process for smoke runs.
@@ -41,8 +42,24 @@ def cpu_model() -> str:
 
 
 def command_line() -> str:
-    """The command that started this process, shell-quoted, as it could be re-run."""
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    """The command that started this process, shell-quoted, as it could be re-run; paths as a run log
+    records them (`utils.record.portable_argv`: inside the repository relative, $GLUE_DIR's as "$GLUE_DIR/...")."""
+    from utils.glue import local_data_dir  # noqa: PLC0415
+    from utils.record import portable_argv  # noqa: PLC0415
+
+    argv = portable_argv(sys.argv, local_data_dir())
+    unquoted = [a for a in argv if a.startswith("$GLUE_DIR") and shlex.quote(a[1:]) == a[1:]]  # expands on re-run
+    return " ".join(a if a in unquoted else shlex.quote(a) for a in [Path(sys.executable).name, *argv])
+
+
+def data_dir_as_given(data_dir) -> str:
+    """The GLUE data that `utils.glue.load_glue(task, data_dir)` reads, as a results file names it:
+    "$GLUE_DIR", the folder as given (`utils.record.portable_path`), or the HF hub."""
+    from utils.glue import HUB_NAME, local_data_dir  # noqa: PLC0415
+    from utils.record import portable_path  # noqa: PLC0415
+
+    local = local_data_dir(data_dir)
+    return portable_path(local[1]) if local else f"hub:{HUB_NAME}"
 
 
 def machine_header(title: str) -> str:

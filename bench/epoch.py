@@ -54,8 +54,10 @@ LABELS = {"lora-fa": "LoRA-FA", "lora": "LoRA"}  # ADAPTER_METHODS: A frozen or 
 WEIGHT_DECAY = 0.01
 
 
-def default_data_dir() -> str:
-    return os.environ.get("GLUE_DIR") or str(common.ROOT.parent / "shared" / "glue")
+def default_data_dir() -> str | None:
+    """None when $GLUE_DIR is set (load_glue reads it, and it is recorded as "$GLUE_DIR"), else the
+    shared folder next to the repository, relative to the working directory (as one would type it)."""
+    return None if os.environ.get("GLUE_DIR") else os.path.relpath(common.ROOT.parent / "shared" / "glue")
 
 
 def worker_ours(args, tmp: Path) -> dict:
@@ -150,8 +152,9 @@ def spawn(args, worker: str, dtype: str, method: str, seed: int, group: bool) ->
     """Run one worker subprocess; its JSON report (or {"error": ...}), labelled with its runner name."""
     name = f"{worker}-{method}"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--dtype", dtype, "--model", args.model,
-           "--data-dir", args.data_dir, "--batch", str(args.batch), "--max-length", str(args.max_length),
-           "--lr", str(args.lr), "--seed", str(seed), "--method", method, "--epochs", str(args.epochs),
+           *(["--data-dir", args.data_dir] if args.data_dir else []),  # none: the worker reads $GLUE_DIR too
+           "--batch", str(args.batch), "--max-length", str(args.max_length), "--lr", str(args.lr), "--seed", str(seed),
+           "--method", method, "--epochs", str(args.epochs),
            "--threads", str(args.threads), "--group" if group else "--no-group"]
     if args.max_steps:
         cmd += ["--max-steps", str(args.max_steps)]
@@ -297,7 +300,7 @@ def main(argv=None):
     settings = (f"MRPC, model {args.model}, rank {RANK}, batch {args.batch}, max length {args.max_length}, "
                 f"lr {args.lr:g}, linear schedule with {WARMUP:.0%} warm-up, seeds {' '.join(map(str, args.seeds))}, "
                 + (f"{args.max_steps} steps" if args.max_steps else f"{args.epochs} epoch(s)")
-                + f", workers' torch threads {args.threads or 'default'}, data {args.data_dir}; "
+                + f", workers' torch threads {args.threads or 'default'}, data {common.data_dir_as_given(args.data_dir)}; "
                 f"load average at the end: {load}")
     text = "\n".join([header, settings, "", table(args, reports)])
     stem = f"epoch_{'_'.join(args.dtypes)}" + (f"_{args.epochs}ep" if args.epochs != 1 else "")

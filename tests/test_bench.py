@@ -144,3 +144,20 @@ def test_epoch_table(runs):
     assert text.count("(target <= 1.0 x at equal or better F1)") == 4 and "failed" not in text
     assert "ours (run_experiment, LoRA) takes" in text and "of Trainer + PEFT (lora) (median" in text
     assert text.count("grouped / plain batches") == 4 and "(target <= 0.6 x at an F1 not lower" in text
+
+
+def test_results_files_name_paths_as_given(monkeypatch):
+    """The command line and the data folder of a results file hold no absolute path of this machine (paths in
+    the repository relative, $GLUE_DIR's as "$GLUE_DIR"), while one outside both stays as typed."""
+    from bench import common
+
+    monkeypatch.setenv("GLUE_DIR", "/data/glue")
+    monkeypatch.setattr(sys, "argv", ["bench/epoch.py", "--data-dir", "/data/glue/", "--x", "/data/glue/MRPC",
+                                      "--out", str(ROOT / "bench" / "results"), "--tmp", "/tmp/a b"])
+    assert common.command_line() == (f"{Path(sys.executable).name} bench/epoch.py --data-dir $GLUE_DIR "
+                                     "--x $GLUE_DIR/MRPC --out bench/results --tmp '/tmp/a b'")
+    assert common.data_dir_as_given(None) == "$GLUE_DIR"
+    assert common.data_dir_as_given("../shared/glue") == "../shared/glue"
+    assert common.data_dir_as_given(str(ROOT / "glue")) == "glue"
+    monkeypatch.delenv("GLUE_DIR")
+    assert common.data_dir_as_given(None) == "hub:nyu-mll/glue"
