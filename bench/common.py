@@ -103,15 +103,11 @@ def write_results(path: str | os.PathLike, text: str) -> Path:
 
 
 def markdown_table(columns: list[str], rows: list[list]) -> str:
-    """A markdown table; cells are str()-ed, numbers right-aligned."""
-    def is_num(c):
-        return isinstance(c, (int, float)) and not isinstance(c, bool)
+    """A markdown table of `rows` (`utils.report.to_markdown`): cells by `fmt`, numbers right-aligned."""
+    import pandas as pd
 
-    align = ["---:" if rows and all(is_num(r[i]) or r[i] in (None, "n/a", "") for r in rows) else "---"
-             for i in range(len(columns))]
-    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+    from utils.report import to_markdown
+    return to_markdown(pd.DataFrame(rows, columns=columns, dtype=object), fmt=fmt, align_numbers=True).rstrip("\n")
 
 
 def fmt(x, digits: int = 3) -> str:

@@ -93,8 +93,11 @@ def test_sorted_evaluation_gives_the_same_metrics_and_file_order(tiny_models, gl
         out[sort] = evaluate(model, loaders, t, acc, orders)
     (m0, loss0, p0), (m1, loss1, p1) = out[False], out[True]
     assert m1.keys() == m0.keys() and loss1 == pytest.approx(loss0, rel=1e-5)
+    # A correlation of the tiny model's near-constant STS-B outputs moves by up to ~1e-4 when padding
+    # moves a prediction by 1e-6; the predictions themselves are compared tightly below.
+    tol = 1e-3 if t.is_regression else 1e-7
     for k in m0:
-        assert m1[k] == pytest.approx(m0[k], rel=1e-5, abs=1e-7)
+        assert m1[k] == pytest.approx(m0[k], rel=1e-5, abs=tol)
     for split in t.dev_splits:  # back in file order, labels as in the file
         assert np.array_equal(p1[split][1], np.asarray(tokens[split]["labels"], dtype=p1[split][1].dtype))
         np.testing.assert_allclose(p1[split][0], p0[split][0], rtol=1e-5, atol=1e-6)

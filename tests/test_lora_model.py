@@ -7,19 +7,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import lora
-from tests.test_lora_common import (
-    ATTN,
-    ENCODER,
-    INITS,
-    adapter,
-    base_weight,
-    hidden,
-    linear_with,
-    perturb_B,
-    spectral_matrix,
-    tiny_model,
-    token_ids,
-)
+from tests import test_lora_common as common
+from tests.test_lora_common import ATTN, ENCODER, INITS, adapter, base_weight, hidden, perturb_B, tiny_model, token_ids
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # small matrices: one thread is faster
 
@@ -186,8 +175,8 @@ def test_merge_equals_adapted_and_leaves_plain_linears(init):
 
 
 def test_merged_layer_weight_formula():
-    W, _ = spectral_matrix(5, 7)
-    lin = linear_with(W)
+    W, _ = common.spectral_matrix(5, 7)
+    lin = common.linear_with(W)
     lora.add_lora(lin, r=2, lora_alpha=3.0, init="pissa")
     perturb_B(lin, scale=0.5)
     p = adapter(lin)

@@ -74,11 +74,19 @@ def format_summary(df: pd.DataFrame, digits: int = 4) -> str:
     return out.to_string(index=False)
 
 
-def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub markdown table of `df` (no extra dependency)."""
-    cells = [[str(c) for c in df.columns]] + [[str(v) for v in row] for row in df.itertuples(index=False)]
+def to_markdown(df: pd.DataFrame, fmt=str, align_numbers: bool = False) -> str:
+    """A GitHub markdown table of `df` (no extra dependency), each cell written by `fmt`; with
+    `align_numbers`, a column of numbers (and blanks: None, NaN, "", "n/a") is right-aligned."""
+    rows = list(df.itertuples(index=False))
+
+    def numeric(i):
+        return bool(rows) and all((isinstance(r[i], (int, float)) and not isinstance(r[i], bool))
+                                  or r[i] is None or r[i] in ("", "n/a") for r in rows)
+
+    align = ["---:" if align_numbers and numeric(i) else "---" for i in range(len(df.columns))]
+    cells = [[str(c) for c in df.columns]] + [[fmt(v) for v in row] for row in rows]
     lines = ["| " + " | ".join(r) + " |" for r in cells]
-    return "\n".join([lines[0], "|" + "---|" * len(df.columns), *lines[1:]]) + "\n"
+    return "\n".join([lines[0], "|" + "".join(a + "|" for a in align), *lines[1:]]) + "\n"
 
 
 def fmt_p(p: float) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lora.inits import INITS
+from lora import INITS
 from utils.config import ADAPTER_METHODS, DATA_INITS, METHODS, NAME_FIELDS, UNHASHED_FIELDS, RunConfig
 from utils.glue import compute_metrics, get_task
 from utils.logs import load_predictions, load_summaries, predictions_path, select_logs, summary_row
