@@ -10,8 +10,8 @@ Submodules: `utils.config` (RunConfig, run ids), `utils.glue` (tasks, loading, m
 `utils.data` (tokenising, cache, loaders), `utils.models` (pretrained models: files, loading,
 head), `utils.adapters` (what a run trains: adapters, trainable parameters, AdamW),
 `utils.train` (the run loop), `utils.evaluate` (dev evaluation), `utils.checkpoint`
-(resume), `utils.grid` (grids, shards), `utils.record` (what a run records, the run lock),
-`utils.logs` (JSON run logs on disk, read back as tables), `utils.geometry` (init diagnostics),
+(resume), `utils.grid` (grids, shards), `utils.record` (what a run records),
+`utils.logs` (JSON run logs on disk, read back as tables; the run lock), `utils.geometry` (init diagnostics),
 `utils.stats` (statistics: means, intervals, paired tests), `utils.report` (markdown tables and
 the Results reports), `utils.round2` (round 2's runs and lr choice), `utils.figures` (figures),
 `utils.plots` (the `plot` command, notebook views), `utils.notebooks` (executing the notebooks).

@@ -1,6 +1,6 @@
 """Recording a run while it runs: what its log holds (environment, summary, paths), the predictions
-file, the process's memory, and the lock that lets one worker at a time run it. `utils.logs` writes and
-reads the log files (the schema is in its docstring).
+file and the process's memory. `utils.logs` writes and reads the log files (the schema is in its
+docstring) and holds the lock that lets one worker at a time run a run.
 
 Paths are recorded as the user gave them, never as this machine's absolute ones: the data folder as
 "$GLUE_DIR" or the --data-dir string, its files relative to it, an absolute path inside the working
@@ -12,16 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.metadata
-import json
 import os
 import platform
 import resource
 import socket
 import subprocess
 import sys
-import time
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -239,102 +235,6 @@ def peak_rss_mib(since_reset: bool = False) -> float:
         if kib is not None:
             return kib / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-# ---------------------------------------------------------------- one worker per run
-
-class RunLocked(RuntimeError):
-    """Another live process holds the run's lock file: it is running (or about to run) that run."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
-
-
-def _read_holder(path: Path) -> dict | None:
-    """The lock's {"pid", "host", ...}, or None if it is gone or unreadable (being written)."""
-    try:
-        holder = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return holder if isinstance(holder, dict) else None
-
-
-def _is_stale(holder: dict) -> bool:
-    """A lock of a process on this host that no longer exists (a killed worker)."""
-    pid = holder.get("pid")
-    return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
-
-
-def _take_over(path: Path, stale: dict) -> None:
-    """Remove the stale lock `stale`; if another worker replaced it meanwhile, leave that one.
-
-    The lock is renamed aside first (atomic: of two workers taking over, one gets the file), then
-    checked: a fresh lock moved by mistake is linked back (os.link fails if a lock is there again)."""
-    aside = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return
-    if _read_holder(aside) != stale:
-        try:
-            os.link(aside, path)
-        except FileExistsError:
-            pass
-    aside.unlink(missing_ok=True)
-
-
-def acquire_lock(path) -> dict:
-    """Create the lock file `path` atomically (O_CREAT | O_EXCL) holding this process's pid and host
-    (JSON); returns what it wrote. A stale lock (its pid is dead on this host) is taken over with a
-    warning on stderr; RunLocked if a live process (or one on another host) holds it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex,
-          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    for _ in range(5):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _read_holder(path)
-            if holder is None or not _is_stale(holder):
-                who = "an unreadable lock" if holder is None else \
-                    f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started', '?')}"
-                raise RunLocked(f"{path} is held by {who}: another worker is running this run "
-                                f"(delete the file if no process uses it)") from None
-            print(f"warning: taking over the stale lock {path} of pid {holder.get('pid')} (no longer "
-                  f"running on {holder.get('host')})", file=sys.stderr)
-            _take_over(path, holder)
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return me
-    raise RunLocked(f"{path}: could not take the lock (other workers keep replacing it)")
-
-
-def release_lock(path, held: dict) -> None:
-    """Delete the lock file `path` if it is still the one `acquire_lock` returned as `held`."""
-    path = Path(path)
-    if _read_holder(path) == held:
-        path.unlink(missing_ok=True)
-
-
-@contextmanager
-def run_lock(log_path):
-    """Hold the run's lock file (`lock_path(log_path)`) for the block; released on exit, also when
-    the block raises. RunLocked (before the block) if another live worker holds it."""
-    path = lock_path(log_path)
-    held = acquire_lock(path)
-    try:
-        yield path
-    finally:
-        release_lock(path, held)
 
 
 # ---------------------------------------------------------------- command line

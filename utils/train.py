@@ -31,9 +31,8 @@ from utils.config import DATA_INITS, RunConfig
 from utils.data import calibration_batches, eval_loader, holdout_split, tokenize_glue, train_loader
 from utils.evaluate import evaluate, example_losses
 from utils.glue import get_task, load_glue
-from utils.logs import predictions_path, read_log, write_json_atomic
+from utils.logs import RunLocked, predictions_path, read_log, run_lock, write_json_atomic
 from utils.models import load_seeded
-from utils.record import RunLocked, run_lock
 
 
 class TrainingDiverged(RuntimeError):
@@ -116,7 +115,7 @@ def run_experiment(config: RunConfig, progress: bool = True, on_eval=None) -> di
     use it to interrupt a run). On failure the log is written with status "failed" and the
     error, the last checkpoint is kept, and the exception propagates (TrainingDiverged for
     a NaN/inf loss). Only one worker runs a run at a time: RunLocked (nothing run or written)
-    if another live process holds its lock file (utils.record.run_lock).
+    if another live process holds its lock file (utils.logs.run_lock).
     """
     cfg = config.canonical()
     cfg.check_files()
