@@ -252,7 +252,9 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
             out += ["\nLearning-rate selection (holdout score (final dev), seed 0):\n",
                     _selection_markdown(runs, task, selected)]
         chosen = summary_table(at_selected(s, selected))
-        if not chosen.empty:
+        if not chosen.empty:  # one row per series, in series order whatever its lr
+            chosen = chosen.iloc[sorted(range(len(chosen)), key=lambda k: series_order(
+                (chosen["method"].iloc[k], chosen["init"].iloc[k])))].reset_index(drop=True)
             full = chosen.loc[chosen["method"] == "full", "final_mean"]
             gain = full.iloc[0] - m0 if len(full) else math.nan
             f = format_table(chosen).drop(columns=["task", "metric"])
