@@ -66,18 +66,15 @@ def run_states(log_dir, *, model="minilm", data_dir=None, tasks=None) -> list[tu
     """[(state, config)] for every planned run (of `tasks`, if given) against the logs in `log_dir`:
     "finished", "running" (another process holds its lock), "ready", or "waiting: ..." with config
     None while its lr cannot be chosen yet (its grid has unfinished runs)."""
-    history = load_runs(log_dir) if Path(log_dir).is_dir() else None
+    selected = selected_lrs(load_runs(log_dir)) if Path(log_dir).is_dir() else None
+    chosen = {} if selected is None else {(t, m, i): lr for t, m, i, lr in selected[["task", "method", "init", "lr"]]
+                                          .itertuples(index=False, name=None) if not np.isnan(lr)}
     out = []
     for task, method, init, lr, seed in planned_runs():
         if tasks is not None and task not in tasks:
             continue
-        if lr == SELECT or isinstance(lr, tuple):
-            source = lr[1] if isinstance(lr, tuple) else task
-            try:
-                lr = select_lr(history, source, init, GRID_LRS[method], method=method,
-                               epochs=EPOCHS[source])[0] if history is not None else None
-            except ValueError:
-                lr = None
+        if lr == SELECT or isinstance(lr, tuple):  # RTE's (SELECT, "mrpc") rows are in selected_lrs
+            lr = chosen.get((task, method, init))
         if lr is None:
             out.append((f"waiting: {task} {method} {init} seed {seed} (lr not selected yet)", None))
             continue
