@@ -1,6 +1,8 @@
 """Helpers for the runner tests: small RunConfigs and the fixtures they run with."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,13 @@ import torch
 from tests.tiny import write_glue
 
 REAL_GLUE = Path(__file__).parents[1] / ".." / "shared" / "glue"
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (for stale lock files)."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(proc.stdout)
 
 
 def tiny_run_config(tmp_path, model_dir, data_dir, **overrides):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.runner_helpers import dead_pid
 from tests.test_plots import fake_log
 from utils import logs, record
 from utils.logs import RunLocked, acquire_lock, lock_path, read_logs, run_lock, write_json_atomic
@@ -32,12 +33,6 @@ except RunLocked as e:
 while not done.exists():
     time.sleep(0.01)
 """
-
-
-def _dead_pid() -> int:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
-    return int(proc.stdout)
 
 
 def test_two_processes_race_for_one_run_and_exactly_one_wins(tmp_path, capsys):
@@ -68,7 +63,7 @@ def test_stale_lock_of_dead_pid_is_taken_over_with_a_warning(tmp_path, capsys):
     lock = lock_path(log_path)
     assert lock == tmp_path / "mrpc" / "run.lock"
     lock.parent.mkdir(parents=True)
-    dead = _dead_pid()
+    dead = dead_pid()
     lock.write_text(json.dumps({"pid": dead, "host": socket.gethostname()}))
     with run_lock(log_path):
         assert json.loads(lock.read_text())["pid"] == os.getpid()

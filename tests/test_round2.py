@@ -1,11 +1,15 @@
 """Round 2's selection and report (utils.round2, utils.report.round2_report, the --round2 figures) on
 synthetic logs whose chosen lrs and paired differences are known by construction."""
 import dataclasses
+import json
 import math
+import os
+import socket
 
 import numpy as np
 import pytest
 
+from tests.runner_helpers import dead_pid
 from utils import figures, plots, round2
 from utils.logs import SCHEMA, load_runs, load_summaries, write_json_atomic
 from utils.report import round2_report
@@ -133,6 +137,16 @@ def test_train_ready_runs_what_the_selection_allows(round2_logs, monkeypatch):
     assert round2.train_ready(round2_logs, tasks=["rte"]) == 0  # finished: only reads the logs
     states = [s for s, _ in round2.run_states(round2_logs, tasks=["rte"])]
     assert states == ["finished", "finished"]
+
+
+def test_run_states_sees_live_locks_and_takes_over_stale_ones(round2_logs):
+    dead = dead_pid()
+    _, first = next((s, c) for s, c in round2.run_states(round2_logs) if s == "ready")
+    lock = first.log_path.with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for pid, state in ((os.getpid(), "running"), (dead, "ready")):
+        lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+        assert dict((c.run_id, s) for s, c in round2.run_states(round2_logs) if c)[first.run_id] == state
 
 
 def test_convergence_compares_the_last_two_epochs_on_holdout(round2_logs):

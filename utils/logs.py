@@ -4,7 +4,7 @@ tables.
 `utils.record` builds what a log holds; `write_json_atomic` writes it. Readers skip a file that is
 not a readable run log with a warning line (`read_logs`) and fill the config fields an older log
 lacks with their legacy values (`config_columns`). Next to `<log_dir>/<task>/<run_id>.json` lie `<run_id>.preds.npz`
-(`predictions_path`) and, while the run runs, `<run_id>.lock` (`lock_path`, `run_lock`).
+(`predictions_path`) and, while the run runs, `<run_id>.lock` (`lock_path`, `run_lock`, `lock_held`).
 
 Schema (version 1), documented in README.md:
 
@@ -161,6 +161,13 @@ def release_lock(path, held: dict) -> None:
     path = Path(path)
     if _read_holder(path) == held:
         path.unlink(missing_ok=True)
+
+
+def lock_held(log_path) -> bool:
+    """Whether a live worker holds the run's lock; the stale lock of a killed one does not count."""
+    path = lock_path(log_path)
+    holder = _read_holder(path)
+    return path.exists() if holder is None else not _is_stale(holder)  # unreadable: being written
 
 
 @contextmanager

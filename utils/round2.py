@@ -18,7 +18,7 @@ import pandas as pd
 
 from utils.config import RunConfig
 from utils.glue import get_task
-from utils.logs import load_runs, lock_path, read_log
+from utils.logs import load_runs, lock_held, read_log
 
 LORA_LRS = (1e-4, 4e-4, 1.7e-3, 7e-3, 3e-2)  # the per-init selection grid (step 2)
 GRID_LRS = {"full": (2e-5, 5e-5, 1e-4), "head": (1e-3, 5e-3, 2e-2), "lora-fa": LORA_LRS}  # steps 1 and 2
@@ -64,7 +64,7 @@ def run_config(task, method, init, lr, seed, *, model="minilm", log_dir="logs/ro
 
 def run_states(log_dir, *, model="minilm", data_dir=None, tasks=None) -> list[tuple[str, RunConfig | None]]:
     """[(state, config)] for every planned run (of `tasks`, if given) against the logs in `log_dir`:
-    "finished", "running" (another process holds its lock), "ready", or "waiting: ..." with config
+    "finished", "running" (a live process holds its lock; a killed one's stale lock is taken over), "ready", or "waiting: ..." with config
     None while its lr cannot be chosen yet (its grid has unfinished runs)."""
     selected = selected_lrs(load_runs(log_dir)) if Path(log_dir).is_dir() else None
     chosen = {} if selected is None else {(t, m, i): lr for t, m, i, lr in selected[["task", "method", "init", "lr"]]
@@ -82,7 +82,7 @@ def run_states(log_dir, *, model="minilm", data_dir=None, tasks=None) -> list[tu
         path = cfg.log_path
         if path.is_file() and read_log(path)["status"] == "finished":
             out.append(("finished", cfg))
-        elif lock_path(path).exists():
+        elif lock_held(path):
             out.append(("running", cfg))
         else:
             out.append(("ready", cfg))
