@@ -95,9 +95,9 @@ def split_args(args: argparse.Namespace) -> tuple[RunConfig, dict]:
 def cmd_train(argv) -> int:
 
     from utils.grid import expand_grid, run_grid, select_shard
+    from utils.processes import process_state
     from utils.report import format_summary
     from utils.stats import summarize
-    from utils.train import process_state
 
     parser = train_parser()
     args = parser.parse_args(argv)

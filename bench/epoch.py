@@ -85,7 +85,8 @@ def worker_trainer(args, tmp: Path) -> dict:
 
     from utils.adapters import default_targets  # noqa: PLC0415
     from utils.data import tokenize_glue  # noqa: PLC0415
-    from utils.glue import compute_metrics, get_task, load_glue  # noqa: PLC0415
+    from utils.glue import get_task, load_glue  # noqa: PLC0415
+    from utils.metrics import compute_metrics  # noqa: PLC0415
     from utils.models import head_modules, load_model_and_tokenizer  # noqa: PLC0415
 
     task = get_task("mrpc")

@@ -21,7 +21,8 @@ from utils.data import (
 from utils.evaluate import evaluate
 from utils.glue import get_task, load_glue
 from utils.models import load_model_and_tokenizer
-from utils.train import new_accelerator, run_experiment
+from utils.processes import new_accelerator
+from utils.train import run_experiment
 
 
 def _padding(batches, lengths):

@@ -12,7 +12,8 @@ import run_glue
 from tests.test_plots import fake_log
 from utils.config import RunConfig, field_help
 from utils.grid import run_grid
-from utils.logs import load_summaries, lock_path, write_json_atomic
+from utils.locks import lock_path
+from utils.logs import load_summaries, write_json_atomic
 
 
 def _args(tmp_path, tiny_models, glue_dir, *extra):

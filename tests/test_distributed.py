@@ -1,7 +1,7 @@
 """Two CPU processes (torchrun, gloo): same weights on both ranks, every dev row scored exactly once.
 
 `python -m torch.distributed.run` is torchrun; `accelerate launch --multi_gpu --num_processes 2` works
-too, also without GPUs (utils.train.process_state makes Accelerate use gloo on CPUs).
+too, also without GPUs (utils.processes.process_state makes Accelerate use gloo on CPUs).
 """
 import os
 import subprocess
@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from tests.tiny import write_glue
-from utils.glue import compute_metrics, load_glue
+from utils.glue import load_glue
 from utils.logs import load_predictions, load_summaries, predictions_path, read_log
+from utils.metrics import compute_metrics
 
 ROOT = Path(__file__).parents[1]
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from utils.glue import TASKS, DataNotFoundError, GlueFormatError, compute_metrics, get_task, load_glue, read_tsv
+from utils.glue import TASKS, DataNotFoundError, GlueFormatError, get_task, load_glue, read_tsv
+from utils.metrics import compute_metrics
 
 REAL_GLUE = Path(__file__).parents[1] / ".." / "shared" / "glue"
 

@@ -1,4 +1,4 @@
-"""utils.logs on disk: one worker per run (lock files, raced by real processes) and readers that skip
+"""utils.locks and utils.logs on disk: one worker per run (lock files, raced by real processes) and readers that skip
 unreadable log files (all files in tmp_path)."""
 import json
 import os
@@ -11,8 +11,9 @@ import pytest
 
 from tests.runner_helpers import dead_pid
 from tests.test_plots import fake_log
-from utils import logs, record
-from utils.logs import RunLocked, acquire_lock, lock_path, read_logs, run_lock, write_json_atomic
+from utils import locks, logs, record
+from utils.locks import RunLocked, acquire_lock, lock_path, run_lock
+from utils.logs import read_logs, write_json_atomic
 
 ROOT = Path(__file__).parents[1]
 
@@ -21,7 +22,7 @@ ROOT = Path(__file__).parents[1]
 WORKER = """
 import sys, time
 from pathlib import Path
-from utils.logs import RunLocked, acquire_lock
+from utils.locks import RunLocked, acquire_lock
 lock, go, done = map(Path, sys.argv[1:4])
 while not go.exists():
     time.sleep(0.01)
@@ -95,7 +96,7 @@ def test_lock_is_released_after_an_exception_and_only_by_its_holder(tmp_path):
     held = acquire_lock(lock)
     other = {**held, "token": "someone else's"}
     lock.write_text(json.dumps(other))  # taken over by another worker meanwhile
-    logs.release_lock(lock, held)
+    locks.release_lock(lock, held)
     assert json.loads(lock.read_text()) == other  # not ours: left alone
 
 

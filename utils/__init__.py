@@ -6,12 +6,12 @@ stays light):
     from utils import RunConfig, run_experiment, run_grid, summarize, load_runs, load_summaries
     log = run_experiment(RunConfig(task="mrpc", model="minilm", init="svd", data_dir="../shared/glue"))
 
-Submodules: `utils.config` (RunConfig, run ids), `utils.glue` (tasks, loading, metrics),
+Submodules: `utils.config` (RunConfig, run ids), `utils.glue` (tasks, loading), `utils.metrics` (their metrics),
 `utils.data` (tokenising, cache, loaders), `utils.models` (pretrained models: files, loading,
 head), `utils.adapters` (what a run trains: adapters, trainable parameters, AdamW),
-`utils.train` (the run loop), `utils.evaluate` (dev evaluation), `utils.checkpoint`
+`utils.train` (the run loop), `utils.processes` (one or several processes), `utils.evaluate` (dev evaluation), `utils.checkpoint`
 (resume), `utils.grid` (grids, shards), `utils.record` (what a run records),
-`utils.logs` (JSON run logs on disk, read back as tables; the run lock), `utils.geometry` (init diagnostics),
+`utils.logs` (JSON run logs on disk, read back as tables), `utils.locks` (one worker per run), `utils.geometry` (init diagnostics),
 `utils.stats` (statistics: means, intervals, paired tests), `utils.report` (markdown tables and
 the Results reports), `utils.round2` (round 2's runs and lr choice), `utils.figures` (figures),
 `utils.plots` (the `plot` command, notebook views), `utils.notebooks` (executing the notebooks).
@@ -31,7 +31,7 @@ _EXPORTS = {
     "read_log": "utils.logs",
     "load_predictions": "utils.logs",
     "load_glue": "utils.glue",
-    "compute_metrics": "utils.glue",
+    "compute_metrics": "utils.metrics",
     "load_model_and_tokenizer": "utils.models",
 }
 __all__ = sorted(_EXPORTS)

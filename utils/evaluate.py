@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from utils.glue import GlueTask, compute_metrics
+from utils.glue import GlueTask
+from utils.metrics import compute_metrics
 
 
 def example_losses(logits: torch.Tensor, labels: torch.Tensor, task: GlueTask) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""GLUE tasks: the task table, strict loading of the classic glue_data TSV files, the metrics.
+"""GLUE tasks: the task table and strict loading of the classic glue_data TSV files (their metrics:
+`utils.metrics`).
 
 Data comes from, in this order: an explicit `data_dir`, the `GLUE_DIR` environment
 variable, or the Hugging Face hub (`nyu-mll/glue`). A local folder must use the layout
@@ -9,12 +10,6 @@ is done on dev.
 Every split becomes a `datasets.Dataset` with the columns `sentence1`, (`sentence2` for
 sentence-pair tasks) and `label` (int64 class ids as in HF `nyu-mll/glue`; float64 for
 STS-B). Parsing is strict: any malformed row raises `GlueFormatError` naming file and line.
-
-Metrics are scikit-learn's / scipy's (no `evaluate.load`, which needs the hub): "accuracy", "f1"
-(binary, positive class 1), "mcc" (Matthews correlation), "pearson", "spearman". Degenerate inputs
-give 0.0 without warnings: F1 with no positive prediction or label, MCC with a single predicted
-class (sklearn's convention), and a correlation where predictions or labels are constant (scipy
-would warn and return nan).
 """
 from __future__ import annotations
 
@@ -26,9 +21,6 @@ from pathlib import Path
 from types import MappingProxyType
 
 import datasets
-import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import f1_score, matthews_corrcoef
 
 HUB_NAME = "nyu-mll/glue"
 
@@ -271,55 +263,3 @@ def _glue_data(task: GlueTask, data: dict[str, datasets.Dataset], source: str,
                files: dict[str, str], given_dir: str | None = None) -> GlueData:
     num_rows = {s: len(d) for s, d in data.items()}
     return GlueData(task, data.pop("train"), data, source, files, num_rows, given_dir)
-
-
-# ---------------------------------------------------------------- metrics
-
-def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
-    return float(np.mean(pred == gold))
-
-
-def f1(pred: np.ndarray, gold: np.ndarray) -> float:
-    return float(f1_score(gold, pred, average="binary", pos_label=1, zero_division=0))
-
-
-def mcc(pred: np.ndarray, gold: np.ndarray) -> float:
-    if len(np.union1d(pred, gold)) < 2:
-        return 0.0  # one class everywhere: sklearn returns 0.0 too, but warns
-    return float(matthews_corrcoef(gold, pred))
-
-
-def _correlation(fn, pred: np.ndarray, gold: np.ndarray) -> float:
-    if np.all(pred == pred[0]) or np.all(gold == gold[0]):
-        return 0.0  # undefined; 0.0 = "no linear/rank relation", keeps model selection numeric
-    return float(fn(pred, gold)[0])
-
-
-def pearson(pred: np.ndarray, gold: np.ndarray) -> float:
-    return _correlation(pearsonr, pred, gold)
-
-
-def spearman(pred: np.ndarray, gold: np.ndarray) -> float:
-    return _correlation(spearmanr, pred, gold)
-
-
-METRICS = {"accuracy": accuracy, "f1": f1, "mcc": mcc, "pearson": pearson, "spearman": spearman}
-
-
-def compute_metrics(task: str | GlueTask, predictions, labels) -> dict[str, float]:
-    """The task's GLUE metrics, e.g. {"accuracy": .., "f1": ..} for MRPC.
-
-    Classification: `predictions` are class ids (argmax the logits first). STS-B: floats.
-    MNLI: call once per dev set (matched, mismatched).
-    """
-    task = get_task(task)
-    pred, gold = np.asarray(predictions), np.asarray(labels)
-    if task.is_regression:  # accept an (n, 1) regression head output
-        pred, gold = pred.reshape(-1).astype(float), gold.reshape(-1).astype(float)
-    elif pred.ndim != 1 or not np.issubdtype(pred.dtype, np.integer):
-        raise ValueError(f"classification predictions must be a 1-D array of class ids "
-                         f"(argmax the logits first); got shape {pred.shape}, dtype {pred.dtype}")
-    if pred.shape != gold.shape or pred.size == 0:
-        raise ValueError(f"need equally many predictions and labels, at least one; "
-                         f"got {pred.shape} and {gold.shape}")
-    return {name: METRICS[name](pred, gold) for name in task.metrics}

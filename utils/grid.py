@@ -10,8 +10,9 @@ import dataclasses
 import itertools
 
 from utils.config import RunConfig
-from utils.logs import RunLocked
-from utils.train import process_state, run_experiment
+from utils.locks import RunLocked
+from utils.processes import process_state
+from utils.train import run_experiment
 
 
 def expand_grid(base: RunConfig, grid: dict | None = None) -> list[RunConfig]:
@@ -63,7 +64,7 @@ def run_grid(base_config: RunConfig, grid: dict | None = None, *, shard=None, pr
 
     Finished runs are skipped (their logs returned) unless base_config.overwrite. A failing
     run is logged as failed and the grid goes on (its log is in the result), unless
-    `stop_on_error`. A run another worker holds (its lock file, utils.logs.run_lock) is skipped:
+    `stop_on_error`. A run another worker holds (its lock file, utils.locks.run_lock) is skipped:
     status "locked" in the result, never an error. `shard=(i, n)` or "i/n" runs only shard i of n
     (see select_shard).
     """

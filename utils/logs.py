@@ -4,7 +4,7 @@ tables.
 `utils.record` builds what a log holds; `write_json_atomic` writes it. Readers skip a file that is
 not a readable run log with a warning line (`read_logs`) and fill the config fields an older log
 lacks with their legacy values (`config_columns`). Next to `<log_dir>/<task>/<run_id>.json` lie `<run_id>.preds.npz`
-(`predictions_path`) and, while the run runs, `<run_id>.lock` (`lock_path`, `run_lock`, `lock_held`).
+(`predictions_path`) and, while the run runs, `<run_id>.lock` (`utils.locks`).
 
 Schema (version 1), documented in README.md:
 
@@ -42,12 +42,7 @@ Extensions written by utils.train (readers must not rely on them being present):
              (load_predictions)
 """
 import json
-import os
-import socket
 import sys
-import time
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -72,114 +67,6 @@ def predictions_path(log_path) -> Path:
     """`<run_id>.preds.npz` next to the log (not *.json, so log loaders never read it)."""
     log_path = Path(log_path)
     return log_path.with_name(log_path.name.removesuffix(".json") + ".preds.npz")
-
-
-def lock_path(log_path) -> Path:
-    """`<log_dir>/<task>/<run_id>.lock`, next to the run's log."""
-    return Path(log_path).with_suffix(".lock")
-
-
-# ---------------------------------------------------------------- one worker per run: the lock file
-
-class RunLocked(RuntimeError):
-    """Another live process holds the run's lock file: it is running (or about to run) that run."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
-
-
-def _read_holder(path: Path) -> dict | None:
-    """The lock's {"pid", "host", ...}, or None if it is gone or unreadable (being written)."""
-    try:
-        holder = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return holder if isinstance(holder, dict) else None
-
-
-def _is_stale(holder: dict) -> bool:
-    """A lock of a process on this host that no longer exists (a killed worker)."""
-    pid = holder.get("pid")
-    return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
-
-
-def _take_over(path: Path, stale: dict) -> None:
-    """Remove the stale lock `stale`; if another worker replaced it meanwhile, leave that one.
-
-    The lock is renamed aside first (atomic: of two workers taking over, one gets the file), then
-    checked: a fresh lock moved by mistake is linked back (os.link fails if a lock is there again)."""
-    aside = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return
-    if _read_holder(aside) != stale:
-        try:
-            os.link(aside, path)
-        except FileExistsError:
-            pass
-    aside.unlink(missing_ok=True)
-
-
-def acquire_lock(path) -> dict:
-    """Create the lock file `path` atomically (O_CREAT | O_EXCL) holding this process's pid and host
-    (JSON); returns what it wrote. A stale lock (its pid is dead on this host) is taken over with a
-    warning on stderr; RunLocked if a live process (or one on another host) holds it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex,
-          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    for _ in range(5):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _read_holder(path)
-            if holder is None or not _is_stale(holder):
-                who = "an unreadable lock" if holder is None else \
-                    f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started', '?')}"
-                raise RunLocked(f"{path} is held by {who}: another worker is running this run "
-                                f"(delete the file if no process uses it)") from None
-            print(f"warning: taking over the stale lock {path} of pid {holder.get('pid')} (no longer "
-                  f"running on {holder.get('host')})", file=sys.stderr)
-            _take_over(path, holder)
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return me
-    raise RunLocked(f"{path}: could not take the lock (other workers keep replacing it)")
-
-
-def release_lock(path, held: dict) -> None:
-    """Delete the lock file `path` if it is still the one `acquire_lock` returned as `held`."""
-    path = Path(path)
-    if _read_holder(path) == held:
-        path.unlink(missing_ok=True)
-
-
-def lock_held(log_path) -> bool:
-    """Whether a live worker holds the run's lock; the stale lock of a killed one does not count."""
-    path = lock_path(log_path)
-    holder = _read_holder(path)
-    return path.exists() if holder is None else not _is_stale(holder)  # unreadable: being written
-
-
-@contextmanager
-def run_lock(log_path):
-    """Hold the run's lock file (`lock_path(log_path)`) for the block; released on exit, also when
-    the block raises. RunLocked (before the block) if another live worker holds it."""
-    path = lock_path(log_path)
-    held = acquire_lock(path)
-    try:
-        yield path
-    finally:
-        release_lock(path, held)
 
 
 def load_predictions(path) -> dict:

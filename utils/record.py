@@ -26,7 +26,8 @@ import torch
 import lora
 from utils.config import PATH_FIELDS
 from utils.glue import local_data_dir
-from utils.logs import SCHEMA, lock_path, read_logs, write_json_atomic
+from utils.locks import lock_held
+from utils.logs import SCHEMA, read_logs, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -156,7 +157,7 @@ def rewrite_paths(paths, repo_root) -> dict[str, list]:
     done = {"rewritten": [], "unchanged": [], "running": []}
     for path in paths:
         for file, log in read_logs(path, status=None).items():
-            if log["status"] == "running" or lock_path(file).exists():
+            if log["status"] == "running" or lock_held(file):
                 done["running"].append(file)
                 continue
             new = portable_log(log, repo_root)

@@ -18,7 +18,8 @@ import pandas as pd
 
 from utils.config import RunConfig
 from utils.glue import get_task
-from utils.logs import load_runs, lock_held, read_log
+from utils.locks import lock_held
+from utils.logs import load_runs, read_log
 
 LORA_LRS = (1e-4, 4e-4, 1.7e-3, 7e-3, 3e-2)  # the per-init selection grid (step 2)
 GRID_LRS = {"full": (2e-5, 5e-5, 1e-4), "head": (1e-3, 5e-3, 2e-2), "lora-fa": LORA_LRS}  # steps 1 and 2
@@ -139,14 +140,17 @@ def select_lr(runs: pd.DataFrame, task: str, init: str, lrs, *, method: str = "l
     `holdout_scores`); ValueError naming what is missing if a run of `lrs` has not finished or has no
     holdout metrics."""
     scores = holdout_scores(runs, task, init, method=method, seed=seed, epochs=epochs)
-    table = []
-    for lr in sorted(float(x) for x in lrs):
-        row = scores[np.isclose(scores["lr"], lr)]
-        if row.empty:
-            raise ValueError(f"select_lr: no finished {task} {method} {init} run at lr {lr:g}, seed {seed}"
-                             + (f", {epochs} epochs" if epochs else "") + f" with holdout {get_task(task).main_metric}")
-        table.append(row)
-    table = pd.concat(table, ignore_index=True)
+    missing = [lr for lr in lrs if not np.isclose(scores["lr"], lr).any()]
+    if missing:
+        raise ValueError(f"select_lr: no finished {task} {method} {init} run at lr {missing[0]:g}, seed {seed}"
+                         + (f", {epochs} epochs" if epochs else "") + f" with holdout {get_task(task).main_metric}")
+    return _choose(scores, lrs)
+
+
+def _choose(scores: pd.DataFrame, lrs) -> tuple[float, pd.DataFrame]:
+    """`select_lr`'s rule on `holdout_scores` rows that cover every lr of `lrs`."""
+    table = pd.concat([scores[np.isclose(scores["lr"], lr)] for lr in sorted(float(x) for x in lrs)],
+                      ignore_index=True)
     best = table.loc[table["score"].idxmax(), "lr"]  # idxmax: the first (smallest lr) of equal scores
     return float(best), table
 
@@ -163,10 +167,8 @@ def selected_lrs(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for task, method, init in series():
         done = holdout_scores(runs, task, init, method=method, epochs=EPOCHS[task])
-        try:
-            lr = select_lr(runs, task, init, GRID_LRS[method], method=method, epochs=EPOCHS[task])[0]
-        except ValueError:
-            lr = np.nan
+        complete = all(np.isclose(done["lr"], lr).any() for lr in GRID_LRS[method])
+        lr = _choose(done, GRID_LRS[method])[0] if complete else np.nan
         rows.append({"task": task, "method": method, "init": init, "lr": lr,
                      "grid": f"{len(done)}/{len(GRID_LRS[method])}"})
     for method in ("full", "head"):  # RTE's ceilings run at MRPC's lrs

@@ -17,8 +17,9 @@ from scipy import stats
 
 from lora import INITS
 from utils.config import ADAPTER_METHODS, DATA_INITS, METHODS, NAME_FIELDS, UNHASHED_FIELDS, RunConfig
-from utils.glue import compute_metrics, get_task
+from utils.glue import get_task
 from utils.logs import load_predictions, load_summaries, predictions_path, select_logs, summary_row
+from utils.metrics import compute_metrics
 
 
 def series_order(key):

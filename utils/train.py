@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState, PartialState
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import gather_object
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
@@ -31,29 +30,13 @@ from utils.config import DATA_INITS, RunConfig
 from utils.data import calibration_batches, eval_loader, holdout_split, tokenize_glue, train_loader
 from utils.evaluate import evaluate, example_losses
 from utils.glue import get_task, load_glue
-from utils.logs import RunLocked, predictions_path, read_log, run_lock, write_json_atomic
+from utils.logs import predictions_path, read_log, write_json_atomic
 from utils.models import load_seeded
+from utils.processes import from_main, holding_lock, new_accelerator, process_state
 
 
 class TrainingDiverged(RuntimeError):
     """The training loss or gradient norm became NaN or infinite."""
-
-
-# ---------------------------------------------------------------- processes
-
-def process_state() -> PartialState:
-    """The processes of this job (rank, world size). Without CUDA, cpu=True: that makes
-    Accelerate use gloo when launched by torchrun / accelerate launch with several processes."""
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
-def new_accelerator(cfg: RunConfig) -> Accelerator:
-    """A fresh Accelerator per run (its shared state is reset, so runs of a grid may differ in
-    bf16); the process group (PartialState) is kept for every run under torchrun."""
-    process_state()
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    return Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
 
 
 # ---------------------------------------------------------------- one run
@@ -101,11 +84,6 @@ class Run:
         return pos.elapsed + time.time() - self.t0
 
 
-def _from_main(value):
-    """`value` as the main process sees it (identical decisions on every process)."""
-    return broadcast_object_list([value])[0]
-
-
 def run_experiment(config: RunConfig, progress: bool = True, on_eval=None) -> dict:
     """Train and evaluate one run; returns its log (see utils.logs for the schema).
 
@@ -115,29 +93,12 @@ def run_experiment(config: RunConfig, progress: bool = True, on_eval=None) -> di
     use it to interrupt a run). On failure the log is written with status "failed" and the
     error, the last checkpoint is kept, and the exception propagates (TrainingDiverged for
     a NaN/inf loss). Only one worker runs a run at a time: RunLocked (nothing run or written)
-    if another live process holds its lock file (utils.logs.run_lock).
+    if another live process holds its lock file (utils.locks.run_lock).
     """
     cfg = config.canonical()
     cfg.check_files()
-    with _holding_lock(cfg):
+    with holding_lock(cfg):
         return _run(cfg, progress, on_eval)
-
-
-@contextmanager
-def _holding_lock(cfg: RunConfig):
-    """The run's lock file, held by the main process for the block (released on any exit); every
-    process raises RunLocked when another worker holds it (the main process decides for all)."""
-    with ExitStack() as stack:
-        refused = None
-        if process_state().is_main_process:
-            try:
-                stack.enter_context(run_lock(cfg.log_path))
-            except RunLocked as e:
-                refused = str(e)
-        refused = _from_main(refused)
-        if refused:
-            raise RunLocked(refused)
-        yield
 
 
 def _run(cfg: RunConfig, progress: bool, on_eval) -> dict:
@@ -145,7 +106,7 @@ def _run(cfg: RunConfig, progress: bool, on_eval) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     is_main = process_state().is_main_process
-    old = _from_main(read_log(cfg.log_path) if is_main and cfg.log_path.is_file() else None)
+    old = from_main(read_log(cfg.log_path) if is_main and cfg.log_path.is_file() else None)
     if old is not None and old["status"] == "finished" and not cfg.overwrite:
         if progress and is_main:
             print(f"skip {cfg.run_id}: finished (log {cfg.log_path})")
