@@ -28,11 +28,11 @@ from utils.round2 import run_states
 def command(cfg: RunConfig, threads: int | None) -> list[str]:
     """The run_glue.py command line of one run."""
     cmd = [sys.executable, "run_glue.py", "--task", cfg.task, "--model", cfg.model, "--method", cfg.method,
-           "--lr", f"{cfg.lr:g}", "--seeds", str(cfg.seed), "--rank", "4", "--epochs", str(cfg.epochs),
+           "--lr", f"{cfg.lr:g}", "--seeds", str(cfg.seed), "--epochs", str(cfg.epochs),
            "--eval-every", str(cfg.eval_every), "--batch-size", "32", "--max-length", "128", "--no-bf16",
            "--group-by-length", "--holdout", "0.1", "--init-batches", "8", "--resume", "--no-progress",
            "--log-dir", cfg.log_dir]
-    cmd += ["--init", cfg.init] if cfg.method == "lora-fa" else []
+    cmd += ["--init", cfg.init, "--rank", str(cfg.rank)] if cfg.method == "lora-fa" else []
     cmd += ["--data-dir", cfg.data_dir] if cfg.data_dir else []
     return cmd + (["--threads", str(threads)] if threads else [])
 

@@ -1,4 +1,4 @@
-"""Round 2's selection and report (utils.round2, utils.report.round2_report, the --round2 figures) on
+"""Round 2's selection and report (utils.round2, utils.round2_report, the --round2 figures) on
 synthetic logs whose chosen lrs and paired differences are known by construction."""
 import dataclasses
 import json
@@ -12,7 +12,7 @@ import pytest
 from tests.runner_helpers import dead_pid
 from utils import figures, plots, round2
 from utils.logs import SCHEMA, load_runs, load_summaries, write_json_atomic
-from utils.report import round2_report
+from utils.round2_report import round2_report
 from utils.stats import holm, majority_metrics
 
 EPOCH_POINTS = (4.5, 5.0, 5.5, 6.0)  # the last two evaluations are MRPC's 6th epoch, the first two its 5th
@@ -22,15 +22,19 @@ DEV = {("random", 0): 0.85, ("random", 1): 0.84, ("random", 2): 0.86,  # dev F1 
 SMALL = {("random", 0): 0.812, ("random", 1): 0.815, ("svd", 0): 0.82, ("svd", 1): 0.826}
 
 
-def _log(method, init, lr, seed, dev_f1, holdout_f1, task="mrpc"):
+def _log(method, init, lr, seed, dev_f1, holdout_f1, task="mrpc", rank=4):
+    """A finished log whose main metric (F1 on MRPC, MCC on CoLA) rises to `dev_f1` on dev and ends at
+    `holdout_f1` on holdout over `EPOCH_POINTS`."""
+    metric = "f1" if task in ("mrpc", "rte") else "mcc"
     history = [{"step": 10 * (k + 1), "epoch": e, "train_loss": 0.6, "lr": lr, "dev_loss": 0.5,
-                "metrics": {"accuracy": dev_f1 - 0.1, "f1": dev_f1 - 0.02 * (3 - k)},  # rises to dev_f1
-                "holdout": {"accuracy": 0.7, "f1": holdout_f1 - (0.01 if k < 2 else 0), "loss": 0.5},
+                "metrics": {"accuracy": dev_f1 - 0.1, metric: dev_f1 - 0.02 * (3 - k)},  # rises to dev_f1
+                "holdout": {"accuracy": 0.7, metric: holdout_f1 - (0.01 if k < 2 else 0), "loss": 0.5},
                 "time_s": 60.0 * (k + 1)} for k, e in enumerate(EPOCH_POINTS)]
-    config = {**dataclasses.asdict(round2.run_config(task, method, init, lr, seed)), "main_metric": "f1"}
+    config = {**dataclasses.asdict(round2.run_config(task, method, init, lr, seed, rank)), "main_metric": metric}
     final = {**history[-1]["metrics"], "dev_loss": 0.5}
-    best = {m: {"value": max(h["metrics"][m] for h in history), "step": 40} for m in ("accuracy", "f1")}
-    return {"schema": SCHEMA, "run_id": f"{task}_{method}_{init}_lr{lr:g}_s{seed}", "status": "finished", "error": None,
+    best = {m: {"value": max(h["metrics"][m] for h in history), "step": 40} for m in ("accuracy", metric)}
+    return {"schema": SCHEMA, "run_id": f"{task}_{method}_{init}_r{rank}_lr{lr:g}_s{seed}", "status": "finished",
+            "error": None,
             "config": config, "env": {}, "history": history, "train_loss": [],
             "summary": {"final": final, "best": best, "steps": 40, "wall_time_s": 240.0, "peak_rss_mb": 1.0,
                         "trainable_params": 10}}
@@ -96,6 +100,40 @@ def test_report_pairs_each_init_at_its_own_lr_and_holm_counts_the_family(round2_
     share = (np.mean([0.85, 0.84, 0.86]) - 0.812) / (0.87 - 0.812)
     row = next(ln for ln in md.splitlines() if ln.startswith("| minilm | lora-fa | random | 4 | 0.007 | 3 |"))
     assert f"| {share:.2f} | +0.010 (not converged) |" in row
+
+
+R16_PEAK = {"random": 1.7e-3, "svd": 4e-4}  # rank 16's holdout peaks, not rank 4's (7e-3, 1.7e-3)
+R16_GAIN = (0.04, 0.05, 0.06)  # rank 16's final dev MCC − rank 4's, seeds 0-2
+
+
+def test_rank16_row_is_selected_and_paired_apart_from_rank4(tmp_path):
+    """CoLA logs at rank 4 and 16 where both ranks share lr 1.7e-3 at seed 0: each rank chooses its own
+    lr, rank 16 − rank 4 is its own Holm family, and the rank-4 family is unchanged."""
+    root = tmp_path / "logs"
+    for rank, peaks, lrs in ((4, HOLDOUT_PEAK, round2.LORA_LRS), (16, R16_PEAK, round2.LIMIT_LRS)):
+        for init in ("random", "svd"):
+            for lr in lrs:
+                chosen = np.isclose(lr, peaks[init])
+                dev = 0.2 + (R16_GAIN[0] if rank == 16 else 0) if chosen else 0.1  # seed 0
+                holdout = 0.3 - 0.05 * abs(math.log10(lr / peaks[init]))
+                log = _log("lora-fa", init, lr, 0, dev, holdout, task="cola", rank=rank)
+                write_json_atomic(log, root / "cola" / f"{log['run_id']}.json")
+            for s in (1, 2):
+                dev = 0.2 + (0.01 if init == "svd" else 0.02) * s + (R16_GAIN[s] if rank == 16 else 0)
+                log = _log("lora-fa", init, peaks[init], s, dev, 0.2, task="cola", rank=rank)
+                write_json_atomic(log, root / "cola" / f"{log['run_id']}.json")
+    runs = load_runs(root)
+    sel = round2.selected_lrs(runs).set_index(["task", "method", "init", "rank"])["lr"]
+    assert sel[("cola", "lora-fa", "random", 16)] == pytest.approx(1.7e-3)
+    assert sel[("cola", "lora-fa", "random", 4)] == pytest.approx(7e-3)
+    assert sel[("cola", "lora-fa", "svd", 16)] == pytest.approx(4e-4)
+    md = round2_report(runs, load_summaries(root), {"cola": {"mcc": 0.0}})
+    assert next(ln for ln in md.splitlines() if ln.startswith("| random (rank 16) | 3/3 |")).endswith("| 0.0017 |")
+    for init in ("random", "svd"):
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"| {init} r16 − {init} r4 | final | 3 |"))
+        assert f"{np.mean(R16_GAIN):+.3f}" in line and "3/3" in line
+    # rank-4 family: svd − random final/best at the chosen lr (no small-lr seeds here); rank family: 2 × 2
+    assert "over all 2 paired tests of round 2 at rank 4 (the rank-16 row's 4 tests" in md
 
 
 def test_holm_is_the_step_down_of_the_whole_family():

@@ -8,20 +8,25 @@ from utils import round2
 
 def test_run_list_follows_the_protocol():
     runs = round2.planned_runs()
-    assert len(runs) == len(set(runs)) == 12 + 60 + 2 + 8 + 48 + 24
-    grid = [r for r in runs if r[1] == "lora-fa" and r[4] == 0]
-    assert {(t, i) for t, _, i, _, _ in grid} == {(t, i) for t in ("mrpc", "cola") for i in round2.INITS}
+    assert len(runs) == len(set(runs)) == 12 + 60 + 2 + 8 + 48 + 24 + 30
+    grid = [r for r in runs if r[1] == "lora-fa" and r[4] == 0 and r[5] == 4]
+    assert {(t, i) for t, _, i, _, _, _ in grid} == {(t, i) for t in ("mrpc", "cola") for i in round2.INITS}
     assert sorted({r[3] for r in grid}) == sorted(round2.LORA_LRS) and min(round2.LORA_LRS) <= 1e-4
     assert max(round2.LORA_LRS) >= 3e-2 and len(round2.LORA_LRS) >= 4
-    finals = [r for r in runs if r[3] == "select" and r[1] == "lora-fa"]
+    finals = [r for r in runs if r[3] == "select" and r[1] == "lora-fa" and r[5] == 4]
     assert {r[4] for r in finals} == {1, 2, 3, 4}  # seed 0 of the final comparison is the selection run
     small = [r for r in runs if r[1] == "lora-fa" and r[3] == round2.SMALL_LR]
     assert {r[4] for r in small} == {0, 1, 2} and len(small) == 2 * 6 * 3
+    limit = [r for r in runs if r[5] == 16]  # the rank-16 row: CoLA, every init, 3 lrs then 2 more seeds
+    assert {(r[0], r[2]) for r in limit} == {("cola", i) for i in round2.INITS} and len(limit) == 6 * (3 + 2)
+    assert runs.index(limit[-1]) < runs.index(next(r for r in finals if r[4] == 3))  # before seeds 3-4
+    assert {r[5] for r in runs if r[1] != "lora-fa"} == {0}
 
 
 def test_commands_give_the_runs_they_stand_for(tmp_path):
-    for task, method, init, lr, seed in [("mrpc", "lora-fa", "eva", 1.7e-3, 0), ("cola", "full", "none", 5e-5, 2)]:
-        cfg = round2.run_config(task, method, init, lr, seed, log_dir=str(tmp_path), data_dir=str(tmp_path))
+    for task, method, init, lr, seed, rank in [("mrpc", "lora-fa", "eva", 1.7e-3, 0, 4), ("cola", "full", "none", 5e-5, 2, 0),
+                                               ("cola", "lora-fa", "svd", 4e-4, 1, 16)]:
+        cfg = round2.run_config(task, method, init, lr, seed, rank, log_dir=str(tmp_path), data_dir=str(tmp_path))
         cmd = sweep.command(cfg, 1)
         assert cmd[:2] == [sys.executable, "run_glue.py"]
         base, grid = run_glue.split_args(run_glue.train_parser().parse_args(cmd[2:]))
@@ -32,5 +37,5 @@ def test_commands_give_the_runs_they_stand_for(tmp_path):
 def test_list_marks_selected_runs_as_waiting(tmp_path, capsys):
     assert sweep.main(["--list", "--log-dir", str(tmp_path / "none")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert sum(ln.startswith("ready") for ln in lines) == 12 + 60 + 24  # grids and the small lr
-    assert sum(ln.startswith("waiting") for ln in lines) == 2 + 8 + 48
+    assert sum(ln.startswith("ready") for ln in lines) == 12 + 60 + 24 + 18  # grids and the small lr
+    assert sum(ln.startswith("waiting") for ln in lines) == 2 + 8 + 48 + 12

@@ -12,8 +12,8 @@ head), `utils.adapters` (what a run trains: adapters, trainable parameters, Adam
 `utils.train` (the run loop), `utils.processes` (one or several processes), `utils.evaluate` (dev evaluation), `utils.checkpoint`
 (resume), `utils.grid` (grids, shards), `utils.record` (what a run records),
 `utils.logs` (JSON run logs on disk, read back as tables), `utils.locks` (one worker per run), `utils.geometry` (init diagnostics),
-`utils.stats` (statistics: means, intervals, paired tests), `utils.report` (markdown tables and
-the Results reports), `utils.round2` (round 2's runs and lr choice), `utils.figures` (figures),
+`utils.stats` (statistics: means, intervals, paired tests), `utils.report` (markdown tables,
+round 1's report), `utils.round2` (round 2's runs and lr choice), `utils.round2_report` (its report), `utils.figures` (figures),
 `utils.plots` (the `plot` command, notebook views), `utils.notebooks` (executing the notebooks).
 """
 import importlib

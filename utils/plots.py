@@ -21,8 +21,9 @@ from utils.config import ADAPTER_METHODS, model_short_name
 from utils.figures import lr_sensitivity_figure, plot_histories, select_series, summary_figure
 from utils.glue import get_task
 from utils.logs import load_runs, load_summaries, read_logs
-from utils.report import fmt_lr, format_report, format_table, round2_report, to_markdown
-from utils.round2 import TASKS, at_selected, selected_lrs
+from utils.report import fmt_lr, format_report, format_table, to_markdown
+from utils.round2 import RANK, TASKS, at_selected, selected_lrs
+from utils.round2_report import round2_report
 from utils.stats import add_variant, majority_metrics, summary_table
 
 
@@ -97,7 +98,7 @@ def show_task(log_dir, task, *, config=None, grid=None, **filters) -> pd.DataFra
 
 def show_round2(log_dir, task) -> None:
     """Notebook view of round 2 for one task: the lr sensitivity, the histories at the chosen lrs
-    and the task's part of the round-2 report (`utils.report.round2_report`)."""
+    and the task's part of the round-2 report (`utils.round2_report`)."""
     from IPython.display import Markdown, display
     runs, summaries, majority = _load(log_dir)
     if get_task(task).name not in set(runs["task"]):
@@ -120,8 +121,10 @@ def show_files(paths) -> None:
 
 def round2_figures(runs: pd.DataFrame, majority: dict, tasks=None) -> dict[str, plt.Figure]:
     """Round 2's figures by file name, per task (all, or `tasks`): the lr sensitivity of every series
-    (seed 0) and the histories of every series at its chosen lr (once any has one)."""
+    (seed 0) and the histories of every series at its chosen lr (once any has one); LoRA-FA at rank
+    `RANK` (the rank-16 row is in the tables)."""
     selected = selected_lrs(runs)
+    runs = runs[runs["rank"].isin([0, RANK])]
     figs = {}
     for task in sorted(runs["task"].unique() if tasks is None else [get_task(t).name for t in tasks]):
         if task in TASKS:
@@ -135,7 +138,7 @@ def round2_figures(runs: pd.DataFrame, majority: dict, tasks=None) -> dict[str, 
 def main(log_dir="logs", out_dir="imgs", round2: bool = False) -> list[Path]:
     """Write every history figure, the summary figures, summary.md (+ .csv) and results.md (the
     tables of `utils.report.format_report`) from `log_dir` into `out_dir`; with `round2`, also
-    `round2_figures` and round2.md (`utils.report.round2_report`)."""
+    `round2_figures` and round2.md (`utils.round2_report`)."""
     runs, summaries, majority = _load(log_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
-"""The Results as markdown: formatted tables of `utils.stats`' numbers, and the report of each round.
+"""The Results as markdown: formatted tables of `utils.stats`' numbers, and round 1's report.
 
-`report(log_dir)` is round 1's (cells at each shared lr); `round2_report(log_dir)` is round 2's
+`report(log_dir)` is round 1's (cells at each shared lr); `utils.round2_report` is round 2's
 (`utils.round2`: each init at its own selected lr). `python run_glue.py plot` writes them to
 imgs/ next to the figures. Every metric is measured on the GLUE dev split unless a column says
 holdout (the slice of train held out for choosing learning rates).
@@ -9,26 +9,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
 from utils.config import ADAPTER_METHODS
 from utils.glue import get_task
 from utils.logs import load_runs, load_summaries, read_logs
-from utils.round2 import (
-    EPOCHS,
-    GRID_LRS,
-    INITS,
-    SMALL_LR,
-    TASKS,
-    at_selected,
-    convergence,
-    holdout_scores,
-    selected_lrs,
-)
 from utils.stats import (
     CONTRASTS,
-    PAIRED_BY_SERIES,
     holm,
     majority_metrics,
     paired_comparison,
@@ -184,108 +171,4 @@ def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
             out.append(steps_markdown(steps))
     out.append("\n### Compute (wall time of each finished run, as logged)\n")
     out.append(to_markdown(compute_table(summaries)))
-    return "\n".join(out)
-
-
-
-
-# ------------------------------------------------------------------ round 2: each init at its own lr
-
-def _round2_pairs(summaries: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
-    """Round 2's family of paired tests, final and best: every init − random and pissa − svd, each
-    init at its selected lr (part "selected") and all at `SMALL_LR` (part "small lr"); Holm over all."""
-    adapters = summaries[summaries["method"] == "lora-fa"]
-    parts = {"selected": at_selected(adapters, selected),
-             "small lr": adapters[np.isclose(adapters["lr"].astype(float), SMALL_LR)]}
-    contrasts = [(i, "random") for i in INITS if i != "random"] + [("pissa", "svd")]
-    frames = [paired_comparison(df, a, b, w, keys=PAIRED_BY_SERIES).assign(part=part)
-              for part, df in parts.items() for a, b in contrasts for w in ("final", "best")]
-    frames = [f for f in frames if not f.empty]
-    pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if not pairs.empty:
-        pairs["p_holm"] = holm(pairs["p"])
-    return pairs
-
-
-def _selection_markdown(runs: pd.DataFrame, task: str, selected: pd.DataFrame) -> str:
-    """One row per series of `task`: holdout score (final dev metric) at each lr of its grid, the
-    chosen lr in bold; one table per grid (ceilings, LoRA-FA)."""
-    out = []
-    for methods in (("full", "head"), ("lora-fa",)):
-        grid = GRID_LRS[methods[0]] if len(methods) == 1 else sorted({lr for m in methods for lr in GRID_LRS[m]})
-        rows = []
-        for _, r in selected[(selected["task"] == task) & selected["method"].isin(methods)].iterrows():
-            scores = holdout_scores(runs, task, r["init"], method=r["method"], epochs=EPOCHS[task])
-            row = {"series": r["method"] if r["method"] != "lora-fa" else r["init"], "finished": r["grid"]}
-            for lr in grid:
-                hit = scores[np.isclose(scores["lr"], lr)]
-                cell = "" if hit.empty else f"{hit['score'].iloc[0]:.3f} ({hit['final_dev'].iloc[0]:.3f})"
-                row[fmt_lr(lr)] = f"**{cell}**" if cell and np.isclose(lr, r["lr"]) else cell
-            row["chosen lr"] = "–" if pd.isna(r["lr"]) else fmt_lr(r["lr"])
-            rows.append(row)
-        if rows:
-            out.append(to_markdown(pd.DataFrame(rows)))
-    return "\n".join(out)
-
-
-def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, frac: float = 0.9,
-                  tasks=None) -> str:
-    """Round 2's tables as markdown (README "Round 2 protocol"), per task (all, or `tasks`): the lr
-    selection on holdout, the ceilings and every init at its chosen lr (dev; share of full
-    fine-tuning's gain over the majority class), the small-lr half, their paired tests (one Holm
-    family over every task, whichever are shown) and steps to target."""
-    if summaries.empty:
-        return "No finished runs.\n"
-    summaries, selected = with_variant(summaries), selected_lrs(runs)
-    pairs = _round2_pairs(summaries, selected)
-    tests = int(pairs["p"].notna().sum()) if not pairs.empty else 0
-    out = ["Selection: seed 0, score = holdout main metric averaged over the last epoch's evaluations "
-           "(holdout: 10 % of train, never trained on); cells are score (final dev metric), the chosen lr "
-           "in bold. Everything else is on the GLUE dev split: mean ± std over seeds, 95 % CI a t-interval; "
-           "share of full FT = (final − majority) / (full fine-tuning's final − majority). Paired: same seeds, "
-           f"a − b, two-sided paired t-test; p (Holm) adjusted over all {tests} paired tests of round 2.\n"]
-    for task in sorted(summaries["task"].unique() if tasks is None else [get_task(t).name for t in tasks]):
-        t, s = get_task(task), summaries[summaries["task"] == task]
-        m0 = baselines.get(t.name, {}).get(t.main_metric, math.nan)
-        out.append(f"\n### {t.name.upper()} ({t.main_metric}; majority-class {t.main_metric} = {m0:.3f})\n")
-        if task in TASKS:
-            out += ["\nLearning-rate selection (holdout score (final dev), seed 0):\n",
-                    _selection_markdown(runs, task, selected)]
-        chosen = summary_table(at_selected(s, selected))
-        if not chosen.empty:  # one row per series, in series order whatever its lr
-            chosen = chosen.iloc[sorted(range(len(chosen)), key=lambda k: series_order(
-                (chosen["method"].iloc[k], chosen["init"].iloc[k])))].reset_index(drop=True)
-            full = chosen.loc[chosen["method"] == "full", "final_mean"]
-            gain = full.iloc[0] - m0 if len(full) else math.nan
-            f = format_table(chosen).drop(columns=["task", "metric"])
-            f["95% CI (final)"] = [("–" if pd.isna(h) else f"{m - h:.3f} – {m + h:.3f}")
-                                   for m, h in zip(chosen["final_mean"], chosen["final_half"])]
-            f["share of full FT"] = [("–" if pd.isna(gain) or gain <= 0 else f"{(m - m0) / gain:.2f}")
-                                     for m in chosen["final_mean"]]
-            conv = convergence(runs[runs["task"] == task], selected).set_index(["method", "init"])
-            f["holdout: last − previous epoch"] = [
-                "–" if (m, i) not in conv.index else
-                f"{conv.loc[(m, i), 'last'] - conv.loc[(m, i), 'previous']:+.3f}"
-                + ("" if conv.loc[(m, i), "converged"] else " (not converged)")
-                for m, i in zip(chosen["method"], chosen["init"])]
-            out += ["\nEvery series at its chosen lr (dev):\n", to_markdown(f)]
-        small = summary_table(s[(s["method"] == "lora-fa") & np.isclose(s["lr"].astype(float), SMALL_LR)])
-        if not small.empty:
-            out += [f"\nThe small-lr half: every init at lr {fmt_lr(SMALL_LR)} (dev):\n",
-                    to_markdown(format_table(small).drop(columns=["task", "metric"]))]
-        mine = pairs[pairs["task"] == task] if not pairs.empty else pairs
-        for part in ("selected", "small lr"):
-            p = mine[mine["part"] == part] if not mine.empty else mine
-            if not p.empty:
-                label = "each init at its chosen lr" if part == "selected" else f"all at lr {fmt_lr(SMALL_LR)}"
-                out += [f"\nPaired comparisons, {label}:\n", paired_markdown(p)]
-        lora_runs = runs[(runs["task"] == task) & (runs["method"] == "lora-fa")]
-        for label, sub in (("each init at its chosen lr", at_selected(lora_runs, selected)),
-                           (f"all at lr {fmt_lr(SMALL_LR)}", lora_runs[np.isclose(lora_runs["lr"].astype(float), SMALL_LR)])):
-            steps = steps_to_target(sub, baselines, frac, keys=("task", "model", "variant")) if len(sub) else sub
-            if len(steps):
-                out += [f"\nSteps (and wall minutes) to {frac:.0%} of the way from the majority class to the best "
-                        f"init's mean best, {label}:\n", steps_markdown(steps, wall=True)]
-    shown = summaries if tasks is None else summaries[summaries["task"].isin([get_task(t).name for t in tasks])]
-    out += ["\n### Compute (wall time of each finished run, as logged)\n", to_markdown(compute_table(shown))]
     return "\n".join(out)

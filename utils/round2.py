@@ -6,8 +6,11 @@
    Ceilings: seeds `CEILING_SEEDS` at their chosen lr.
 3. The final comparison: every init at its chosen lr, seeds `FINAL_SEEDS`, paired by seed.
 4. The small-lr half: every init at `SMALL_LR`, seeds 0 (the selection run) and `SMALL_LR_SEEDS`.
+The rank-16 row (amendment 2): every init at rank `LIMIT_RANK` on `LIMIT_TASKS`, lr chosen over
+`LIMIT_LRS` (seed 0) as in step 2, then seeds `LIMIT_SEEDS`: is rank what holds LoRA-FA below full
+fine-tuning? A series is (task, method, init, rank): rank 0 for the ceilings, `RANK` for steps 2-4.
 
-`sweep_round2.py` runs `planned_runs()`; `utils.report.round2_report` reads the results back.
+`sweep_round2.py` runs `planned_runs()`; `utils.round2_report` reads the results back.
 """
 from __future__ import annotations
 
@@ -31,55 +34,70 @@ CEILING_SEEDS = (0, 1, 2)  # step 1: seed 0 is the selection run itself
 FINAL_SEEDS = (0, 1, 2, 3, 4)  # step 3, likewise
 SMALL_LR = LORA_LRS[0]  # step 4
 SMALL_LR_SEEDS = (1, 2)  # step 4 beyond the selection run's seed 0
+RANK = 4  # steps 2-4
+LIMIT_RANK, LIMIT_TASKS = 16, ("cola",)  # the rank-16 row
+LIMIT_LRS = (4e-4, 1.7e-3, 7e-3)  # the middle of LORA_LRS: its ends learned nothing on CoLA at rank 4
+LIMIT_SEEDS = (1, 2)  # beyond the selection run's seed 0
 SELECT = "select"  # in `planned_runs`: the lr chosen for this (task, method, init)
 CONVERGED = {"mrpc": 0.005, "cola": 0.01, "rte": 0.01}  # step 3's rule: last vs previous epoch on holdout
 
 
 def planned_runs() -> list[tuple]:
-    """(task, method, init, lr, seed) in priority order; lr `SELECT` is the lr chosen on the task,
-    (`SELECT`, task) the one chosen on another task. init "none" for the ceilings."""
+    """(task, method, init, lr, seed, rank) in priority order; lr `SELECT` is the lr chosen on the task,
+    (`SELECT`, task) the one chosen on another task. init "none" and rank 0 for the ceilings."""
     out = []
     for task in ("cola", "mrpc"):  # 1. ceilings, seed 0: the lr grids
-        out += [(task, m, "none", lr, 0) for m in ("full", "head") for lr in GRID_LRS[m]]
+        out += [(task, m, "none", lr, 0, 0) for m in ("full", "head") for lr in GRID_LRS[m]]
     for task in ("cola", "mrpc"):  # 2. LoRA-FA lr per init, seed 0
-        out += [(task, "lora-fa", init, lr, 0) for init in INITS for lr in LORA_LRS]
-    out += [("rte", m, "none", (SELECT, "mrpc"), 0) for m in ("full", "head")]  # 1. RTE at MRPC's lrs
+        out += [(task, "lora-fa", init, lr, 0, RANK) for init in INITS for lr in LORA_LRS]
+    out += [("rte", m, "none", (SELECT, "mrpc"), 0, 0) for m in ("full", "head")]  # 1. RTE at MRPC's lrs
     for task in ("mrpc", "cola"):  # 1. ceiling seeds
-        out += [(task, m, "none", SELECT, s) for s in CEILING_SEEDS[1:] for m in ("full", "head")]
+        out += [(task, m, "none", SELECT, s, 0) for s in CEILING_SEEDS[1:] for m in ("full", "head")]
     for task in ("mrpc", "cola"):  # 3. final comparison at the selected lrs, 3 seeds first
-        out += [(task, "lora-fa", init, SELECT, s) for s in FINAL_SEEDS[1:3] for init in INITS]
+        out += [(task, "lora-fa", init, SELECT, s, RANK) for s in FINAL_SEEDS[1:3] for init in INITS]
     for task in ("mrpc", "cola"):  # 4. the small-lr half
-        out += [(task, "lora-fa", init, SMALL_LR, s) for s in SMALL_LR_SEEDS for init in INITS]
+        out += [(task, "lora-fa", init, SMALL_LR, s, RANK) for s in SMALL_LR_SEEDS for init in INITS]
+    for task in LIMIT_TASKS:  # the rank-16 row: its lr grid, then its seeds
+        out += [(task, "lora-fa", init, lr, 0, LIMIT_RANK) for init in INITS for lr in LIMIT_LRS]
+        out += [(task, "lora-fa", init, SELECT, s, LIMIT_RANK) for s in LIMIT_SEEDS for init in INITS]
     for task in ("mrpc", "cola"):  # 3. the final comparison's seeds 3 and 4
-        out += [(task, "lora-fa", init, SELECT, s) for s in FINAL_SEEDS[3:] for init in INITS]
+        out += [(task, "lora-fa", init, SELECT, s, RANK) for s in FINAL_SEEDS[3:] for init in INITS]
     return out
 
 
-def run_config(task, method, init, lr, seed, *, model="minilm", log_dir="logs/round2", data_dir=None) -> RunConfig:
+def grid_lrs(method: str, rank: int) -> tuple:
+    """The lrs a series of `method` at `rank` chooses from."""
+    return LIMIT_LRS if method == "lora-fa" and rank == LIMIT_RANK else GRID_LRS[method]
+
+
+def run_config(task, method, init, lr, seed, rank=RANK, *, model="minilm", log_dir="logs/round2",
+               data_dir=None) -> RunConfig:
     """The RunConfig of one round-2 run (every setting the protocol fixes)."""
     return RunConfig(task=task, model=model, method=method, init="random" if init == "none" else init,
-                     rank=4, lr=lr, seed=seed, epochs=EPOCHS[task], eval_every=EVAL_EVERY[task], batch_size=32,
+                     rank=rank, lr=lr, seed=seed, epochs=EPOCHS[task], eval_every=EVAL_EVERY[task], batch_size=32,
                      max_length=128, bf16=False, group_by_length=True, holdout=0.1, init_batches=8,
                      log_dir=log_dir, data_dir=data_dir).canonical()
 
 
 def run_states(log_dir, *, model="minilm", data_dir=None, tasks=None) -> list[tuple[str, RunConfig | None]]:
     """[(state, config)] for every planned run (of `tasks`, if given) against the logs in `log_dir`:
-    "finished", "running" (a live process holds its lock; a killed one's stale lock is taken over), "ready", or "waiting: ..." with config
-    None while its lr cannot be chosen yet (its grid has unfinished runs)."""
+    "finished", "running" (a live process holds its lock; a killed one's stale lock is taken over),
+    "ready", or "waiting: ..." with config None while its lr cannot be chosen yet (its grid has
+    unfinished runs)."""
     selected = selected_lrs(load_runs(log_dir)) if Path(log_dir).is_dir() else None
-    chosen = {} if selected is None else {(t, m, i): lr for t, m, i, lr in selected[["task", "method", "init", "lr"]]
-                                          .itertuples(index=False, name=None) if not np.isnan(lr)}
+    chosen = {} if selected is None else {
+        key[:4]: key[4] for key in selected[["task", "method", "init", "rank", "lr"]].itertuples(index=False, name=None)
+        if not np.isnan(key[4])}
     out = []
-    for task, method, init, lr, seed in planned_runs():
+    for task, method, init, lr, seed, rank in planned_runs():
         if tasks is not None and task not in tasks:
             continue
         if lr == SELECT or isinstance(lr, tuple):  # RTE's (SELECT, "mrpc") rows are in selected_lrs
-            lr = chosen.get((task, method, init))
+            lr = chosen.get((task, method, init, rank))
         if lr is None:
-            out.append((f"waiting: {task} {method} {init} seed {seed} (lr not selected yet)", None))
+            out.append((f"waiting: {task} {method} {init} rank {rank} seed {seed} (lr not selected yet)", None))
             continue
-        cfg = run_config(task, method, init, lr, seed, model=model, log_dir=str(log_dir), data_dir=data_dir)
+        cfg = run_config(task, method, init, lr, seed, rank, model=model, log_dir=str(log_dir), data_dir=data_dir)
         path = cfg.log_path
         if path.is_file() and read_log(path)["status"] == "finished":
             out.append(("finished", cfg))
@@ -106,8 +124,8 @@ def train_ready(log_dir, *, model="minilm", data_dir=None, tasks=None) -> int:
 
 
 def holdout_scores(runs: pd.DataFrame, task: str, init: str, *, method: str = "lora-fa", seed: int = 0,
-                   epochs: int | None = None) -> pd.DataFrame:
-    """Per lr of the finished `seed` runs of one (task, method, init) (and `epochs`, if given):
+                   epochs: int | None = None, rank: int | None = None) -> pd.DataFrame:
+    """Per lr of the finished `seed` runs of one (task, method, init) (and `epochs`, `rank`, if given):
 
         score = mean of the holdout main metric over the evaluations of the run's last epoch
 
@@ -121,6 +139,8 @@ def holdout_scores(runs: pd.DataFrame, task: str, init: str, *, method: str = "l
                 & (runs["seed"] == seed)] if len(runs) else runs
     if epochs is not None and len(pick):
         pick = pick[pick["epochs"] == epochs]
+    if rank is not None and len(pick):
+        pick = pick[pick["rank"] == rank]
     rows = []
     for lr, r in (pick.groupby("lr") if len(pick) and col in pick else []):
         if r[col].isna().all():
@@ -134,15 +154,16 @@ def holdout_scores(runs: pd.DataFrame, task: str, init: str, *, method: str = "l
 
 
 def select_lr(runs: pd.DataFrame, task: str, init: str, lrs, *, method: str = "lora-fa", seed: int = 0,
-              epochs: int | None = None) -> tuple[float, pd.DataFrame]:
+              epochs: int | None = None, rank: int | None = None) -> tuple[float, pd.DataFrame]:
     """The learning rate chosen on the holdout slice (never dev) for one (task, method, init): the
     highest `holdout_scores` score over `lrs`, ties to the smaller lr. Returns (lr, its rows of
     `holdout_scores`); ValueError naming what is missing if a run of `lrs` has not finished or has no
     holdout metrics."""
-    scores = holdout_scores(runs, task, init, method=method, seed=seed, epochs=epochs)
+    scores = holdout_scores(runs, task, init, method=method, seed=seed, epochs=epochs, rank=rank)
     missing = [lr for lr in lrs if not np.isclose(scores["lr"], lr).any()]
     if missing:
         raise ValueError(f"select_lr: no finished {task} {method} {init} run at lr {missing[0]:g}, seed {seed}"
+                         + (f", rank {rank}" if rank is not None else "")
                          + (f", {epochs} epochs" if epochs else "") + f" with holdout {get_task(task).main_metric}")
     return _choose(scores, lrs)
 
@@ -155,22 +176,23 @@ def _choose(scores: pd.DataFrame, lrs) -> tuple[float, pd.DataFrame]:
     return float(best), table
 
 
-def series() -> list[tuple[str, str, str]]:
-    """(task, method, init) of every series whose lr round 2 selects; RTE borrows MRPC's."""
-    return [(t, m, "none") for t in TASKS for m in ("full", "head")] + \
-        [(t, "lora-fa", init) for t in TASKS for init in INITS]
+def series() -> list[tuple[str, str, str, int]]:
+    """(task, method, init, rank) of every series whose lr round 2 selects; RTE borrows MRPC's."""
+    return [(t, m, "none", 0) for t in TASKS for m in ("full", "head")] + \
+        [(t, "lora-fa", init, RANK) for t in TASKS for init in INITS] + \
+        [(t, "lora-fa", init, LIMIT_RANK) for t in LIMIT_TASKS for init in INITS]
 
 
 def selected_lrs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The lr chosen for every (task, method, init) of `series()`, NaN while its grid is unfinished.
-    Columns task, method, init, lr, grid (how many of the grid's lrs have finished)."""
+    """The lr chosen for every (task, method, init, rank) of `series()`, NaN while its grid is
+    unfinished. Columns task, method, init, rank, lr, grid (how many of the grid's lrs have finished)."""
     rows = []
-    for task, method, init in series():
-        done = holdout_scores(runs, task, init, method=method, epochs=EPOCHS[task])
-        complete = all(np.isclose(done["lr"], lr).any() for lr in GRID_LRS[method])
-        lr = _choose(done, GRID_LRS[method])[0] if complete else np.nan
-        rows.append({"task": task, "method": method, "init": init, "lr": lr,
-                     "grid": f"{len(done)}/{len(GRID_LRS[method])}"})
+    for task, method, init, rank in series():
+        grid = grid_lrs(method, rank)
+        done = holdout_scores(runs, task, init, method=method, epochs=EPOCHS[task], rank=rank)
+        complete = all(np.isclose(done["lr"], lr).any() for lr in grid)
+        rows.append({"task": task, "method": method, "init": init, "rank": rank,
+                     "lr": _choose(done, grid)[0] if complete else np.nan, "grid": f"{len(done)}/{len(grid)}"})
     for method in ("full", "head"):  # RTE's ceilings run at MRPC's lrs
         mrpc = next(r for r in rows if r["task"] == "mrpc" and r["method"] == method)
         rows.append({**mrpc, "task": "rte", "grid": "MRPC's"})
@@ -181,24 +203,25 @@ def at_selected(df: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
     """The rows of `df` (runs or summaries) at their series' selected lr (`selected_lrs`)."""
     if df.empty:
         return df
-    chosen = selected.dropna(subset=["lr"]).rename(columns={"lr": "_lr"})[["task", "method", "init", "_lr"]]
-    out = df.merge(chosen, on=["task", "method", "init"])
+    keys = ["task", "method", "init", "rank"]
+    chosen = selected.dropna(subset=["lr"]).rename(columns={"lr": "_lr"})[keys + ["_lr"]]
+    out = df.merge(chosen, on=keys)
     return out[np.isclose(out["lr"].astype(float), out["_lr"].astype(float))].drop(columns="_lr")
 
 
 def convergence(runs: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
-    """Step 3's convergence rule per (task, method, init) at its chosen lr: the holdout main metric
+    """Step 3's convergence rule per (task, method, init, rank) at its chosen lr: the holdout main metric
     averaged over the last epoch's evaluations and over the previous epoch's (each a mean over the
     seeds' per-epoch means); converged if they differ by at most `CONVERGED[task]`."""
     rows = []
-    for (task, method, init), r in at_selected(runs, selected).groupby(["task", "method", "init"]):
+    for (task, method, init, rank), r in at_selected(runs, selected).groupby(["task", "method", "init", "rank"]):
         col = f"holdout_{get_task(task).main_metric}"
         last_epoch = r.groupby("seed")["epoch"].transform("max")
         last = r[r["epoch"] > last_epoch - 1].groupby("seed")[col].mean().mean()
         prev = r[(r["epoch"] > last_epoch - 2) & (r["epoch"] <= last_epoch - 1)].groupby("seed")[col].mean().mean()
-        rows.append({"task": task, "method": method, "init": init, "last": last, "previous": prev,
+        rows.append({"task": task, "method": method, "init": init, "rank": rank, "last": last, "previous": prev,
                      "converged": bool(abs(last - prev) <= CONVERGED[task])})
-    return pd.DataFrame(rows, columns=["task", "method", "init", "last", "previous", "converged"])
+    return pd.DataFrame(rows, columns=["task", "method", "init", "rank", "last", "previous", "converged"])
 
 
 def progress(states) -> str:

@@ -177,7 +177,7 @@ def majority_metrics(log_dir) -> dict[str, dict[str, float]]:
 # Round 1's paired tests (a − b), one Holm family: each SVD-based init against random, and pissa
 # against svd, which share A and B at step 0 and differ only in the base (W − W_r vs W): that contrast
 # isolates svd's start shift W_eff = W + W_r from its A. seed − random tests the original claim with
-# the original (wrong) factorization (MRPC, small lr). Round 2's family: utils.report.round2_report.
+# the original (wrong) factorization (MRPC, small lr). Round 2's family: utils.round2_report.
 CONTRASTS = (("svd", "random"), ("pissa", "random"), ("pissa", "svd"), ("seed", "random"))
 
 
@@ -185,20 +185,21 @@ PAIRED_BY = ("task", "model", "method", "rank", "lr", "variant")  # round 1: bot
 PAIRED_BY_SERIES = ("task", "model", "method", "rank", "variant")  # round 2: each init at its own lr
 
 
-def paired_comparison(summaries: pd.DataFrame, a: str = "svd", b: str = "random",
-                      which: str = "final", keys=PAIRED_BY) -> pd.DataFrame:
+def paired_comparison(summaries: pd.DataFrame, a="svd", b="random", which: str = "final", keys=PAIRED_BY,
+                      by: str = "init") -> pd.DataFrame:
     """Init `a` against init `b` on the same seeds, per group of `keys` (by default one
     task/model/method/rank/lr/variant; without "lr", each init at whatever lr its rows have, e.g.
     its selected one), on the task's main metric (`which`: "final" or "best"): n pairs, both means,
     the mean paired difference a − b with its 95% t-interval, the two-sided paired t-test p-value
-    (NaN for n < 2) and how many seeds `a` won."""
+    (NaN for n < 2) and how many seeds `a` won. `by="rank"` compares rank `a` with rank `b` instead
+    (then `keys` holds "init" and not "rank")."""
     df = with_variant(summaries)
-    df = df[df["method"].isin(ADAPTER_METHODS) & df["init"].isin([a, b])]
+    df = df[df["method"].isin(ADAPTER_METHODS) & df[by].isin([a, b])]
     keys, rows = list(keys), []
     for key, g in df.groupby(keys):
         metric = get_task(key[0]).main_metric
         col = f"{which}_{metric}"
-        wide = g.pivot_table(index="seed", columns="init", values=col).dropna()
+        wide = g.pivot_table(index="seed", columns=by, values=col).dropna()
         if a not in wide or b not in wide or wide.empty:
             continue
         diff = wide[a] - wide[b]

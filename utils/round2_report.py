@@ -1,0 +1,159 @@
+"""Round 2's report as markdown (README "Round 2 protocol"; the runs and lr choice: `utils.round2`).
+
+Per task: the lr selection on holdout, the ceilings and every init at its chosen lr (dev; share of
+full fine-tuning's gain over the majority class; convergence), the small-lr half, their paired tests
+(one Holm family over every task), steps to target, and on `LIMIT_TASKS` the rank-16 row against
+rank 4 (its own Holm family). Every metric is on the GLUE dev split unless a column says holdout.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from utils.glue import get_task
+from utils.report import compute_table, fmt_lr, format_table, paired_markdown, steps_markdown, to_markdown
+from utils.round2 import (
+    EPOCHS,
+    INITS,
+    LIMIT_RANK,
+    RANK,
+    SMALL_LR,
+    TASKS,
+    at_selected,
+    convergence,
+    grid_lrs,
+    holdout_scores,
+    selected_lrs,
+)
+from utils.stats import (
+    PAIRED_BY_SERIES,
+    holm,
+    paired_comparison,
+    series_order,
+    steps_to_target,
+    summary_table,
+    with_variant,
+)
+
+RANK_PAIRED_BY = ("task", "model", "method", "init", "variant")  # rank 16 − rank 4 of one init
+
+
+def _pairs(summaries: pd.DataFrame, selected: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Round 2's paired tests, final and best, each family Holm-adjusted on its own:
+    the main family (rank `RANK`): every init − random and pissa − svd, each init at its selected lr
+    (part "selected") and all at `SMALL_LR` (part "small lr"); the rank family: rank `LIMIT_RANK` −
+    rank `RANK` of each init, each at its own selected lr."""
+    adapters = summaries[summaries["method"] == "lora-fa"]
+    main = adapters[adapters["rank"] == RANK]
+    parts = {"selected": at_selected(main, selected), "small lr": main[np.isclose(main["lr"].astype(float), SMALL_LR)]}
+    contrasts = [(i, "random") for i in INITS if i != "random"] + [("pissa", "svd")]
+    frames = [paired_comparison(df, a, b, w, keys=PAIRED_BY_SERIES).assign(part=part)
+              for part, df in parts.items() for a, b in contrasts for w in ("final", "best")]
+    ranks = [paired_comparison(at_selected(adapters, selected), LIMIT_RANK, RANK, w, keys=RANK_PAIRED_BY, by="rank")
+             for w in ("final", "best")]
+    out = []
+    for family in (frames, ranks):
+        family = [f for f in family if not f.empty]
+        pairs = pd.concat(family, ignore_index=True) if family else pd.DataFrame()
+        if not pairs.empty:
+            pairs["p_holm"] = holm(pairs["p"])
+        out.append(pairs)
+    if not out[1].empty:  # "random r16 − random r4"
+        out[1]["a"] = [f"{i} r{a}" for i, a in zip(out[1]["init"], out[1]["a"])]
+        out[1]["b"] = [f"{i} r{b}" for i, b in zip(out[1]["init"], out[1]["b"])]
+    return out[0], out[1]
+
+
+def _label(method: str, init: str, rank: int) -> str:
+    return method if method != "lora-fa" else init if rank == RANK else f"{init} (rank {rank})"
+
+
+def _selection_markdown(runs: pd.DataFrame, task: str, selected: pd.DataFrame) -> str:
+    """One row per series of `task`: holdout score (final dev metric) at each lr of its grid, the
+    chosen lr in bold; one table for the ceilings, one for LoRA-FA (every rank)."""
+    out = []
+    for methods in (("full", "head"), ("lora-fa",)):
+        sel = selected[(selected["task"] == task) & selected["method"].isin(methods)]
+        grid = sorted({lr for m, rank in zip(sel["method"], sel["rank"]) for lr in grid_lrs(m, rank)})
+        rows = []
+        for _, r in sel.iterrows():
+            scores = holdout_scores(runs, task, r["init"], method=r["method"], epochs=EPOCHS[task], rank=r["rank"])
+            row = {"series": _label(r["method"], r["init"], r["rank"]), "finished": r["grid"]}
+            for lr in grid:
+                hit = scores[np.isclose(scores["lr"], lr)]
+                cell = "" if hit.empty else f"{hit['score'].iloc[0]:.3f} ({hit['final_dev'].iloc[0]:.3f})"
+                row[fmt_lr(lr)] = f"**{cell}**" if cell and np.isclose(lr, r["lr"]) else cell
+            row["chosen lr"] = "–" if pd.isna(r["lr"]) else fmt_lr(r["lr"])
+            rows.append(row)
+        if rows:
+            out.append(to_markdown(pd.DataFrame(rows)))
+    return "\n".join(out)
+
+
+def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, frac: float = 0.9,
+                  tasks=None) -> str:
+    """Round 2's tables as markdown, per task (all, or `tasks`; the Holm families span every task,
+    whichever are shown)."""
+    if summaries.empty:
+        return "No finished runs.\n"
+    summaries, selected = with_variant(summaries), selected_lrs(runs)
+    pairs, rank_pairs = _pairs(summaries, selected)
+    tests = int(pairs["p"].notna().sum()) if not pairs.empty else 0
+    rank_tests = int(rank_pairs["p"].notna().sum()) if not rank_pairs.empty else 0
+    out = ["Selection: seed 0, score = holdout main metric averaged over the last epoch's evaluations "
+           "(holdout: 10 % of train, never trained on); cells are score (final dev metric), the chosen lr "
+           "in bold. Everything else is on the GLUE dev split: mean ± std over seeds, 95 % CI a t-interval; "
+           "share of full FT = (final − majority) / (full fine-tuning's final − majority). Paired: same seeds, "
+           f"a − b, two-sided paired t-test; p (Holm) adjusted over all {tests} paired tests of round 2 at rank "
+           f"{RANK} (the rank-{LIMIT_RANK} row's {rank_tests} tests are a family of their own).\n"]
+    for task in sorted(summaries["task"].unique() if tasks is None else [get_task(t).name for t in tasks]):
+        t, s = get_task(task), summaries[summaries["task"] == task]
+        m0 = baselines.get(t.name, {}).get(t.main_metric, math.nan)
+        out.append(f"\n### {t.name.upper()} ({t.main_metric}; majority-class {t.main_metric} = {m0:.3f})\n")
+        if task in TASKS:
+            out += ["\nLearning-rate selection (holdout score (final dev), seed 0):\n",
+                    _selection_markdown(runs, task, selected)]
+        chosen = summary_table(at_selected(s, selected))
+        if not chosen.empty:  # one row per series, in series order whatever its lr
+            chosen = chosen.iloc[sorted(range(len(chosen)), key=lambda k: (series_order(
+                (chosen["method"].iloc[k], chosen["init"].iloc[k])), chosen["rank"].iloc[k]))].reset_index(drop=True)
+            full = chosen.loc[chosen["method"] == "full", "final_mean"]
+            gain = full.iloc[0] - m0 if len(full) else math.nan
+            f = format_table(chosen).drop(columns=["task", "metric"])
+            f["95% CI (final)"] = [("–" if pd.isna(h) else f"{m - h:.3f} – {m + h:.3f}")
+                                   for m, h in zip(chosen["final_mean"], chosen["final_half"])]
+            f["share of full FT"] = [("–" if pd.isna(gain) or gain <= 0 else f"{(m - m0) / gain:.2f}")
+                                     for m in chosen["final_mean"]]
+            conv = convergence(runs[runs["task"] == task], selected).set_index(["method", "init", "rank"])
+            f["holdout: last − previous epoch"] = [
+                "–" if k not in conv.index else f"{conv.loc[k, 'last'] - conv.loc[k, 'previous']:+.3f}"
+                + ("" if conv.loc[k, "converged"] else " (not converged)")
+                for k in zip(chosen["method"], chosen["init"], chosen["rank"])]
+            out += ["\nEvery series at its chosen lr (dev):\n", to_markdown(f)]
+        lora = s[(s["method"] == "lora-fa") & (s["rank"] == RANK)]
+        small = summary_table(lora[np.isclose(lora["lr"].astype(float), SMALL_LR)])
+        if not small.empty:
+            out += [f"\nThe small-lr half: every init at lr {fmt_lr(SMALL_LR)} (dev):\n",
+                    to_markdown(format_table(small).drop(columns=["task", "metric"]))]
+        mine = pairs[pairs["task"] == task] if not pairs.empty else pairs
+        for part in ("selected", "small lr"):
+            p = mine[mine["part"] == part] if not mine.empty else mine
+            if not p.empty:
+                label = "each init at its chosen lr" if part == "selected" else f"all at lr {fmt_lr(SMALL_LR)}"
+                out += [f"\nPaired comparisons, {label}:\n", paired_markdown(p)]
+        lora_runs = runs[(runs["task"] == task) & (runs["method"] == "lora-fa") & (runs["rank"] == RANK)]
+        for label, sub in (("each init at its chosen lr", at_selected(lora_runs, selected)),
+                           (f"all at lr {fmt_lr(SMALL_LR)}", lora_runs[np.isclose(lora_runs["lr"].astype(float), SMALL_LR)])):
+            steps = steps_to_target(sub, baselines, frac, keys=("task", "model", "variant")) if len(sub) else sub
+            if len(steps):
+                out += [f"\nSteps (and wall minutes) to {frac:.0%} of the way from the majority class to the best "
+                        f"init's mean best, {label}:\n", steps_markdown(steps, wall=True)]
+        mine = rank_pairs[rank_pairs["task"] == task] if not rank_pairs.empty else rank_pairs
+        if not mine.empty:
+            out += [f"\nIs rank the limit? Rank {LIMIT_RANK} − rank {RANK} of each init, each at the lr chosen at "
+                    f"its rank (Holm over the {rank_tests} tests of this family):\n", paired_markdown(mine)]
+    shown = summaries if tasks is None else summaries[summaries["task"].isin([get_task(t).name for t in tasks])]
+    out += ["\n### Compute (wall time of each finished run, as logged)\n", to_markdown(compute_table(shown))]
+    return "\n".join(out)
