@@ -100,6 +100,8 @@ def test_report_pairs_each_init_at_its_own_lr_and_holm_counts_the_family(round2_
     share = (np.mean([0.85, 0.84, 0.86]) - 0.812) / (0.87 - 0.812)
     row = next(ln for ln in md.splitlines() if ln.startswith("| minilm | lora-fa | random | 4 | 0.007 | 3 |"))
     assert f"| {share:.2f} | +0.010 (not converged) |" in row
+    full = next(ln for ln in md.splitlines() if ln.startswith("| minilm | full |"))
+    assert full.endswith("| 1.00 | +0.010 (not converged) |")  # the ceilings are checked too
 
 
 R16_PEAK = {"random": 1.7e-3, "svd": 4e-4}  # rank 16's holdout peaks, not rank 4's (7e-3, 1.7e-3)

@@ -117,8 +117,10 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
                     _selection_markdown(runs, task, selected)]
         chosen = summary_table(at_selected(s, selected))
         if not chosen.empty:  # one row per series, in series order whatever its lr
+            ranks = chosen["rank"].fillna(0).astype(int)  # summary_table: NaN for head and full
             chosen = chosen.iloc[sorted(range(len(chosen)), key=lambda k: (series_order(
-                (chosen["method"].iloc[k], chosen["init"].iloc[k])), chosen["rank"].iloc[k]))].reset_index(drop=True)
+                (chosen["method"].iloc[k], chosen["init"].iloc[k])), ranks.iloc[k]))].reset_index(drop=True)
+            ranks = chosen["rank"].fillna(0).astype(int)
             full = chosen.loc[chosen["method"] == "full", "final_mean"]
             gain = full.iloc[0] - m0 if len(full) else math.nan
             f = format_table(chosen).drop(columns=["task", "metric"])
@@ -130,7 +132,7 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
             f["holdout: last − previous epoch"] = [
                 "–" if k not in conv.index else f"{conv.loc[k, 'last'] - conv.loc[k, 'previous']:+.3f}"
                 + ("" if conv.loc[k, "converged"] else " (not converged)")
-                for k in zip(chosen["method"], chosen["init"], chosen["rank"])]
+                for k in zip(chosen["method"], chosen["init"], ranks)]
             out += ["\nEvery series at its chosen lr (dev):\n", to_markdown(f)]
         lora = s[(s["method"] == "lora-fa") & (s["rank"] == RANK)]
         small = summary_table(lora[np.isclose(lora["lr"].astype(float), SMALL_LR)])
