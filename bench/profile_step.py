@@ -3,7 +3,7 @@
     python bench/profile_step.py --variants floor,peft-lora-fa,ours-lora-fa --threads 1
     python bench/profile_step.py --model tiny --batch 4 --seq 16 --steps 1
 
-Builds the variants exactly as bench/step.py does, runs --warmup steps, then profiles
+Builds the variants exactly as bench/step.py does (bench/variants.py), runs --warmup steps, then profiles
 --steps steps of each (interleaved) and prints, for the ops with the largest self CPU
 time, the milliseconds per step of every variant, plus the total per step and the number
 of operator calls. Forward/backward/optimizer phases are marked with record_function.
@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
-from bench import common, step  # noqa: E402
+from bench import common  # noqa: E402
+from bench.variants import build_variant, forward, make_batch, train_step  # noqa: E402
 
 
 def profiled_step(v, batch, dtype: str, seed: int):
@@ -30,7 +31,7 @@ def profiled_step(v, batch, dtype: str, seed: int):
     if v.optimizer is not None:
         v.optimizer.zero_grad(set_to_none=True)
     with record_function("## forward"):
-        loss = step.forward(v, batch, dtype)
+        loss = forward(v, batch, dtype)
     with record_function("## backward"):
         loss.backward()
     if v.optimizer is not None:
@@ -40,11 +41,11 @@ def profiled_step(v, batch, dtype: str, seed: int):
 
 def op_table(args) -> str:
     base = common.load_model(args.model, seq=args.seq, seed=args.seed)
-    variants = [step.build_variant(n, base, args.targets) for n in args.variants]
-    batch = step.make_batch(base.config.vocab_size, args.batch, args.seq, args.seed)
+    variants = [build_variant(n, base, args.targets) for n in args.variants]
+    batch = make_batch(base.config.vocab_size, args.batch, args.seq, args.seed)
     for r in range(args.warmup):
         for v in variants:
-            step.train_step(v, batch, args.dtype, args.seed + r)
+            train_step(v, batch, args.dtype, args.seed + r)
     self_ms = {v.name: defaultdict(float) for v in variants}
     calls = {v.name: 0 for v in variants}
     phases = {v.name: {} for v in variants}
