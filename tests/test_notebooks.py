@@ -2,14 +2,16 @@
 executable end to end with papermill.
 
 The committed notebooks are re-executed from the committed logs (`utils.notebooks.execute`, which
-never trains) in a temporary folder whose `logs` links to the repo's, and every output but the PNG
-bytes must equal the committed one. The end-to-end test runs a tiny grid (2 inits x 1 seed, 2
+never trains) in a temporary folder holding a copy of the repo's git-tracked logs (so a sweep's
+newly finished, uncommitted logs do not count), and every output but the PNG bytes must equal the
+committed one. The end-to-end test runs a tiny grid (2 inits x 1 seed, 2
 optimizer steps) of a tiny random BERT on tiny GLUE-format files; plots_for_preso then draws those
 logs. Everything is written under tmp_path; the repo's logs/ and imgs/ are never touched.
 """
 import dataclasses
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -69,7 +71,13 @@ def from_logs(tmp_path_factory):
     """Every committed notebook executed again from the repo's logs/ (in a folder of its own, so
     plots_for_preso's files go there, not to imgs/)."""
     cwd = tmp_path_factory.mktemp("from_logs")
-    (cwd / "logs").symlink_to(REPO / "logs", target_is_directory=True)
+    tracked = subprocess.run(["git", "ls-files", "logs"], cwd=REPO, capture_output=True, text=True)
+    if tracked.returncode == 0 and tracked.stdout.strip():  # the committed logs, not a running sweep's new ones
+        for rel in tracked.stdout.splitlines():
+            (cwd / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, cwd / rel)
+    else:  # not a git checkout: the logs as they are
+        (cwd / "logs").symlink_to(REPO / "logs", target_is_directory=True)
     return {name: notebooks.execute(REPO / name, cwd=cwd) for name in COMMITTED}
 
 
