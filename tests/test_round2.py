@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.runner_helpers import dead_pid
-from utils import figures, plots, round2
+from utils import figures, plots, round2, round2_figures
 from utils.logs import SCHEMA, load_runs, load_summaries, write_json_atomic
 from utils.round2_report import round2_report
 from utils.stats import holm, majority_metrics
@@ -136,6 +136,13 @@ def test_rank16_row_is_selected_and_paired_apart_from_rank4(tmp_path):
         assert f"{np.mean(R16_GAIN):+.3f}" in line and "3/3" in line
     # rank-4 family: svd − random final/best at the chosen lr (no small-lr seeds here); rank family: 2 × 2
     assert "over all 2 paired tests of round 2 at rank 4 (the rank-16 row's 4 tests" in md
+    figs = round2_figures.round2_figures(runs, load_summaries(root), {"cola": {"mcc": 0.0}})
+    assert {"cola_lr_sensitivity.png", "cola_selected_lr_history.png", "cola_rank16.png"} <= set(figs)
+    points = {(round(ln.get_xdata()[0], 2), round(ln.get_ydata()[0], 3))
+              for ln in figs["cola_rank16.png"].axes[0].lines if len(ln.get_xdata()) == 1}
+    assert {(-0.14, 0.22), (0.14, 0.27), (0.86, 0.21), (1.14, 0.26)} <= points  # random, svd: seed means
+    for fig in figs.values():
+        figures.plt.close(fig)
 
 
 def test_holm_is_the_step_down_of_the_whole_family():
@@ -146,7 +153,7 @@ def test_plot_round2_writes_the_figures_and_rings_the_chosen_lr(round2_logs, tmp
     names = {p.name for p in plots.main(round2_logs, tmp_path / "imgs", round2=True)}
     assert {"mrpc_lr_sensitivity.png", "mrpc_selected_lr_history.png", "round2.md"} <= names
     runs = load_runs(round2_logs)
-    fig = figures.lr_sensitivity_figure(runs, "mrpc", round2.selected_lrs(runs), majority_metrics(round2_logs))
+    fig = round2_figures.lr_sensitivity_figure(runs, "mrpc", round2.selected_lrs(runs), majority_metrics(round2_logs))
     rings = [ln for ln in fig.axes[0].lines if ln.get_markersize() == 14]
     assert sorted(float(ln.get_xdata()[0]) for ln in rings) == pytest.approx([1.7e-3, 7e-3])
     figures.plt.close(fig)

@@ -1,4 +1,4 @@
-"""The figures: training histories, the dev metric against learning rate, and round 2's lr sensitivity.
+"""The figures: training histories and the dev metric against learning rate (round 2's: `utils.round2_figures`).
 
 Inputs are the tables of `utils.logs`: `load_runs` (one row per evaluation) for histories and lr
 sensitivity, `load_summaries` (one row per run) for the summary figure. `utils.plots` writes them
@@ -29,7 +29,6 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 from utils.config import ADAPTER_METHODS, model_short_name
 from utils.glue import get_task
 from utils.report import fmt_lr
-from utils.round2 import EPOCHS, LORA_LRS, holdout_scores
 from utils.stats import series_order, t_interval, task_metrics, with_variant
 
 # Okabe & Ito (2008) colour-blind-safe palette; yellow is left out (invisible on white), and "wine"
@@ -99,14 +98,14 @@ def _n_text(ns) -> str:
 
 # ------------------------------------------------------------------ figures
 
-def _legend(fig, handles, labels):
+def legend_below(fig, handles, labels, title="LoRA-FA init / baseline"):
     """One legend below all panels (never over data), wrapped to the figure's width."""
     per_row = max(1, int(fig.get_figwidth() / 2.1))
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), per_row),
-               title="LoRA-FA init / baseline")
+               title=title)
 
 
-def _majority_line(ax, majority, task, metric):
+def majority_line(ax, majority, task, metric):
     """A dashed grey line at the majority-class value of `metric` (if known); returns it or None."""
     value = (majority or {}).get(get_task(task).name, {}).get(metric)
     if value is None:
@@ -154,7 +153,7 @@ def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, va
                     marker=style["marker"] if len(c) <= 30 else None, markersize=4,  # eval points
                     label=f"{style['label']}{at} (n={ns[-1]})")
             ax.fill_between(c["step"], c["lo"], c["hi"], color=style["color"], alpha=0.18, lw=0)
-    ref = [_majority_line(ax, majority, task, col) for ax, (col, _) in zip(axes, panels)]
+    ref = [majority_line(ax, majority, task, col) for ax, (col, _) in zip(axes, panels)]
     for ax, (col, title) in zip(axes, panels):
         ax.set(title=title, xlabel="optimizer step",
                ylabel=loss if col.endswith("loss") else f"dev {metric_label(col)}")
@@ -169,7 +168,7 @@ def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, va
     fig.suptitle(f"{task.folder} (GLUE dev split) · {where}{lrs}{variant}\n{seeds}")
     handles, labels = axes[0].get_legend_handles_labels()
     ref = [h for h in ref if h is not None]
-    _legend(fig, handles + ref[:1], labels + [h.get_label() for h in ref[:1]])
+    legend_below(fig, handles + ref[:1], labels + [h.get_label() for h in ref[:1]])
     return fig
 
 
@@ -210,7 +209,7 @@ def summary_figure(summaries: pd.DataFrame, which: str = "final", majority=None)
                 (h,) = ax.plot(lr[~multi] * dodge, mean[~multi], linestyle="none", marker=style["marker"],
                                markerfacecolor="none", markeredgecolor=style["color"], markersize=8, mew=1.5)
                 legend.setdefault(style["label"], h)
-        line = _majority_line(ax, majority, task, metric)
+        line = majority_line(ax, majority, task, metric)
         if line is not None:
             legend.setdefault(line.get_label(), line)
         ax.set_xscale("log")
@@ -227,52 +226,5 @@ def summary_figure(summaries: pd.DataFrame, which: str = "final", majority=None)
     single = " (hollow: one seed, not joined)" if min(ns, default=2) < 2 else ""
     fig.suptitle(f"{which.capitalize()} dev metric (GLUE dev split) vs learning rate\n"
                  f"mean over {_n_text(ns)} seeds per point{single}, error bars = 95% CI")
-    _legend(fig, list(legend.values()), list(legend))
-    return fig
-
-
-@plt.rc_context(STYLE)
-def lr_sensitivity_figure(runs: pd.DataFrame, task, selected: pd.DataFrame, majority=None):
-    """Round 2's lr grid of one task, seed 0: the holdout score that chooses the lr (left; mean over the
-    last epoch's evaluations, `utils.round2.holdout_scores`) and the final dev metric (right) against
-    lr, one line per LoRA-FA init with its chosen lr ringed (`selected`: `utils.round2.selected_lrs`);
-    full fine-tuning and head-only as horizontal lines at their chosen lr. Returns the figure."""
-    task = get_task(task)
-    metric = task.main_metric
-    fig = plt.figure(figsize=(10.4, 4.8), layout="constrained")
-    axes = fig.subplots(1, 2)
-    chosen = {(m, i): lr for t, m, i, lr in selected[["task", "method", "init", "lr"]].itertuples(index=False)
-              if t == task.name}
-    mine = runs[runs["task"] == task.name]
-    legend = {}
-    for method, init in sorted(set(zip(mine["method"], mine["init"])), key=series_order):
-        scores = holdout_scores(runs, task.name, init, method=method, epochs=EPOCHS.get(task.name))
-        if scores.empty:
-            continue
-        style = series_style(method, init)
-        pick = scores[np.isclose(scores["lr"], chosen.get((method, init), np.nan))]
-        for ax, col in zip(axes, ("score", "final_dev")):
-            if method in ADAPTER_METHODS:
-                (h,) = ax.plot(scores["lr"], scores[col], color=style["color"], linestyle=style["linestyle"],
-                               marker=style["marker"], lw=1.6, markersize=6)
-                ax.plot(pick["lr"], pick[col], linestyle="none", marker="o", markersize=14, markerfacecolor="none",
-                        markeredgecolor=style["color"], mew=1.8)
-            elif len(pick):
-                h = ax.axhline(pick[col].iloc[0], color=style["color"], linestyle=style["linestyle"], lw=1.4)
-            else:
-                continue
-            legend.setdefault(style["label"], h)
-    for ax, title in zip(axes, (f"holdout {metric_label(metric)}, last-epoch mean (chooses the lr)",
-                                f"dev {metric_label(metric)}, final")):
-        line = _majority_line(ax, majority, task, metric) if title.startswith("dev") else None
-        if line is not None:
-            legend.setdefault(line.get_label(), line)
-        ax.set_xscale("log")
-        ax.set_xlim(LORA_LRS[0] / 1.6, LORA_LRS[-1] * 1.6)
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set(xlabel="learning rate (log scale)", ylabel=title.split(",")[0], title=title)
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{task.folder} · LoRA-FA rank 4, lr grid, seed 0 · ringed: the lr chosen on holdout\n"
-                 f"lines without markers: full fine-tuning and head only at their own chosen lr")
-    _legend(fig, list(legend.values()), list(legend))
+    legend_below(fig, list(legend.values()), list(legend))
     return fig

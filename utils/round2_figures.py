@@ -1,0 +1,130 @@
+"""Round 2's figures (`utils.round2`): per task, the lr sensitivity of every series, the histories at
+the chosen lrs, and on `LIMIT_TASKS` the rank-16 row against rank 4 and the 90 % goal. Styles and
+the shared drawing helpers are `utils.figures`'; `utils.plots` writes and shows these.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter
+
+from utils.config import ADAPTER_METHODS
+from utils.figures import STYLE, legend_below, majority_line, metric_label, plot_histories, plt, series_style
+from utils.glue import get_task
+from utils.round2 import EPOCHS, INITS, LIMIT_RANK, LORA_LRS, RANK, TASKS, at_selected, holdout_scores, selected_lrs
+from utils.stats import series_order, t_interval
+
+GOAL = 0.9  # the issue's goal: this share of full fine-tuning's gain over the majority class
+
+
+def round2_figures(runs: pd.DataFrame, summaries: pd.DataFrame, majority: dict, tasks=None) -> dict[str, plt.Figure]:
+    """Round 2's figures by file name, per task (all, or `tasks`): the lr sensitivity of every series
+    (seed 0, rank `RANK`), the histories of every rank-`RANK` series at its chosen lr (once any has
+    one) and, once a rank-`LIMIT_RANK` run has finished, `rank_figure`."""
+    selected = selected_lrs(runs)
+    main = runs[runs["rank"].isin([0, RANK])]
+    figs = {}
+    for task in sorted(runs["task"].unique() if tasks is None else [get_task(t).name for t in tasks]):
+        if task in TASKS:
+            figs[f"{task}_lr_sensitivity.png"] = lr_sensitivity_figure(runs, task, selected, majority)
+        chosen = at_selected(main[main["task"] == task], selected)
+        if not chosen.empty:
+            figs[f"{task}_selected_lr_history.png"] = plot_histories(chosen, task, lr="each", majority=majority)
+        if ((summaries["task"] == task) & (summaries["rank"] == LIMIT_RANK)).any():
+            figs[f"{task}_rank{LIMIT_RANK}.png"] = rank_figure(summaries, task, selected, majority)
+    return figs
+
+
+@plt.rc_context(STYLE)
+def lr_sensitivity_figure(runs: pd.DataFrame, task, selected: pd.DataFrame, majority=None):
+    """Round 2's rank-4 lr grid of one task, seed 0: the holdout score that chooses the lr (left; mean over the
+    last epoch's evaluations, `utils.round2.holdout_scores`) and the final dev metric (right) against
+    lr, one line per LoRA-FA init with its chosen lr ringed (`selected`: `utils.round2.selected_lrs`);
+    full fine-tuning and head-only as horizontal lines at their chosen lr. Returns the figure."""
+    task = get_task(task)
+    metric = task.main_metric
+    fig = plt.figure(figsize=(10.4, 4.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    chosen = {(m, i): lr for t, m, i, r, lr in selected[["task", "method", "init", "rank", "lr"]]
+              .itertuples(index=False) if t == task.name and r in (0, RANK)}
+    mine = runs[(runs["task"] == task.name) & runs["rank"].isin([0, RANK])]
+    legend = {}
+    for method, init in sorted(set(zip(mine["method"], mine["init"])), key=series_order):
+        scores = holdout_scores(mine, task.name, init, method=method, epochs=EPOCHS.get(task.name))
+        if scores.empty:
+            continue
+        style = series_style(method, init)
+        pick = scores[np.isclose(scores["lr"], chosen.get((method, init), np.nan))]
+        for ax, col in zip(axes, ("score", "final_dev")):
+            if method in ADAPTER_METHODS:
+                (h,) = ax.plot(scores["lr"], scores[col], color=style["color"], linestyle=style["linestyle"],
+                               marker=style["marker"], lw=1.6, markersize=6)
+                ax.plot(pick["lr"], pick[col], linestyle="none", marker="o", markersize=14, markerfacecolor="none",
+                        markeredgecolor=style["color"], mew=1.8)
+            elif len(pick):
+                h = ax.axhline(pick[col].iloc[0], color=style["color"], linestyle=style["linestyle"], lw=1.4)
+            else:
+                continue
+            legend.setdefault(style["label"], h)
+    for ax, title in zip(axes, (f"holdout {metric_label(metric)}, last-epoch mean (chooses the lr)",
+                                f"dev {metric_label(metric)}, final")):
+        line = majority_line(ax, majority, task, metric) if title.startswith("dev") else None
+        if line is not None:
+            legend.setdefault(line.get_label(), line)
+        ax.set_xscale("log")
+        ax.set_xlim(LORA_LRS[0] / 1.6, LORA_LRS[-1] * 1.6)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set(xlabel="learning rate (log scale)", ylabel=title.split(",")[0], title=title)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{task.folder} · LoRA-FA rank 4, lr grid, seed 0 · ringed: the lr chosen on holdout\n"
+                 f"lines without markers: full fine-tuning and head only at their own chosen lr")
+    legend_below(fig, list(legend.values()), list(legend))
+    return fig
+
+
+@plt.rc_context(STYLE)
+def rank_figure(summaries: pd.DataFrame, task, selected: pd.DataFrame, majority=None):
+    """Is rank the limit? Each init's final dev metric at rank `RANK` (filled) and `LIMIT_RANK` (hollow),
+    each at the lr chosen for it: mean over seeds with its 95 % t-interval (none for n = 1), against
+    full fine-tuning's mean, the goal (`GOAL` of its gain over the majority class) and the majority
+    class. Returns the figure."""
+    task = get_task(task)
+    metric = task.main_metric
+    chosen = at_selected(summaries[summaries["task"] == task.name], selected)
+    values = chosen[f"final_{metric}"]
+    fig, ax = plt.subplots(figsize=(8.4, 4.8), layout="constrained")
+    inits = [i for i in INITS if ((chosen["method"] == "lora-fa") & (chosen["init"] == i)).any()]
+    for k, init in enumerate(inits):
+        style = series_style("lora-fa", init)
+        for dx, rank in ((-0.14, RANK), (0.14, LIMIT_RANK)):
+            v = values[(chosen["method"] == "lora-fa") & (chosen["init"] == init) & (chosen["rank"] == rank)]
+            if v.empty:
+                continue
+            mean, _, _, half = t_interval(v)
+            ax.errorbar(k + dx, mean, yerr=None if math.isnan(half) else half, color=style["color"],
+                        marker=style["marker"], markersize=9, capsize=4, lw=1.6,
+                        markerfacecolor=style["color"] if rank == RANK else "white", markeredgewidth=1.8)
+    handles = [Line2D([], [], color="#444444", marker="o", linestyle="none", markersize=8, label=f"rank {RANK}"),
+               Line2D([], [], color="#444444", marker="o", markerfacecolor="white", linestyle="none", markersize=8,
+                      mew=1.8, label=f"rank {LIMIT_RANK}")]
+    full = values[chosen["method"] == "full"]
+    m0 = (majority or {}).get(task.name, {}).get(metric)
+    if len(full):
+        style = series_style("full", None)
+        handles.append(ax.axhline(full.mean(), color=style["color"], linestyle=style["linestyle"], lw=1.4,
+                                  label=f"full fine-tuning (n={len(full)})"))
+        if m0 is not None:
+            handles.append(ax.axhline(m0 + GOAL * (full.mean() - m0), color="#D55E00", linestyle="--", lw=1.2,
+                                      label=f"goal: {GOAL:.0%} of full fine-tuning's gain"))
+    line = majority_line(ax, majority, task, metric)
+    handles += [line] if line is not None else []
+    ax.set_xticks(range(len(inits)), inits)
+    ax.set_xlim(-0.6, len(inits) - 0.4)
+    ax.set(xlabel="frozen-A init (LoRA-FA), each rank at its own chosen lr", ylabel=f"dev {metric_label(metric)}, final",
+           title=f"{task.folder} · rank {RANK} vs rank {LIMIT_RANK}: mean over seeds, 95 % interval")
+    ax.grid(alpha=0.3, axis="y")
+    legend_below(fig, handles, [h.get_label() for h in handles], title=None)
+    return fig
