@@ -6,15 +6,17 @@ stays light):
     from utils import RunConfig, run_experiment, run_grid, summarize, load_runs, load_summaries
     log = run_experiment(RunConfig(task="mrpc", model="minilm", init="svd", data_dir="../shared/glue"))
 
-Submodules: `utils.config` (RunConfig, run ids), `utils.glue` (tasks, loading), `utils.metrics` (their metrics),
-`utils.data` (tokenising, cache, loaders), `utils.models` (pretrained models: files, loading,
-head), `utils.adapters` (what a run trains: adapters, trainable parameters, AdamW),
-`utils.train` (the run loop), `utils.processes` (one or several processes), `utils.evaluate` (dev evaluation), `utils.checkpoint`
-(resume), `utils.grid` (grids, shards), `utils.record` (what a run records),
-`utils.logs` (JSON run logs on disk, read back as tables), `utils.locks` (one worker per run), `utils.geometry` (init diagnostics),
-`utils.stats` (statistics: means, intervals, paired tests), `utils.report` (markdown tables,
-round 1's report), `utils.round2` (round 2's runs and lr choice), `utils.round2_report` (its report), `utils.figures` (figures),
-`utils.plots` (the `plot` command, notebook views), `utils.notebooks` (executing the notebooks).
+Submodules: `utils.config` (RunConfig, run ids), `utils.glue` (tasks, loading), `utils.metrics`
+(their metrics), `utils.data` (tokenising, cache, loaders), `utils.models` (pretrained models:
+files, loading, head), `utils.adapters` (what a run trains: adapters, trainable parameters, AdamW),
+`utils.train` (the run loop), `utils.processes` (one or several processes), `utils.evaluate` (dev
+evaluation), `utils.checkpoint` (resume), `utils.grid` (grids, shards), `utils.record` (what a run
+records), `utils.logs` (JSON run logs on disk, read back as tables), `utils.locks` (one worker per
+run), `utils.geometry` (init diagnostics), `utils.stats` (statistics: means, intervals, paired
+tests), `utils.report` (markdown tables, round 1's report), `utils.round2` (round 2's runs and lr
+choice), `utils.round2_report` (its report), `utils.figures` (figures), `utils.round2_figures`
+(round 2's), `utils.plots` (the `plot` command, notebook views), `utils.notebooks` (executing the
+notebooks).
 """
 import importlib
 
