@@ -20,9 +20,11 @@ import argparse
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from utils.config import RunConfig
-from utils.round2 import run_states
+from utils.logs import load_summaries
+from utils.round2 import progress, projected_hours, run_states
 
 
 def command(cfg: RunConfig, threads: int | None) -> list[str]:
@@ -63,8 +65,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.threads = 1 if args.workers > 1 else None
     if args.list:
-        for state, cfg in run_states(args.log_dir, model=args.model, data_dir=args.data_dir):
+        states = run_states(args.log_dir, model=args.model, data_dir=args.data_dir)
+        for state, cfg in states:
             print(state if cfg is None else f"{state:9s} {' '.join(command(cfg, args.threads)[1:])}")
+        spent, total = projected_hours(load_summaries(args.log_dir)) if Path(args.log_dir).is_dir() else (0, 0)
+        print(f"# {progress(states)}; {spent:.1f} worker-hours so far, {total:.1f} projected (budget 40)")
         return 0
     if args.worker_id is not None or args.workers == 1:
         worker(args.worker_id or 0, args)

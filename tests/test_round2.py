@@ -7,6 +7,7 @@ import os
 import socket
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.runner_helpers import dead_pid
@@ -143,6 +144,17 @@ def test_rank16_row_is_selected_and_paired_apart_from_rank4(tmp_path):
     assert {(-0.14, 0.22), (0.14, 0.27), (0.86, 0.21), (1.14, 0.26)} <= points  # random, svd: seed means
     for fig in figs.values():
         figures.plt.close(fig)
+
+
+def test_projected_hours_prices_each_unfinished_run_at_its_group_median():
+    done = pd.DataFrame({"task": ["cola"] * 3 + ["mrpc"], "method": ["lora-fa"] * 3 + ["full"],
+                         "rank": [4, 4, 4, 0], "wall_time_s": [600.0, 900.0, 3600.0, 1800.0]})
+    planned = [("cola", "lora-fa", "svd", 1e-3, s, 4) for s in range(5)] + \
+        [("cola", "lora-fa", "svd", 1e-3, s, 16) for s in range(2)] + [("rte", "full", "none", 1e-4, 0, 0)] + \
+        [("mrpc", "full", "none", 1e-4, 0, 0)]
+    spent, total = round2.projected_hours(done, planned)
+    # spent 6900 s; left: 2 cola rank-4 runs and 2 rank-16 ones at cola's median 900 s, RTE at MRPC's 1800 s
+    assert spent == pytest.approx(6900 / 3600) and total == pytest.approx((6900 + 4 * 900 + 1800) / 3600)
 
 
 def test_holm_is_the_step_down_of_the_whole_family():

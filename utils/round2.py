@@ -14,6 +14,7 @@ fine-tuning? A series is (task, method, init, rank): rank 0 for the ceilings, `R
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,24 @@ def convergence(runs: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
         rows.append({"task": task, "method": method, "init": init, "rank": rank, "last": last, "previous": prev,
                      "converged": bool(abs(last - prev) <= CONVERGED[task])})
     return pd.DataFrame(rows, columns=["task", "method", "init", "rank", "last", "previous", "converged"])
+
+
+def projected_hours(summaries: pd.DataFrame, planned=None) -> tuple[float, float]:
+    """(worker-hours that round 2's finished runs took, as logged; the projected total), each
+    unfinished run of `planned` (default `planned_runs()`) at the median time so far of its task,
+    method and rank (RTE at MRPC's, rank 16 at rank 4's until they have their own). The budget rule
+    of the protocol (40 worker-hours) reads this."""
+    planned = planned_runs() if planned is None else planned
+    keys = ["task", "method", "rank"]
+    median = summaries.groupby(keys)["wall_time_s"].median() / 3600 if len(summaries) else pd.Series(dtype=float)
+    done = summaries.groupby(keys).size() if len(summaries) else pd.Series(dtype=int)
+    spent = float(summaries["wall_time_s"].sum()) / 3600 if len(summaries) else 0.0
+    left = 0.0
+    for (task, method, rank), n in Counter((t, m, r) for t, m, _, _, _, r in planned).items():
+        fallback = ("mrpc" if task == "rte" else task, method, RANK if method == "lora-fa" else 0)
+        hours = median.get((task, method, rank), median.get(fallback, np.nan))
+        left += max(0, n - int(done.get((task, method, rank), 0))) * hours
+    return spent, spent + left
 
 
 def progress(states) -> str:

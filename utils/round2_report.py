@@ -25,6 +25,7 @@ from utils.round2 import (
     convergence,
     grid_lrs,
     holdout_scores,
+    projected_hours,
     selected_lrs,
 )
 from utils.stats import (
@@ -158,4 +159,8 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
                     f"its rank (Holm over the {rank_tests} tests of this family):\n", paired_markdown(mine)]
     shown = summaries if tasks is None else summaries[summaries["task"].isin([get_task(t).name for t in tasks])]
     out += ["\n### Compute (wall time of each finished run, as logged)\n", to_markdown(compute_table(shown))]
+    if tasks is None:
+        spent, total = projected_hours(summaries)
+        out.append(f"\nRound 2 so far: {spent:.1f} worker-hours; projected total {total:.1f} (each remaining "
+                   f"planned run at the median time so far of its task, method and rank; budget 40).")
     return "\n".join(out)
