@@ -12,7 +12,9 @@ waits until every lr of its init's selection grid has finished (`utils.round2.se
 runs and settings are `utils.round2`). To keep
 editing the code meanwhile, run it from a worktree of a fixed commit with `--log-dir` pointing back:
     git worktree add ../sweep HEAD && cd ../sweep && \\
-    GLUE_DIR=$PWD/../shared/glue nohup python sweep_round2.py --workers 2 --log-dir $OLDPWD/logs/round2 &
+    GLUE_DIR=$PWD/../shared/glue nohup python sweep_round2.py --workers 2 --log-dir $OLDPWD/logs/round2 \\
+        --ckpt-dir $OLDPWD/checkpoints &
+(checkpoints in the main checkout's gitignored checkpoints/: a new worktree resumes the runs an old one left).
 """
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ from utils.logs import load_summaries
 from utils.round2 import progress, projected_hours, run_states
 
 
-def command(cfg: RunConfig, threads: int | None) -> list[str]:
-    """The run_glue.py command line of one run."""
+def command(cfg: RunConfig, threads: int | None, ckpt_dir: str | None = None) -> list[str]:
+    """The run_glue.py command line of one run (checkpoints under `ckpt_dir`, if given: a folder
+    outside the sweep's worktree survives its removal, so interrupted runs resume)."""
     cmd = [sys.executable, "run_glue.py", "--task", cfg.task, "--model", cfg.model, "--method", cfg.method,
            "--lr", f"{cfg.lr:g}", "--seeds", str(cfg.seed), "--epochs", str(cfg.epochs),
            "--eval-every", str(cfg.eval_every), "--batch-size", "32", "--max-length", "128", "--no-bf16",
@@ -36,6 +39,7 @@ def command(cfg: RunConfig, threads: int | None) -> list[str]:
            "--log-dir", cfg.log_dir]
     cmd += ["--init", cfg.init, "--rank", str(cfg.rank)] if cfg.method == "lora-fa" else []
     cmd += ["--data-dir", cfg.data_dir] if cfg.data_dir else []
+    cmd += ["--ckpt-dir", ckpt_dir] if ckpt_dir else []
     return cmd + (["--threads", str(threads)] if threads else [])
 
 
@@ -49,8 +53,8 @@ def worker(k: int, args) -> None:
             return
         cfg = ready[0]
         tried.add(cfg.run_id)  # a run that fails is not retried in this sweep
-        print(f"[worker {k}] {' '.join(command(cfg, args.threads))}", flush=True)
-        subprocess.run(command(cfg, args.threads), check=False)
+        print(f"[worker {k}] {' '.join(command(cfg, args.threads, args.ckpt_dir))}", flush=True)
+        subprocess.run(command(cfg, args.threads, args.ckpt_dir), check=False)
 
 
 def main(argv=None) -> int:
@@ -59,6 +63,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1, help="one-thread worker processes (default 1: torch's threads)")
     p.add_argument("--log-dir", default="logs/round2")
     p.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR)")
+    p.add_argument("--ckpt-dir", default=None, help="checkpoint folder (default: run_glue's, checkpoints/ here); "
+                   "give one outside a worktree")
     p.add_argument("--model", default="minilm")
     p.add_argument("--list", action="store_true", help="print every run's state and command, run nothing")
     p.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
@@ -67,7 +73,7 @@ def main(argv=None) -> int:
     if args.list:
         states = run_states(args.log_dir, model=args.model, data_dir=args.data_dir)
         for state, cfg in states:
-            print(state if cfg is None else f"{state:9s} {' '.join(command(cfg, args.threads)[1:])}")
+            print(state if cfg is None else f"{state:9s} {' '.join(command(cfg, args.threads, args.ckpt_dir)[1:])}")
         spent, total = projected_hours(load_summaries(args.log_dir)) if Path(args.log_dir).is_dir() else (0, 0)
         print(f"# {progress(states)}; {spent:.1f} worker-hours so far, {total:.1f} projected (budget 40)")
         return 0

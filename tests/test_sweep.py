@@ -27,10 +27,11 @@ def test_commands_give_the_runs_they_stand_for(tmp_path):
     for task, method, init, lr, seed, rank in [("mrpc", "lora-fa", "eva", 1.7e-3, 0, 4), ("cola", "full", "none", 5e-5, 2, 0),
                                                ("cola", "lora-fa", "svd", 4e-4, 1, 16)]:
         cfg = round2.run_config(task, method, init, lr, seed, rank, log_dir=str(tmp_path), data_dir=str(tmp_path))
-        cmd = sweep.command(cfg, 1)
+        cmd = sweep.command(cfg, 1, str(tmp_path / "ckpt"))
         assert cmd[:2] == [sys.executable, "run_glue.py"]
         base, grid = run_glue.split_args(run_glue.train_parser().parse_args(cmd[2:]))
         assert not grid and base.canonical().run_id == cfg.run_id and base.threads == 1
+        assert base.ckpt_dir == str(tmp_path / "ckpt")  # outside the worktree; not part of the run id
         assert cfg.holdout == 0.1 and cfg.group_by_length and cfg.epochs == round2.EPOCHS[task]
 
 
