@@ -161,12 +161,17 @@ def select_lr(runs: pd.DataFrame, task: str, init: str, lrs, *, method: str = "l
     `holdout_scores`); ValueError naming what is missing if a run of `lrs` has not finished or has no
     holdout metrics."""
     scores = holdout_scores(runs, task, init, method=method, seed=seed, epochs=epochs, rank=rank)
-    missing = [lr for lr in lrs if not np.isclose(scores["lr"], lr).any()]
+    missing = _missing(scores, lrs)
     if missing:
         raise ValueError(f"select_lr: no finished {task} {method} {init} run at lr {missing[0]:g}, seed {seed}"
                          + (f", rank {rank}" if rank is not None else "")
                          + (f", {epochs} epochs" if epochs else "") + f" with holdout {get_task(task).main_metric}")
     return _choose(scores, lrs)
+
+
+def _missing(scores: pd.DataFrame, lrs) -> list[float]:
+    """The lrs of `lrs` that have no row in `scores` (`holdout_scores`): their runs have not finished."""
+    return [lr for lr in lrs if not np.isclose(scores["lr"], lr).any()]
 
 
 def _choose(scores: pd.DataFrame, lrs) -> tuple[float, pd.DataFrame]:
@@ -191,9 +196,8 @@ def selected_lrs(runs: pd.DataFrame) -> pd.DataFrame:
     for task, method, init, rank in series():
         grid = grid_lrs(method, rank)
         done = holdout_scores(runs, task, init, method=method, epochs=EPOCHS[task], rank=rank)
-        complete = all(np.isclose(done["lr"], lr).any() for lr in grid)
         rows.append({"task": task, "method": method, "init": init, "rank": rank,
-                     "lr": _choose(done, grid)[0] if complete else np.nan, "grid": f"{len(done)}/{len(grid)}"})
+                     "lr": np.nan if _missing(done, grid) else _choose(done, grid)[0], "grid": f"{len(done)}/{len(grid)}"})
     for method in ("full", "head"):  # RTE's ceilings run at MRPC's lrs
         mrpc = next(r for r in rows if r["task"] == "mrpc" and r["method"] == method)
         rows.append({**mrpc, "task": "rte", "grid": "MRPC's"})
@@ -208,6 +212,11 @@ def at_selected(df: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
     chosen = selected.dropna(subset=["lr"]).rename(columns={"lr": "_lr"})[keys + ["_lr"]]
     out = df.merge(chosen, on=keys)
     return out[np.isclose(out["lr"].astype(float), out["_lr"].astype(float))].drop(columns="_lr")
+
+
+def at_small_lr(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `df` (runs or summaries) at step 4's shared `SMALL_LR`."""
+    return df[np.isclose(df["lr"].astype(float), SMALL_LR)]
 
 
 def convergence(runs: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:

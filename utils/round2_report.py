@@ -22,6 +22,7 @@ from utils.round2 import (
     SMALL_LR,
     TASKS,
     at_selected,
+    at_small_lr,
     convergence,
     grid_lrs,
     holdout_scores,
@@ -48,7 +49,7 @@ def _pairs(summaries: pd.DataFrame, selected: pd.DataFrame) -> tuple[pd.DataFram
     rank `RANK` of each init, each at its own selected lr."""
     adapters = summaries[summaries["method"] == "lora-fa"]
     main = adapters[adapters["rank"] == RANK]
-    parts = {"selected": at_selected(main, selected), "small lr": main[np.isclose(main["lr"].astype(float), SMALL_LR)]}
+    parts = {"selected": at_selected(main, selected), "small lr": at_small_lr(main)}
     contrasts = [(i, "random") for i in INITS if i != "random"] + [("pissa", "svd")]
     frames = [paired_comparison(df, a, b, w, keys=PAIRED_BY_SERIES).assign(part=part)
               for part, df in parts.items() for a, b in contrasts for w in ("final", "best")]
@@ -118,10 +119,10 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
                     _selection_markdown(runs, task, selected)]
         chosen = summary_table(at_selected(s, selected))
         if not chosen.empty:  # one row per series, in series order whatever its lr
-            ranks = chosen["rank"].fillna(0).astype(int)  # summary_table: NaN for head and full
-            chosen = chosen.iloc[sorted(range(len(chosen)), key=lambda k: (series_order(
-                (chosen["method"].iloc[k], chosen["init"].iloc[k])), ranks.iloc[k]))].reset_index(drop=True)
-            ranks = chosen["rank"].fillna(0).astype(int)
+            ranks = chosen["rank"].fillna(0).astype(int)  # the series' rank; summary_table: NaN for head and full
+            order = sorted(range(len(chosen)), key=lambda k: (series_order(
+                (chosen["method"].iloc[k], chosen["init"].iloc[k])), ranks.iloc[k]))
+            chosen, ranks = chosen.iloc[order].reset_index(drop=True), ranks.iloc[order].tolist()
             full = chosen.loc[chosen["method"] == "full", "final_mean"]
             gain = full.iloc[0] - m0 if len(full) else math.nan
             f = format_table(chosen).drop(columns=["task", "metric"])
@@ -136,7 +137,7 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
                 for k in zip(chosen["method"], chosen["init"], ranks)]
             out += ["\nEvery series at its chosen lr (dev):\n", to_markdown(f)]
         lora = s[(s["method"] == "lora-fa") & (s["rank"] == RANK)]
-        small = summary_table(lora[np.isclose(lora["lr"].astype(float), SMALL_LR)])
+        small = summary_table(at_small_lr(lora))
         if not small.empty:
             out += [f"\nThe small-lr half: every init at lr {fmt_lr(SMALL_LR)} (dev):\n",
                     to_markdown(format_table(small).drop(columns=["task", "metric"]))]
@@ -148,7 +149,7 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
                 out += [f"\nPaired comparisons, {label}:\n", paired_markdown(p)]
         lora_runs = runs[(runs["task"] == task) & (runs["method"] == "lora-fa") & (runs["rank"] == RANK)]
         for label, sub in (("each init at its chosen lr", at_selected(lora_runs, selected)),
-                           (f"all at lr {fmt_lr(SMALL_LR)}", lora_runs[np.isclose(lora_runs["lr"].astype(float), SMALL_LR)])):
+                           (f"all at lr {fmt_lr(SMALL_LR)}", at_small_lr(lora_runs))):
             steps = steps_to_target(sub, baselines, frac, keys=("task", "model", "variant")) if len(sub) else sub
             if len(steps):
                 out += [f"\nSteps (and wall minutes) to {frac:.0%} of the way from the majority class to the best "
