@@ -59,6 +59,43 @@ def test_two_processes_race_for_one_run_and_exactly_one_wins(tmp_path, capsys):
     assert f"taking over the stale lock {lock} of pid {winner.pid}" in capsys.readouterr().err
 
 
+READER = """
+import json, sys, time
+from pathlib import Path
+lock, ready = Path(sys.argv[1]), Path(sys.argv[2])
+ready.touch()
+seen = torn = 0
+end = time.time() + float(sys.argv[3])
+while time.time() < end:
+    try:
+        text = lock.read_text()
+    except FileNotFoundError:
+        continue
+    seen += 1
+    try:
+        json.loads(text)
+    except ValueError:
+        torn += 1
+print(seen, torn)
+"""
+
+
+def test_a_lock_is_never_seen_half_written(tmp_path):
+    """A reader polling the lock while it is taken and released many times never finds it present
+    but unparseable (the window in which a loser of a race would report "an unreadable lock")."""
+    lock, ready = tmp_path / "run.lock", tmp_path / "ready"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(lock), str(ready), "1.5"], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    while not ready.exists() and reader.poll() is None:
+        pass
+    while reader.poll() is None:
+        with run_lock(lock.with_suffix(".json")):
+            pass
+    seen, torn = map(int, reader.stdout.read().split())
+    assert seen > 100 and torn == 0
+
+
 def test_stale_lock_of_dead_pid_is_taken_over_with_a_warning(tmp_path, capsys):
     log_path = tmp_path / "mrpc" / "run.json"
     lock = lock_path(log_path)

@@ -68,31 +68,42 @@ def _take_over(path: Path, stale: dict) -> None:
 
 
 def acquire_lock(path) -> dict:
-    """Create the lock file `path` atomically (O_CREAT | O_EXCL) holding this process's pid and host
-    (JSON); returns what it wrote. A stale lock (its pid is dead on this host) is taken over with a
+    """Create the lock file `path` atomically (a full draft hard-linked into place) holding this
+    process's pid and host (JSON); returns what it wrote. A stale lock (its pid is dead on this host) is taken over with a
     warning on stderr; RunLocked if a live process (or one on another host) holds it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex,
           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    for _ in range(5):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _read_holder(path)
-            if holder is None or not _is_stale(holder):
-                who = "an unreadable lock" if holder is None else \
-                    f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started', '?')}"
-                raise RunLocked(f"{path} is held by {who}: another worker is running this run "
-                                f"(delete the file if no process uses it)") from None
-            print(f"warning: taking over the stale lock {path} of pid {holder.get('pid')} (no longer "
-                  f"running on {holder.get('host')})", file=sys.stderr)
-            _take_over(path, holder)
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return me
+    draft = path.with_name(f"{path.name}.{me['token']}")  # written in full before it becomes the lock
+    draft.write_text(json.dumps(me))
+    try:
+        for _ in range(5):
+            try:
+                os.link(draft, path)  # atomic, and fails if a lock exists: never seen half-written
+            except FileExistsError:
+                _check_holder(path)
+                continue
+            return me
+    finally:
+        draft.unlink(missing_ok=True)
     raise RunLocked(f"{path}: could not take the lock (other workers keep replacing it)")
+
+
+def _check_holder(path: Path) -> None:
+    """RunLocked if a live process (or one on another host) holds the lock `path`; a stale lock is
+    taken over with a warning on stderr. A lock gone meanwhile passes (the caller tries again)."""
+    holder = _read_holder(path)
+    if holder is None and not path.exists():
+        return
+    if holder is None or not _is_stale(holder):
+        who = "an unreadable lock" if holder is None else \
+            f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started', '?')}"
+        raise RunLocked(f"{path} is held by {who}: another worker is running this run "
+                        f"(delete the file if no process uses it)")
+    print(f"warning: taking over the stale lock {path} of pid {holder.get('pid')} (no longer "
+          f"running on {holder.get('host')})", file=sys.stderr)
+    _take_over(path, holder)
 
 
 def release_lock(path, held: dict) -> None:
@@ -106,7 +117,7 @@ def lock_held(log_path) -> bool:
     """Whether a live worker holds the run's lock; the stale lock of a killed one does not count."""
     path = lock_path(log_path)
     holder = _read_holder(path)
-    return path.exists() if holder is None else not _is_stale(holder)  # unreadable: being written
+    return path.exists() if holder is None else not _is_stale(holder)  # unreadable: treated as held
 
 
 @contextmanager
