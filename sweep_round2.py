@@ -26,7 +26,7 @@ from pathlib import Path
 
 from utils.config import RunConfig
 from utils.logs import load_summaries
-from utils.round2 import progress, projected_hours, run_states
+from utils.round2 import current_plan, progress, projected_hours, run_states
 
 
 def command(cfg: RunConfig, threads: int | None, ckpt_dir: str | None = None) -> list[str]:
@@ -71,10 +71,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.threads = 1 if args.workers > 1 else None
     if args.list:
-        states = run_states(args.log_dir, model=args.model, data_dir=args.data_dir)
+        plan = current_plan(args.log_dir)
+        states = run_states(args.log_dir, model=args.model, data_dir=args.data_dir, plan=plan)
         for state, cfg in states:
             print(state if cfg is None else f"{state:9s} {' '.join(command(cfg, args.threads, args.ckpt_dir)[1:])}")
-        spent, total = projected_hours(load_summaries(args.log_dir)) if Path(args.log_dir).is_dir() else (0, 0)
+        spent, total = projected_hours(load_summaries(args.log_dir), plan[0]) if Path(args.log_dir).is_dir() else (0, 0)
         print(f"# {progress(states)}; {spent:.1f} worker-hours so far, {total:.1f} projected (budget 40)")
         return 0
     if args.worker_id is not None or args.workers == 1:

@@ -217,3 +217,45 @@ def test_convergence_compares_the_last_two_epochs_on_holdout(round2_logs):
     assert not conv["converged"].any()  # 0.01 > MRPC's 0.005
     loose = runs.assign(**{"holdout_f1": runs["holdout_f1"].where(runs["epoch"] > 5, runs["holdout_f1"] + 0.006)})
     assert round2.convergence(loose, round2.selected_lrs(runs))["converged"].all()  # |−0.004| <= 0.005
+
+
+def _mrpc_step3(finals: dict, full=0.872, lr=1e-3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(summaries, selected) of MRPC step 3: each init of `finals` (its final dev F1 per seed 0-2) and
+    full fine-tuning (`full` on seeds 0-2), every series at `lr`."""
+    rows = [{"task": "mrpc", "status": "finished", "method": "lora-fa", "init": init, "rank": 4, "lr": lr,
+             "seed": s, "final_f1": f} for init, fs in finals.items() for s, f in enumerate(fs)]
+    rows += [{"task": "mrpc", "status": "finished", "method": "full", "init": "none", "rank": 0, "lr": lr,
+              "seed": s, "final_f1": full} for s in range(3)]
+    selected = pd.DataFrame([{"task": "mrpc", "method": m, "init": i, "rank": r, "lr": lr}
+                             for m, i, r in {(x["method"], x["init"], x["rank"]) for x in rows}])
+    return pd.DataFrame(rows), selected
+
+
+@pytest.mark.parametrize("pissa, added", [
+    ((0.85, 0.86, 0.84), [("mrpc", "random"), ("mrpc", "pissa")]),  # best pissa: share (0.85 - 0.812) / 0.06 = 0.63
+    ((0.82, 0.83, 0.81), [("mrpc", "random")]),  # best random (0.84): added once
+    ((0.87, 0.866, 0.87), []),  # best pissa at share (0.8687 - 0.812) / 0.06 = 0.94: the goal is met
+])
+def test_mrpc_rank16_row_follows_amendment_2(pissa, added):
+    finals = {init: (0.84, 0.84, 0.84) if init == "random" else (0.80, 0.81, 0.82) for init in round2.INITS}
+    summaries, selected = _mrpc_step3({**finals, "pissa": pissa})
+    majority = {"mrpc": {"f1": 0.812}}
+    assert round2.limit_row(summaries, selected, majority) == [*round2.LIMIT_ROW, *added]
+    # undecided while any of those runs is unfinished: the row stays CoLA's
+    for drop in (summaries.index[-1], summaries.index[0]):  # full fine-tuning's seed 2; random's seed 0
+        running = summaries.assign(status=["running" if k == drop else "finished" for k in summaries.index])
+        assert round2.limit_row(running, selected, majority) == list(round2.LIMIT_ROW)
+    plan = round2.planned_runs(round2.limit_row(summaries, selected, majority))
+    r16 = [row for row in plan if row[0] == "mrpc" and row[5] == round2.LIMIT_RANK]
+    assert len(r16) == 5 * len(added) and {row[2] for row in r16} == {init for _, init in added}
+    if added:  # after CoLA's rank-16 row, before step 3's seeds 3-4
+        cola_r16 = max(k for k, row in enumerate(plan) if row[0] == "cola" and row[5] == round2.LIMIT_RANK)
+        seed3 = min(k for k, row in enumerate(plan) if row[4] == 3)
+        assert cola_r16 < plan.index(r16[0]) and plan.index(r16[-1]) < seed3
+
+
+def test_series_gain_an_mrpc_rank16_row_once_its_runs_exist():
+    runs = pd.DataFrame({"task": ["mrpc", "mrpc"], "method": ["lora-fa"] * 2, "init": ["pissa", "random"],
+                         "rank": [16, 4]})
+    extra = set(round2.series(runs)) - set(round2.series())
+    assert extra == {("mrpc", "lora-fa", "pissa", 16)}

@@ -8,7 +8,8 @@
 4. The small-lr half: every init at `SMALL_LR`, seeds 0 (the selection run) and `SMALL_LR_SEEDS`.
 The rank-16 row (amendment 2): every init at rank `LIMIT_RANK` on `LIMIT_TASKS`, lr chosen over
 `LIMIT_LRS` (seed 0) as in step 2, then seeds `LIMIT_SEEDS`: is rank what holds LoRA-FA below full
-fine-tuning? A series is (task, method, init, rank): rank 0 for the ceilings, `RANK` for steps 2-4.
+fine-tuning? On MRPC only `random` and the best rank-4 init, if that one stays below `GOAL` (`limit_row`).
+A series is (task, method, init, rank): rank 0 for the ceilings, `RANK` for steps 2-4.
 
 `sweep_round2.py` runs `planned_runs()`; `utils.round2_report` reads the results back.
 """
@@ -23,7 +24,8 @@ import pandas as pd
 from utils.config import RunConfig
 from utils.glue import get_task
 from utils.locks import lock_held
-from utils.logs import load_runs, read_log
+from utils.logs import load_runs, load_summaries, read_log
+from utils.stats import majority_metrics
 
 LORA_LRS = (1e-4, 4e-4, 1.7e-3, 7e-3, 3e-2)  # the per-init selection grid (step 2)
 GRID_LRS = {"full": (2e-5, 5e-5, 1e-4), "head": (1e-3, 5e-3, 2e-2), "lora-fa": LORA_LRS}  # steps 1 and 2
@@ -39,13 +41,17 @@ RANK = 4  # steps 2-4
 LIMIT_RANK, LIMIT_TASKS = 16, ("cola",)  # the rank-16 row
 LIMIT_LRS = (4e-4, 1.7e-3, 7e-3)  # the middle of LORA_LRS: at its ends no init passed dev MCC 0.046 on CoLA at rank 4
 LIMIT_SEEDS = (1, 2)  # beyond the selection run's seed 0
+LIMIT_ROW = tuple((t, init) for t in LIMIT_TASKS for init in INITS)  # (task, init) always in the rank-16 row
+GOAL = 0.9  # the issue's goal: this share of full fine-tuning's final dev gain over the majority class
 SELECT = "select"  # in `planned_runs`: the lr chosen for this (task, method, init)
 CONVERGED = {"mrpc": 0.005, "cola": 0.01, "rte": 0.01}  # step 3's rule: last vs previous epoch on holdout
 
 
-def planned_runs() -> list[tuple]:
+def planned_runs(limit=None) -> list[tuple]:
     """(task, method, init, lr, seed, rank) in priority order; lr `SELECT` is the lr chosen on the task,
-    (`SELECT`, task) the one chosen on another task. init "none" and rank 0 for the ceilings."""
+    (`SELECT`, task) the one chosen on another task. init "none" and rank 0 for the ceilings. `limit`:
+    the (task, init) pairs of the rank-16 row (default: every init on `LIMIT_TASKS`; `limit_row`)."""
+    limit = LIMIT_ROW if limit is None else limit
     out = []
     for task in ("cola", "mrpc"):  # 1. ceilings, seed 0: the lr grids
         out += [(task, m, "none", lr, 0, 0) for m in ("full", "head") for lr in GRID_LRS[m]]
@@ -58,11 +64,40 @@ def planned_runs() -> list[tuple]:
         out += [(task, "lora-fa", init, SELECT, s, RANK) for s in FINAL_SEEDS[1:3] for init in INITS]
     for task in ("mrpc", "cola"):  # 4. the small-lr half
         out += [(task, "lora-fa", init, SMALL_LR, s, RANK) for s in SMALL_LR_SEEDS for init in INITS]
-    for task in LIMIT_TASKS:  # the rank-16 row: its lr grid, then its seeds
-        out += [(task, "lora-fa", init, lr, 0, LIMIT_RANK) for init in INITS for lr in LIMIT_LRS]
-        out += [(task, "lora-fa", init, SELECT, s, LIMIT_RANK) for s in LIMIT_SEEDS for init in INITS]
+    for task in dict.fromkeys(t for t, _ in limit):  # the rank-16 row: its lr grid, then its seeds
+        inits = [init for t, init in limit if t == task]
+        out += [(task, "lora-fa", init, lr, 0, LIMIT_RANK) for init in inits for lr in LIMIT_LRS]
+        out += [(task, "lora-fa", init, SELECT, s, LIMIT_RANK) for s in LIMIT_SEEDS for init in inits]
     for task in ("mrpc", "cola"):  # 3. the final comparison's seeds 3 and 4
         out += [(task, "lora-fa", init, SELECT, s, RANK) for s in FINAL_SEEDS[3:] for init in INITS]
+    return out
+
+
+def limit_row(summaries: pd.DataFrame, selected: pd.DataFrame, majority: dict) -> list[tuple[str, str]]:
+    """The (task, init) pairs of the rank-16 row: every init on `LIMIT_TASKS`, and on MRPC (amendment 2)
+    `random` and the best rank-4 init, if that one's share of full fine-tuning's gain is below `GOAL`:
+
+        best  = argmax over inits of mean final dev F1, step 3's seeds 0-2 at the chosen lr
+        share = (best's mean − majority F1) / (full fine-tuning's mean over `CEILING_SEEDS` − majority F1)
+
+    MRPC adds nothing until every one of those runs has finished. `summaries`: `load_summaries`;
+    `selected`: `selected_lrs`; `majority`: {task: {metric: value}} (`utils.stats.majority_metrics`)."""
+    out = list(LIMIT_ROW)
+    metric, m0 = "f1", majority.get("mrpc", {}).get("f1")
+    done = summaries[(summaries["task"] == "mrpc") & (summaries["status"] == "finished")] if len(summaries) else summaries
+    chosen = at_selected(done, selected)
+    if m0 is None or chosen.empty:
+        return out
+    seeds = {"lora-fa": FINAL_SEEDS[:3], "full": CEILING_SEEDS}
+    means = {}
+    for (method, init), r in chosen[chosen["rank"].isin([0, RANK])].groupby(["method", "init"]):
+        if method in seeds and set(seeds[method]) <= set(r["seed"]):
+            means[init] = r[r["seed"].isin(seeds[method])][f"final_{metric}"].mean()
+    if "none" not in means or not set(INITS) <= set(means):
+        return out
+    best = max(INITS, key=lambda init: means[init])  # ties: the first of INITS
+    if (means[best] - m0) / (means["none"] - m0) < GOAL:
+        out += [("mrpc", init) for init in dict.fromkeys(("random", best))]
     return out
 
 
@@ -80,17 +115,26 @@ def run_config(task, method, init, lr, seed, rank=RANK, *, model="minilm", log_d
                      log_dir=log_dir, data_dir=data_dir).canonical()
 
 
-def run_states(log_dir, *, model="minilm", data_dir=None, tasks=None) -> list[tuple[str, RunConfig | None]]:
+def current_plan(log_dir) -> tuple[list[tuple], pd.DataFrame | None]:
+    """(`planned_runs` with the rank-16 row the logs in `log_dir` decide (`limit_row`), their
+    `selected_lrs`; None while there are no logs)."""
+    if not Path(log_dir).is_dir():
+        return planned_runs(), None
+    selected = selected_lrs(load_runs(log_dir))
+    return planned_runs(limit_row(load_summaries(log_dir), selected, majority_metrics(log_dir))), selected
+
+
+def run_states(log_dir, *, model="minilm", data_dir=None, tasks=None, plan=None) -> list[tuple[str, RunConfig | None]]:
     """[(state, config)] for every planned run (of `tasks`, if given) against the logs in `log_dir`:
     "finished", "running" (a live process holds its lock; a killed one's stale lock is taken over),
     "ready", or "waiting: ..." with config None while its lr cannot be chosen yet (its grid has
-    unfinished runs)."""
-    selected = selected_lrs(load_runs(log_dir)) if Path(log_dir).is_dir() else None
+    unfinished runs). `plan`: `current_plan(log_dir)`, if already read."""
+    planned, selected = current_plan(log_dir) if plan is None else plan
     chosen = {} if selected is None else {
         key[:4]: key[4] for key in selected[["task", "method", "init", "rank", "lr"]].itertuples(index=False, name=None)
         if not np.isnan(key[4])}
     out = []
-    for task, method, init, lr, seed, rank in planned_runs():
+    for task, method, init, lr, seed, rank in planned:
         if tasks is not None and task not in tasks:
             continue
         if lr == SELECT or isinstance(lr, tuple):  # RTE's (SELECT, "mrpc") rows are in selected_lrs
@@ -182,18 +226,23 @@ def _choose(scores: pd.DataFrame, lrs) -> tuple[float, pd.DataFrame]:
     return float(best), table
 
 
-def series() -> list[tuple[str, str, str, int]]:
-    """(task, method, init, rank) of every series whose lr round 2 selects; RTE borrows MRPC's."""
+def series(runs: pd.DataFrame | None = None) -> list[tuple[str, str, str, int]]:
+    """(task, method, init, rank) of every series whose lr round 2 selects; RTE borrows MRPC's. The
+    rank-16 row: every init on `LIMIT_TASKS`, and each other (task, init) with a rank-16 run in `runs`."""
+    limit = list(LIMIT_ROW)
+    if runs is not None and len(runs):
+        r16 = runs[(runs["method"] == "lora-fa") & (runs["rank"] == LIMIT_RANK)]
+        limit += sorted(set(zip(r16["task"], r16["init"])) - set(limit), key=lambda k: (k[0], INITS.index(k[1])))
     return [(t, m, "none", 0) for t in TASKS for m in ("full", "head")] + \
         [(t, "lora-fa", init, RANK) for t in TASKS for init in INITS] + \
-        [(t, "lora-fa", init, LIMIT_RANK) for t in LIMIT_TASKS for init in INITS]
+        [(t, "lora-fa", init, LIMIT_RANK) for t, init in limit]
 
 
 def selected_lrs(runs: pd.DataFrame) -> pd.DataFrame:
     """The lr chosen for every (task, method, init, rank) of `series()`, NaN while its grid is
     unfinished. Columns task, method, init, rank, lr, grid (how many of the grid's lrs have finished)."""
     rows = []
-    for task, method, init, rank in series():
+    for task, method, init, rank in series(runs):
         grid = grid_lrs(method, rank)
         done = holdout_scores(runs, task, init, method=method, epochs=EPOCHS[task], rank=rank)
         rows.append({"task": task, "method": method, "init": init, "rank": rank,

@@ -14,10 +14,19 @@ from matplotlib.ticker import NullFormatter
 from utils.config import ADAPTER_METHODS
 from utils.figures import STYLE, legend_below, majority_line, metric_label, plot_histories, plt, series_style
 from utils.glue import get_task
-from utils.round2 import EPOCHS, INITS, LIMIT_RANK, LORA_LRS, RANK, TASKS, at_selected, holdout_scores, selected_lrs
+from utils.round2 import (
+    EPOCHS,
+    GOAL,
+    INITS,
+    LIMIT_RANK,
+    LORA_LRS,
+    RANK,
+    TASKS,
+    at_selected,
+    holdout_scores,
+    selected_lrs,
+)
 from utils.stats import series_order, t_interval
-
-GOAL = 0.9  # the goal: this share of full fine-tuning's gain over the majority class
 
 
 def round2_figures(runs: pd.DataFrame, summaries: pd.DataFrame, majority: dict, tasks=None) -> dict[str, plt.Figure]:

@@ -26,6 +26,8 @@ from utils.round2 import (
     convergence,
     grid_lrs,
     holdout_scores,
+    limit_row,
+    planned_runs,
     projected_hours,
     selected_lrs,
 )
@@ -161,7 +163,7 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
     shown = summaries if tasks is None else summaries[summaries["task"].isin([get_task(t).name for t in tasks])]
     out += ["\n### Compute (wall time of each finished run, as logged)\n", to_markdown(compute_table(shown))]
     if tasks is None:
-        spent, total = projected_hours(summaries)
+        spent, total = projected_hours(summaries, planned_runs(limit_row(summaries, selected, baselines)))
         out.append(f"\nRound 2 so far: {spent:.1f} worker-hours; projected total {total:.1f} (each remaining "
                    f"planned run at the median time so far of its task, method and rank; budget 40).")
     return "\n".join(out)
