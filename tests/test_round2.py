@@ -259,3 +259,27 @@ def test_series_gain_an_mrpc_rank16_row_once_its_runs_exist():
                          "rank": [16, 4]})
     extra = set(round2.series(runs)) - set(round2.series())
     assert extra == {("mrpc", "lora-fa", "pissa", 16)}
+
+
+def test_ceiling_ratio_is_the_best_inits_share_of_full_fine_tunings_gain():
+    finals = {init: (0.84, 0.85, 0.83) if init == "eva" else (0.82, 0.82, 0.82) for init in round2.INITS}
+    summaries, selected = _mrpc_step3(finals, full=0.872)
+    best, share = round2.ceiling_ratio(summaries, selected, "mrpc", 0.812)
+    assert best == "eva" and share == pytest.approx((0.84 - 0.812) / (0.872 - 0.812))
+    # over seeds 0-1 only: eva's mean is 0.845
+    assert round2.ceiling_ratio(summaries, selected, "mrpc", 0.812, seeds=(0, 1))[1] == pytest.approx(0.033 / 0.06)
+    assert round2.ceiling_ratio(summaries, selected, "mrpc", 0.812, seeds=(0, 1, 2, 3)) == (None, pytest.approx(np.nan, nan_ok=True))
+    without_grad = summaries[summaries["init"] != "grad"]
+    assert round2.ceiling_ratio(without_grad, selected, "mrpc", 0.812)[0] is None
+
+
+def test_report_states_the_ceiling_ratio_once_every_init_has_runs(round2_logs):
+    md = round2_report(load_runs(round2_logs), load_summaries(round2_logs), {"mrpc": {"f1": 0.812}})
+    assert "Ceiling ratio" not in md  # pissa, milora, eva and grad have no runs
+    for init in ("pissa", "milora", "eva", "grad"):  # holdout peaks at 1.7e-3 (svd's); dev 0.86 there
+        for lr in round2.LORA_LRS:
+            log = _log("lora-fa", init, lr, 0, 0.86 if np.isclose(lr, 1.7e-3) else 0.8, _holdout("svd", lr))
+            write_json_atomic(log, round2_logs / "mrpc" / f"{log['run_id']}.json")
+    md = round2_report(load_runs(round2_logs), load_summaries(round2_logs), {"mrpc": {"f1": 0.812}})
+    share = (0.86 - 0.812) / (0.87 - 0.812)  # pissa (the first of the tied inits), seed 0 against full FT's seed 0
+    assert f"`pissa`, {share:.2f} of full fine-tuning's gain over the majority class; the goal of 90% is not met" in md

@@ -75,30 +75,39 @@ def planned_runs(limit=None) -> list[tuple]:
 
 def limit_row(summaries: pd.DataFrame, selected: pd.DataFrame, majority: dict) -> list[tuple[str, str]]:
     """The (task, init) pairs of the rank-16 row: every init on `LIMIT_TASKS`, and on MRPC (amendment 2)
-    `random` and the best rank-4 init, if that one's share of full fine-tuning's gain is below `GOAL`:
-
-        best  = argmax over inits of mean final dev F1, step 3's seeds 0-2 at the chosen lr
-        share = (best's mean − majority F1) / (full fine-tuning's mean over `CEILING_SEEDS` − majority F1)
-
-    MRPC adds nothing until every one of those runs has finished. `summaries`: `load_summaries`;
-    `selected`: `selected_lrs`; `majority`: {task: {metric: value}} (`utils.stats.majority_metrics`)."""
+    `random` and the best rank-4 init if its share of full fine-tuning's gain is below `GOAL`
+    (`ceiling_ratio` over step 3's seeds 0-2 and the ceiling seeds; nothing until all have finished).
+    `summaries`: `load_summaries`; `selected`: `selected_lrs`; `majority`: {task: {metric: value}}
+    (`utils.stats.majority_metrics`)."""
     out = list(LIMIT_ROW)
-    metric, m0 = "f1", majority.get("mrpc", {}).get("f1")
-    done = summaries[(summaries["task"] == "mrpc") & (summaries["status"] == "finished")] if len(summaries) else summaries
-    chosen = at_selected(done, selected)
-    if m0 is None or chosen.empty:
-        return out
-    seeds = {"lora-fa": FINAL_SEEDS[:3], "full": CEILING_SEEDS}
-    means = {}
-    for (method, init), r in chosen[chosen["rank"].isin([0, RANK])].groupby(["method", "init"]):
-        if method in seeds and set(seeds[method]) <= set(r["seed"]):
-            means[init] = r[r["seed"].isin(seeds[method])][f"final_{metric}"].mean()
-    if "none" not in means or not set(INITS) <= set(means):
-        return out
-    best = max(INITS, key=lambda init: means[init])  # ties: the first of INITS
-    if (means[best] - m0) / (means["none"] - m0) < GOAL:
+    m0 = majority.get("mrpc", {}).get("f1")
+    best, share = (None, np.nan) if m0 is None else ceiling_ratio(summaries, selected, "mrpc", m0, FINAL_SEEDS[:3])
+    if best is not None and share < GOAL:
         out += [("mrpc", init) for init in dict.fromkeys(("random", best))]
     return out
+
+
+def ceiling_ratio(summaries: pd.DataFrame, selected: pd.DataFrame, task: str, m0: float,
+                  seeds=None) -> tuple[str | None, float]:
+    """(the best rank-4 init, its share of full fine-tuning's gain over the majority class `m0`):
+
+        best  = argmax over `INITS` of the mean final dev main metric at the chosen lr (ties: INITS order)
+        share = (best's mean − m0) / (full fine-tuning's mean at its chosen lr − m0)
+
+    over the finished runs of `seeds` (full fine-tuning: `CEILING_SEEDS`); (None, nan) until every init
+    and full fine-tuning have all of them. `seeds` None: whichever have finished, at least one each."""
+    metric = get_task(task).main_metric
+    done = summaries[(summaries["task"] == get_task(task).name) & (summaries["status"] == "finished")
+                     & summaries["rank"].isin([0, RANK])] if len(summaries) else summaries
+    means = {}
+    for (method, init), r in at_selected(done, selected).groupby(["method", "init"]):
+        want = CEILING_SEEDS if method == "full" and seeds is not None else seeds
+        if method in ("full", "lora-fa") and (want is None or set(want) <= set(r["seed"])):
+            means[init] = r[r["seed"].isin(r["seed"] if want is None else want)][f"final_{metric}"].mean()
+    if "none" not in means or not set(INITS) <= set(means):
+        return None, np.nan
+    best = max(INITS, key=lambda init: means[init])
+    return best, float((means[best] - m0) / (means["none"] - m0))
 
 
 def grid_lrs(method: str, rank: int) -> tuple:

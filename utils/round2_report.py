@@ -16,6 +16,7 @@ from utils.glue import get_task
 from utils.report import compute_table, fmt_lr, format_table, paired_markdown, steps_markdown, to_markdown
 from utils.round2 import (
     EPOCHS,
+    GOAL,
     INITS,
     LIMIT_RANK,
     RANK,
@@ -23,6 +24,7 @@ from utils.round2 import (
     TASKS,
     at_selected,
     at_small_lr,
+    ceiling_ratio,
     convergence,
     grid_lrs,
     holdout_scores,
@@ -138,6 +140,11 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
                 + ("" if conv.loc[k, "converged"] else " (not converged)")
                 for k in zip(chosen["method"], chosen["init"], ranks)]
             out += ["\nEvery series at its chosen lr (dev):\n", to_markdown(f)]
+            best, share = ceiling_ratio(s, selected, task, m0)
+            if best is not None:
+                out.append(f"\nCeiling ratio (the best init at rank {RANK} by mean final dev {t.main_metric}, every "
+                           f"finished seed): `{best}`, {share:.2f} of full fine-tuning's gain over the majority "
+                           f"class; the goal of {GOAL:.0%} is {'met' if share >= GOAL else 'not met'}.")
         lora = s[(s["method"] == "lora-fa") & (s["rank"] == RANK)]
         small = summary_table(at_small_lr(lora))
         if not small.empty:
