@@ -12,10 +12,9 @@ from hypothesis import strategies as st
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
+from tests.runner_helpers import REAL_GLUE
 from utils.glue import TASKS, DataNotFoundError, GlueFormatError, get_task, load_glue, read_tsv
 from utils.metrics import compute_metrics
-
-REAL_GLUE = Path(__file__).parents[1] / ".." / "shared" / "glue"
 
 # ---------------------------------------------------------------- fixtures: one per file format
 # Each task: {relative file: content}, and the expected parse {split: (sentence1, sentence2, label)}.

@@ -37,8 +37,8 @@ def _log(method, init, lr, seed, dev_f1, holdout_f1, task="mrpc", rank=4):
     return {"schema": SCHEMA, "run_id": f"{task}_{method}_{init}_r{rank}_lr{lr:g}_s{seed}", "status": "finished",
             "error": None,
             "config": config, "env": {}, "history": history, "train_loss": [],
-            "summary": {"final": final, "best": best, "steps": 40, "wall_time_s": 240.0, "peak_rss_mb": 1.0,
-                        "trainable_params": 10}}
+            "summary": {"final": final, "best": best, "holdout": {"final": dict(history[-1]["holdout"])}, "steps": 40,
+                        "wall_time_s": 240.0, "peak_rss_mb": 1.0, "trainable_params": 10}}
 
 
 def _holdout(series, lr):
@@ -283,3 +283,33 @@ def test_report_states_the_ceiling_ratio_once_every_init_has_runs(round2_logs):
     md = round2_report(load_runs(round2_logs), load_summaries(round2_logs), {"mrpc": {"f1": 0.812}})
     share = (0.86 - 0.812) / (0.87 - 0.812)  # pissa (the first of the tied inits), seed 0 against full FT's seed 0
     assert f"`pissa`, {share:.2f} of full fine-tuning's gain over the majority class; the goal of 90% is not met" in md
+
+
+def _rte_70_30(root):
+    """An RTE folder whose train has 70 `entailment` rows and 30 `not_entailment` (dev: 4 rows)."""
+    (root / "RTE").mkdir(parents=True)
+    head = "index\tsentence1\tsentence2\tlabel\n"
+    rows = ["entailment"] * 70 + ["not_entailment"] * 30
+    (root / "RTE" / "train.tsv").write_text(head + "".join(f"{i}\ta b .\tc d .\t{y}\n" for i, y in enumerate(rows)))
+    (root / "RTE" / "dev.tsv").write_text(head + "".join(f"{i}\ta .\tb .\t{y}\n" for i, y in enumerate(rows[::25])))
+    return root
+
+
+@pytest.mark.parametrize("holdout_acc, verdict", [(0.76, "passes"), (0.74, "fails")])
+def test_rte_gate_compares_full_fine_tuning_with_the_holdouts_majority_class(round2_logs, tmp_path, monkeypatch,
+                                                                             holdout_acc, verdict):
+    """10 % of 70/30 rows held out, stratified: 7 + 3, so the majority class scores 0.7 on holdout by hand;
+    the rule asks for 5 points above it."""
+    from utils.stats import holdout_majority
+    glue = _rte_70_30(tmp_path / "glue")
+    assert holdout_majority("rte", 0.1, glue) == {"accuracy": pytest.approx(0.7)}
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    assert holdout_majority("rte", 0.1) is None  # no local data: no hub call from a report
+    log = _log("full", "none", 5e-5, 0, 0.6, 0.0, task="rte")  # MRPC's chosen full-FT lr in the fixture
+    log["summary"]["holdout"]["final"]["accuracy"] = holdout_acc  # the final evaluation's (history[-1])
+    write_json_atomic(log, round2_logs / "rte" / f"{log['run_id']}.json")
+    monkeypatch.setenv("GLUE_DIR", str(glue))
+    md = round2_report(load_runs(round2_logs), load_summaries(round2_logs), {"mrpc": {"f1": 0.812}})
+    points = 100 * (holdout_acc - 0.7)
+    assert (f"full fine-tuning ends at holdout accuracy {holdout_acc:.3f} against the holdout's majority class "
+            f"0.700 ({points:+.1f} points; the rule asks for +5): it {verdict}") in md

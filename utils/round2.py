@@ -31,7 +31,9 @@ LORA_LRS = (1e-4, 4e-4, 1.7e-3, 7e-3, 3e-2)  # the per-init selection grid (step
 GRID_LRS = {"full": (2e-5, 5e-5, 1e-4), "head": (1e-3, 5e-3, 2e-2), "lora-fa": LORA_LRS}  # steps 1 and 2
 INITS = ("random", "svd", "pissa", "milora", "eva", "grad")
 TASKS = ("mrpc", "cola")  # RTE: ceilings only (its LoRA-FA grid did not fit the budget)
+RTE_GATE = 0.05  # step 1: RTE is worth LoRA-FA runs only if full FT's final holdout accuracy beats the majority by this
 EPOCHS = {"mrpc": 6, "cola": 4, "rte": 6}
+HOLDOUT = 0.1  # the share of train held out to choose lrs on (stratified, `utils.data.holdout_split`)
 EVAL_EVERY = {"mrpc": 52, "cola": 120, "rte": 35}  # twice per epoch after the 10 % holdout
 CEILING_SEEDS = (0, 1, 2)  # step 1: seed 0 is the selection run itself
 FINAL_SEEDS = (0, 1, 2, 3, 4)  # step 3, likewise
@@ -120,7 +122,7 @@ def run_config(task, method, init, lr, seed, rank=RANK, *, model="minilm", log_d
     """The RunConfig of one round-2 run (every setting the protocol fixes)."""
     return RunConfig(task=task, model=model, method=method, init="random" if init == "none" else init,
                      rank=rank, lr=lr, seed=seed, epochs=EPOCHS[task], eval_every=EVAL_EVERY[task], batch_size=32,
-                     max_length=128, bf16=False, group_by_length=True, holdout=0.1, init_batches=8,
+                     max_length=128, bf16=False, group_by_length=True, holdout=HOLDOUT, init_batches=8,
                      log_dir=log_dir, data_dir=data_dir).canonical()
 
 

@@ -17,9 +17,11 @@ from utils.report import compute_table, fmt_lr, format_table, paired_markdown, s
 from utils.round2 import (
     EPOCHS,
     GOAL,
+    HOLDOUT,
     INITS,
     LIMIT_RANK,
     RANK,
+    RTE_GATE,
     SMALL_LR,
     TASKS,
     at_selected,
@@ -35,6 +37,7 @@ from utils.round2 import (
 )
 from utils.stats import (
     PAIRED_BY_SERIES,
+    holdout_majority,
     holm,
     paired_comparison,
     series_order,
@@ -70,6 +73,20 @@ def _pairs(summaries: pd.DataFrame, selected: pd.DataFrame) -> tuple[pd.DataFram
         out[1]["a"] = [f"{i} r{a}" for i, a in zip(out[1]["init"], out[1]["a"])]
         out[1]["b"] = [f"{i} r{b}" for i, b in zip(out[1]["init"], out[1]["b"])]
     return out[0], out[1]
+
+
+def _rte_gate(summaries: pd.DataFrame, selected: pd.DataFrame) -> str:
+    """Step 1's rule for RTE, as a sentence: does full fine-tuning's seed-0 run (at MRPC's lr) end more
+    than `RTE_GATE` above the holdout's majority class in holdout accuracy?"""
+    full = at_selected(summaries[(summaries["method"] == "full") & (summaries["seed"] == 0)], selected)
+    majority = holdout_majority("rte", HOLDOUT)
+    if full.empty or majority is None:
+        return "\nRTE's gate: waiting for full fine-tuning's seed-0 run" + ("" if full.empty else " and the GLUE data (GLUE_DIR)")
+    acc, m0 = float(full["final_holdout_accuracy"].iloc[0]), majority["accuracy"]
+    verdict = "passes: RTE is worth a LoRA-FA grid in a later round" if acc - m0 >= RTE_GATE else \
+        "fails: RTE stays out of the LoRA-FA comparison"
+    return (f"\nRTE's gate (step 1): full fine-tuning ends at holdout accuracy {acc:.3f} against the holdout's "
+            f"majority class {m0:.3f} ({100 * (acc - m0):+.1f} points; the rule asks for {100 * RTE_GATE:+.0f}): it {verdict}.")
 
 
 def _label(method: str, init: str, rank: int) -> str:
@@ -145,6 +162,8 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
                 out.append(f"\nCeiling ratio (the best init at rank {RANK} by mean final dev {t.main_metric}, every "
                            f"finished seed): `{best}`, {share:.2f} of full fine-tuning's gain over the majority "
                            f"class; the goal of {GOAL:.0%} is {'met' if share >= GOAL else 'not met'}.")
+        if task == "rte":
+            out.append(_rte_gate(s, selected))
         lora = s[(s["method"] == "lora-fa") & (s["rank"] == RANK)]
         small = summary_table(at_small_lr(lora))
         if not small.empty:

@@ -174,6 +174,22 @@ def majority_metrics(log_dir) -> dict[str, dict[str, float]]:
     return out
 
 
+def holdout_majority(task, fraction: float, data_dir=None) -> dict[str, float] | None:
+    """{metric: value} of the constant prediction of the training rows' majority class on the holdout
+    slice that runs with `--holdout fraction` keep out of train (`utils.data.holdout_split`); None
+    without local GLUE data (`data_dir`, else $GLUE_DIR: a report never waits on the hub)."""
+    from utils.data import holdout_split  # noqa: PLC0415 (the tokenising stack: only here)
+    from utils.glue import load_glue, local_data_dir  # noqa: PLC0415
+
+    task = get_task(task)
+    if task.is_regression or local_data_dir(data_dir) is None:
+        return None
+    labels = np.asarray(load_glue(task, data_dir).train["label"])
+    keep, held = holdout_split(labels, fraction)
+    majority = np.bincount(labels[keep]).argmax()
+    return compute_metrics(task.name, np.full(len(held), majority), labels[held])
+
+
 # Round 1's paired tests (a − b), one Holm family: each SVD-based init against random, and pissa
 # against svd, which share A and B at step 0 and differ only in the base (W − W_r vs W): that contrast
 # isolates svd's start shift W_eff = W + W_r from its A. seed − random tests the original claim with
