@@ -1,9 +1,9 @@
 """Round 2's report as markdown (README "Round 2 protocol"; the runs and lr choice: `utils.round2`).
 
 Per task: the lr selection on holdout, the ceilings and every init at its chosen lr (dev; share of
-full fine-tuning's gain over the majority class; convergence), the small-lr half, their paired tests
-(one Holm family over every task), steps to target, and on `LIMIT_TASKS` the rank-16 row against
-rank 4 (its own Holm family). Every metric is on the GLUE dev split unless a column says holdout.
+full fine-tuning's gain over the majority class; convergence) with the ceiling ratio, RTE's gate, the
+small-lr half, their paired tests (one Holm family over every task), steps to target, and the rank-16
+row against rank 4 (its own Holm family). Every metric is on the GLUE dev split unless a column says holdout.
 """
 from __future__ import annotations
 
@@ -76,12 +76,14 @@ def _pairs(summaries: pd.DataFrame, selected: pd.DataFrame) -> tuple[pd.DataFram
 
 
 def _rte_gate(summaries: pd.DataFrame, selected: pd.DataFrame) -> str:
-    """Step 1's rule for RTE, as a sentence: does full fine-tuning's seed-0 run (at MRPC's lr) end more
-    than `RTE_GATE` above the holdout's majority class in holdout accuracy?"""
+    """Step 1's rule for RTE, as a sentence: does full fine-tuning's seed-0 run (at MRPC's lr) end at least
+    `RTE_GATE` above the holdout's majority class in holdout accuracy?"""
     full = at_selected(summaries[(summaries["method"] == "full") & (summaries["seed"] == 0)], selected)
     majority = holdout_majority("rte", HOLDOUT)
-    if full.empty or majority is None:
-        return "\nRTE's gate: waiting for full fine-tuning's seed-0 run" + ("" if full.empty else " and the GLUE data (GLUE_DIR)")
+    if full.empty:
+        return "\nRTE's gate (step 1): waiting for full fine-tuning's seed-0 run."
+    if majority is None:
+        return "\nRTE's gate (step 1): needs the GLUE data (GLUE_DIR) for the holdout's majority class."
     acc, m0 = float(full["final_holdout_accuracy"].iloc[0]), majority["accuracy"]
     verdict = "passes: RTE is worth a LoRA-FA grid in a later round" if acc - m0 >= RTE_GATE else \
         "fails: RTE stays out of the LoRA-FA comparison"
