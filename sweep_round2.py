@@ -9,7 +9,8 @@ Resumable: finished runs are skipped, interrupted ones continue from their check
 Every worker walks the whole list in priority order and runs the first run that is neither finished nor
 held by another worker (lock files), one `run_glue.py` process per run. A run whose lr is "select"
 waits until every lr of its init's selection grid has finished (`utils.round2.select_lr`; the protocol's
-runs and settings are `utils.round2`). To keep
+runs and settings are `utils.round2`); MRPC's rank-16 runs join the list once amendment 2's rule has
+decided them (`utils.round2.limit_row`). To keep
 editing the code meanwhile, run it from a worktree of a fixed commit with `--log-dir` pointing back:
     git worktree add ../sweep HEAD && cd ../sweep && \\
     GLUE_DIR=$PWD/../shared/glue nohup python sweep_round2.py --workers 2 --log-dir $OLDPWD/logs/round2 \\
