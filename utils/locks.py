@@ -69,8 +69,8 @@ def _take_over(path: Path, stale: dict) -> None:
 
 def acquire_lock(path) -> dict:
     """Create the lock file `path` atomically (a full draft hard-linked into place) holding this
-    process's pid and host (JSON); returns what it wrote. A stale lock (its pid is dead on this host) is taken over with a
-    warning on stderr; RunLocked if a live process (or one on another host) holds it."""
+    process's pid and host (JSON); returns what it wrote. A stale lock (its pid is dead on this host)
+    is taken over with a warning on stderr; RunLocked if a live process (or one on another host) holds it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex,
