@@ -24,7 +24,7 @@ import pandas as pd
 from utils.config import RunConfig
 from utils.glue import get_task
 from utils.locks import lock_held
-from utils.logs import load_runs, load_summaries, read_log
+from utils.logs import load_runs, load_summaries, read_log, read_logs
 from utils.stats import majority_metrics
 
 LORA_LRS = (1e-4, 4e-4, 1.7e-3, 7e-3, 3e-2)  # the per-init selection grid (step 2)
@@ -131,8 +131,9 @@ def current_plan(log_dir) -> tuple[list[tuple], pd.DataFrame | None]:
     `selected_lrs`; None while there are no logs)."""
     if not Path(log_dir).is_dir():
         return planned_runs(), None
-    selected = selected_lrs(load_runs(log_dir))
-    return planned_runs(limit_row(load_summaries(log_dir), selected, majority_metrics(log_dir))), selected
+    logs = read_logs(log_dir, status=None)  # read once for the three tables (a worker calls this per run)
+    selected = selected_lrs(load_runs(logs))
+    return planned_runs(limit_row(load_summaries(logs), selected, majority_metrics(logs))), selected
 
 
 def run_states(log_dir, *, model="minilm", data_dir=None, tasks=None, plan=None) -> list[tuple[str, RunConfig | None]]:

@@ -79,9 +79,9 @@ def _rte_gate(summaries: pd.DataFrame, selected: pd.DataFrame) -> str:
     """Step 1's rule for RTE, as a sentence: does full fine-tuning's seed-0 run (at MRPC's lr) end at least
     `RTE_GATE` above the holdout's majority class in holdout accuracy?"""
     full = at_selected(summaries[(summaries["method"] == "full") & (summaries["seed"] == 0)], selected)
-    majority = holdout_majority("rte", HOLDOUT)
     if full.empty:
         return "\nRTE's gate (step 1): waiting for full fine-tuning's seed-0 run."
+    majority = holdout_majority("rte", HOLDOUT)  # reads RTE's train labels: only once there is a run to judge
     if majority is None:
         return "\nRTE's gate (step 1): needs the GLUE data (GLUE_DIR) for the holdout's majority class."
     acc, m0 = float(full["final_holdout_accuracy"].iloc[0]), majority["accuracy"]

@@ -169,9 +169,13 @@ def majority_metrics(log_dir) -> dict[str, dict[str, float]]:
         if task.name in out or task.is_regression or not pred_file.exists():
             continue
         labels = np.asarray(load_predictions(pred_file)["dev"]["label"])
-        majority = np.full_like(labels, np.bincount(labels).argmax())
-        out[task.name] = compute_metrics(task.name, majority, labels)
+        out[task.name] = _constant_majority(task.name, labels, labels)
     return out
+
+
+def _constant_majority(task: str, labels, fit_labels) -> dict[str, float]:
+    """{metric: value} on `labels` of always predicting the most frequent class of `fit_labels`."""
+    return compute_metrics(task, np.full_like(labels, np.bincount(fit_labels).argmax()), labels)
 
 
 def holdout_majority(task, fraction: float, data_dir=None) -> dict[str, float] | None:
@@ -186,8 +190,7 @@ def holdout_majority(task, fraction: float, data_dir=None) -> dict[str, float] |
         return None
     labels = np.asarray(load_glue(task, data_dir).train["label"])
     keep, held = holdout_split(labels, fraction)
-    majority = np.bincount(labels[keep]).argmax()
-    return compute_metrics(task.name, np.full(len(held), majority), labels[held])
+    return _constant_majority(task.name, labels[held], labels[keep])
 
 
 # Round 1's paired tests (a − b), one Holm family: each SVD-based init against random, and pissa
