@@ -10,7 +10,8 @@ Every worker walks the whole list in priority order and runs the first run that 
 held by another worker (lock files), one `run_glue.py` process per run. A run whose lr is "select"
 waits until every lr of its init's selection grid has finished (`utils.round2.select_lr`; the protocol's
 runs and settings are `utils.round2`); MRPC's rank-16 runs join the list once amendment 2's rule has
-decided them (`utils.round2.limit_row`). To keep
+decided them, and the mpnet confirmation's once every MiniLM run has finished and as far as the budget
+allows (amendment 3; `utils.round2_plan`), its logs next to `--log-dir` (logs/round2_mpnet). To keep
 editing the code meanwhile, run it from a worktree of a fixed commit with `--log-dir` pointing back:
     git worktree add ../sweep HEAD && cd ../sweep && \\
     GLUE_DIR=$PWD/../shared/glue nohup python sweep_round2.py --workers 2 --log-dir $OLDPWD/logs/round2 \\
@@ -23,11 +24,10 @@ import argparse
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from utils.config import RunConfig
-from utils.logs import load_summaries
-from utils.round2 import current_plan, progress, projected_hours, run_states
+from utils.round2 import BUDGET
+from utils.round2_plan import current_plan, progress, run_states
 
 
 def command(cfg: RunConfig, threads: int | None, ckpt_dir: str | None = None) -> list[str]:
@@ -72,12 +72,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.threads = 1 if args.workers > 1 else None
     if args.list:
-        plan = current_plan(args.log_dir)
-        states = run_states(args.log_dir, model=args.model, data_dir=args.data_dir, plan=plan)
+        plan = current_plan(args.log_dir, model=args.model, data_dir=args.data_dir)
+        states = run_states(args.log_dir, plan=plan)
         for state, cfg in states:
             print(state if cfg is None else f"{state:9s} {' '.join(command(cfg, args.threads, args.ckpt_dir)[1:])}")
-        spent, total = projected_hours(load_summaries(args.log_dir), plan[0]) if Path(args.log_dir).is_dir() else (0, 0)
-        print(f"# {progress(states)}; {spent:.1f} worker-hours so far, {total:.1f} projected (budget 40)")
+        spent, total = plan.hours
+        print(f"# {progress(states)}; {spent:.1f} worker-hours so far, {total:.1f} projected (budget {BUDGET})")
         return 0
     if args.worker_id is not None or args.workers == 1:
         worker(args.worker_id or 0, args)

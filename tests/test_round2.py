@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from tests.runner_helpers import dead_pid
-from utils import figures, plots, round2, round2_figures
+from utils import figures, plots, round2, round2_figures, round2_plan
 from utils.logs import SCHEMA, load_runs, load_summaries, write_json_atomic
 from utils.round2_report import round2_report
 from utils.stats import holm, majority_metrics
@@ -190,22 +190,22 @@ def test_train_ready_runs_what_the_selection_allows(round2_logs, monkeypatch):
         write_json_atomic(_log(cfg.method, cfg.init, cfg.lr, cfg.seed, 0.6, 0.6, task=cfg.task), cfg.log_path)
 
     monkeypatch.setattr("utils.train.run_experiment", fake_run)
-    assert round2.train_ready(round2_logs / "none", tasks=["rte"]) == 0  # no MRPC grid: RTE waits
-    assert round2.train_ready(round2_logs, tasks=["rte"]) == 2
+    assert round2_plan.train_ready(round2_logs / "none", tasks=["rte"]) == 0  # no MRPC grid: RTE waits
+    assert round2_plan.train_ready(round2_logs, tasks=["rte"]) == 2
     assert {(c.method, c.lr, c.seed, c.epochs) for c in trained} == {("full", 5e-5, 0, 6), ("head", 5e-3, 0, 6)}
-    assert round2.train_ready(round2_logs, tasks=["rte"]) == 0  # finished: only reads the logs
-    states = [s for s, _ in round2.run_states(round2_logs, tasks=["rte"])]
+    assert round2_plan.train_ready(round2_logs, tasks=["rte"]) == 0  # finished: only reads the logs
+    states = [s for s, _ in round2_plan.run_states(round2_logs, tasks=["rte"])]
     assert states == ["finished", "finished"]
 
 
 def test_run_states_sees_live_locks_and_takes_over_stale_ones(round2_logs):
     dead = dead_pid()
-    _, first = next((s, c) for s, c in round2.run_states(round2_logs) if s == "ready")
+    _, first = next((s, c) for s, c in round2_plan.run_states(round2_logs) if s == "ready")
     lock = first.log_path.with_suffix(".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     for pid, state in ((os.getpid(), "running"), (dead, "ready")):
         lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
-        assert dict((c.run_id, s) for s, c in round2.run_states(round2_logs) if c)[first.run_id] == state
+        assert dict((c.run_id, s) for s, c in round2_plan.run_states(round2_logs) if c)[first.run_id] == state
 
 
 def test_convergence_compares_the_last_two_epochs_on_holdout(round2_logs):
@@ -240,12 +240,12 @@ def test_mrpc_rank16_row_follows_amendment_2(pissa, added):
     finals = {init: (0.84, 0.84, 0.84) if init == "random" else (0.80, 0.81, 0.82) for init in round2.INITS}
     summaries, selected = _mrpc_step3({**finals, "pissa": pissa})
     majority = {"mrpc": {"f1": 0.812}}
-    assert round2.limit_row(summaries, selected, majority) == [*round2.LIMIT_ROW, *added]
+    assert round2_plan.limit_row(summaries, selected, majority) == [*round2.LIMIT_ROW, *added]
     # undecided while any of those runs is unfinished: the row stays CoLA's
     for drop in (summaries.index[-1], summaries.index[0]):  # full fine-tuning's seed 2; random's seed 0
         running = summaries.assign(status=["running" if k == drop else "finished" for k in summaries.index])
-        assert round2.limit_row(running, selected, majority) == list(round2.LIMIT_ROW)
-    plan = round2.planned_runs(round2.limit_row(summaries, selected, majority))
+        assert round2_plan.limit_row(running, selected, majority) == list(round2.LIMIT_ROW)
+    plan = round2.planned_runs(round2_plan.limit_row(summaries, selected, majority))
     r16 = [row for row in plan if row[0] == "mrpc" and row[5] == round2.LIMIT_RANK]
     assert len(r16) == 5 * len(added) and {row[2] for row in r16} == {init for _, init in added}
     if added:  # after CoLA's rank-16 row, before step 3's seeds 3-4
@@ -264,13 +264,13 @@ def test_series_gain_an_mrpc_rank16_row_once_its_runs_exist():
 def test_ceiling_ratio_is_the_best_inits_share_of_full_fine_tunings_gain():
     finals = {init: (0.84, 0.85, 0.83) if init == "eva" else (0.82, 0.82, 0.82) for init in round2.INITS}
     summaries, selected = _mrpc_step3(finals, full=0.872)
-    best, share = round2.ceiling_ratio(summaries, selected, "mrpc", 0.812)
+    best, share = round2_plan.ceiling_ratio(summaries, selected, "mrpc", 0.812)
     assert best == "eva" and share == pytest.approx((0.84 - 0.812) / (0.872 - 0.812))
     # over seeds 0-1 only: eva's mean is 0.845
-    assert round2.ceiling_ratio(summaries, selected, "mrpc", 0.812, seeds=(0, 1))[1] == pytest.approx(0.033 / 0.06)
-    assert round2.ceiling_ratio(summaries, selected, "mrpc", 0.812, seeds=(0, 1, 2, 3)) == (None, pytest.approx(np.nan, nan_ok=True))
+    assert round2_plan.ceiling_ratio(summaries, selected, "mrpc", 0.812, seeds=(0, 1))[1] == pytest.approx(0.033 / 0.06)
+    assert round2_plan.ceiling_ratio(summaries, selected, "mrpc", 0.812, seeds=(0, 1, 2, 3)) == (None, pytest.approx(np.nan, nan_ok=True))
     without_grad = summaries[summaries["init"] != "grad"]
-    assert round2.ceiling_ratio(without_grad, selected, "mrpc", 0.812)[0] is None
+    assert round2_plan.ceiling_ratio(without_grad, selected, "mrpc", 0.812)[0] is None
 
 
 def test_report_states_the_ceiling_ratio_once_every_init_has_runs(round2_logs):

@@ -8,24 +8,22 @@
 4. The small-lr half: every init at `SMALL_LR`, seeds 0 (the selection run) and `SMALL_LR_SEEDS`.
 The rank-16 row (amendment 2): every init at rank `LIMIT_RANK` on `LIMIT_TASKS`, lr chosen over
 `LIMIT_LRS` (seed 0) as in step 2, then seeds `LIMIT_SEEDS`: is rank what holds LoRA-FA below full
-fine-tuning? On MRPC only `random` and the best rank-4 init, if that one stays below `GOAL` (`limit_row`).
+fine-tuning? On MRPC only `random` and the best rank-4 init, if that one stays below `GOAL`
+(`utils.round2_plan.limit_row`).
 A series is (task, method, init, rank): rank 0 for the ceilings, `RANK` for steps 2-4.
 
-`sweep_round2.py` runs `planned_runs()`; `utils.round2_report` reads the results back.
+`utils.round2_plan` decides from the logs what runs next (the rank-16 row on MRPC, the mpnet
+confirmation) and `sweep_round2.py` runs it; `utils.round2_report` reads the results back.
 """
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from utils.config import RunConfig
 from utils.glue import get_task
-from utils.locks import lock_held
-from utils.logs import load_runs, load_summaries, read_log, read_logs
-from utils.stats import majority_metrics
 
 LORA_LRS = (1e-4, 4e-4, 1.7e-3, 7e-3, 3e-2)  # the per-init selection grid (step 2)
 GRID_LRS = {"full": (2e-5, 5e-5, 1e-4), "head": (1e-3, 5e-3, 2e-2), "lora-fa": LORA_LRS}  # steps 1 and 2
@@ -44,6 +42,7 @@ LIMIT_RANK, LIMIT_TASKS = 16, ("cola",)  # the rank-16 row
 LIMIT_LRS = (4e-4, 1.7e-3, 7e-3)  # the middle of LORA_LRS: at its ends no init passed dev MCC 0.046 on CoLA at rank 4
 LIMIT_SEEDS = (1, 2)  # beyond the selection run's seed 0
 LIMIT_ROW = tuple((t, init) for t in LIMIT_TASKS for init in INITS)  # (task, init) always in the rank-16 row
+BUDGET = 40  # worker-hours on this machine for the whole round (step 5)
 GOAL = 0.9  # the issue's goal: this share of full fine-tuning's final dev gain over the majority class
 SELECT = "select"  # in `planned_runs`: the lr chosen for this (task, method, init)
 CONVERGED = {"mrpc": 0.005, "cola": 0.01, "rte": 0.01}  # step 3's rule: last vs previous epoch on holdout
@@ -75,43 +74,6 @@ def planned_runs(limit=None) -> list[tuple]:
     return out
 
 
-def limit_row(summaries: pd.DataFrame, selected: pd.DataFrame, majority: dict) -> list[tuple[str, str]]:
-    """The (task, init) pairs of the rank-16 row: every init on `LIMIT_TASKS`, and on MRPC (amendment 2)
-    `random` and the best rank-4 init if its share of full fine-tuning's gain is below `GOAL`
-    (`ceiling_ratio` over step 3's seeds 0-2 and the ceiling seeds; nothing until all have finished).
-    `summaries`: `load_summaries`; `selected`: `selected_lrs`; `majority`: {task: {metric: value}}
-    (`utils.stats.majority_metrics`)."""
-    out = list(LIMIT_ROW)
-    m0 = majority.get("mrpc", {}).get("f1")
-    best, share = (None, np.nan) if m0 is None else ceiling_ratio(summaries, selected, "mrpc", m0, FINAL_SEEDS[:3])
-    if best is not None and share < GOAL:
-        out += [("mrpc", init) for init in dict.fromkeys(("random", best))]
-    return out
-
-
-def ceiling_ratio(summaries: pd.DataFrame, selected: pd.DataFrame, task: str, m0: float,
-                  seeds=None) -> tuple[str | None, float]:
-    """(the best rank-4 init, its share of full fine-tuning's gain over the majority class `m0`):
-
-        best  = argmax over `INITS` of the mean final dev main metric at the chosen lr (ties: INITS order)
-        share = (best's mean − m0) / (full fine-tuning's mean at its chosen lr − m0)
-
-    over the finished runs of `seeds` (full fine-tuning: `CEILING_SEEDS`); (None, nan) until every init
-    and full fine-tuning have all of them. `seeds` None: whichever have finished, at least one each."""
-    metric = get_task(task).main_metric
-    done = summaries[(summaries["task"] == get_task(task).name) & (summaries["status"] == "finished")
-                     & summaries["rank"].isin([0, RANK])] if len(summaries) else summaries
-    means = {}
-    for (method, init), r in at_selected(done, selected).groupby(["method", "init"]):
-        want = CEILING_SEEDS if method == "full" and seeds is not None else seeds
-        if method in ("full", "lora-fa") and (want is None or set(want) <= set(r["seed"])):
-            means[init] = r[r["seed"].isin(r["seed"] if want is None else want)][f"final_{metric}"].mean()
-    if "none" not in means or not set(INITS) <= set(means):
-        return None, np.nan
-    best = max(INITS, key=lambda init: means[init])
-    return best, float((means[best] - m0) / (means["none"] - m0))
-
-
 def grid_lrs(method: str, rank: int) -> tuple:
     """The lrs a series of `method` at `rank` chooses from."""
     return LIMIT_LRS if method == "lora-fa" and rank == LIMIT_RANK else GRID_LRS[method]
@@ -124,60 +86,6 @@ def run_config(task, method, init, lr, seed, rank=RANK, *, model="minilm", log_d
                      rank=rank, lr=lr, seed=seed, epochs=EPOCHS[task], eval_every=EVAL_EVERY[task], batch_size=32,
                      max_length=128, bf16=False, group_by_length=True, holdout=HOLDOUT, init_batches=8,
                      log_dir=log_dir, data_dir=data_dir).canonical()
-
-
-def current_plan(log_dir) -> tuple[list[tuple], pd.DataFrame | None]:
-    """(`planned_runs` with the rank-16 row the logs in `log_dir` decide (`limit_row`), their
-    `selected_lrs`; None while there are no logs)."""
-    if not Path(log_dir).is_dir():
-        return planned_runs(), None
-    logs = read_logs(log_dir, status=None)  # read once for the three tables (a worker calls this per run)
-    selected = selected_lrs(load_runs(logs))
-    return planned_runs(limit_row(load_summaries(logs), selected, majority_metrics(logs))), selected
-
-
-def run_states(log_dir, *, model="minilm", data_dir=None, tasks=None, plan=None) -> list[tuple[str, RunConfig | None]]:
-    """[(state, config)] for every planned run (of `tasks`, if given) against the logs in `log_dir`:
-    "finished", "running" (a live process holds its lock; a killed one's stale lock is taken over),
-    "ready", or "waiting: ..." with config None while its lr cannot be chosen yet (its grid has
-    unfinished runs). `plan`: `current_plan(log_dir)`, if already read."""
-    planned, selected = current_plan(log_dir) if plan is None else plan
-    chosen = {} if selected is None else {
-        key[:4]: key[4] for key in selected[["task", "method", "init", "rank", "lr"]].itertuples(index=False, name=None)
-        if not np.isnan(key[4])}
-    out = []
-    for task, method, init, lr, seed, rank in planned:
-        if tasks is not None and task not in tasks:
-            continue
-        if lr == SELECT or isinstance(lr, tuple):  # RTE's (SELECT, "mrpc") rows are in selected_lrs
-            lr = chosen.get((task, method, init, rank))
-        if lr is None:
-            out.append((f"waiting: {task} {method} {init} rank {rank} seed {seed} (lr not selected yet)", None))
-            continue
-        cfg = run_config(task, method, init, lr, seed, rank, model=model, log_dir=str(log_dir), data_dir=data_dir)
-        path = cfg.log_path
-        if path.is_file() and read_log(path)["status"] == "finished":
-            out.append(("finished", cfg))
-        elif lock_held(path):
-            out.append(("running", cfg))
-        else:
-            out.append(("ready", cfg))
-    return out
-
-
-def train_ready(log_dir, *, model="minilm", data_dir=None, tasks=None) -> int:
-    """Train every ready run of `tasks` (all, if None) in the planned order, in this process, until
-    none is ready; a run whose lr is chosen from others becomes ready once they have finished.
-    Returns how many runs it trained (0 when everything has finished: then it only reads logs)."""
-    from utils.train import run_experiment  # lazy: the training stack
-    tried = set()
-    while True:
-        ready = [c for state, c in run_states(log_dir, model=model, data_dir=data_dir, tasks=tasks)
-                 if state == "ready" and c.run_id not in tried]
-        if not ready:
-            return len(tried)
-        tried.add(ready[0].run_id)
-        run_experiment(ready[0])
 
 
 def holdout_scores(runs: pd.DataFrame, task: str, init: str, *, method: str = "lora-fa", seed: int = 0,
@@ -311,11 +219,3 @@ def projected_hours(summaries: pd.DataFrame, planned=None) -> tuple[float, float
         hours = median.get((task, method, rank), median.get(fallback, np.nan))
         left += max(0, n - int(done.get((task, method, rank), 0))) * hours
     return spent, spent + left
-
-
-def progress(states) -> str:
-    """One line on `run_states`: how many planned runs have finished, can start (ready, or running:
-    lock files are not part of the record) and wait for a chosen lr."""
-    kinds = [s if s == "finished" else "waiting" if s.startswith("waiting") else "startable" for s, _ in states]
-    return (f"{kinds.count('finished')} of {len(kinds)} planned runs finished, {kinds.count('startable')} "
-            f"can start, {kinds.count('waiting')} wait for their chosen lr (`python sweep_round2.py --list`)")

@@ -15,6 +15,7 @@ import pandas as pd
 from utils.glue import get_task
 from utils.report import compute_table, fmt_lr, format_table, paired_markdown, steps_markdown, to_markdown
 from utils.round2 import (
+    BUDGET,
     EPOCHS,
     GOAL,
     HOLDOUT,
@@ -26,15 +27,14 @@ from utils.round2 import (
     TASKS,
     at_selected,
     at_small_lr,
-    ceiling_ratio,
     convergence,
     grid_lrs,
     holdout_scores,
-    limit_row,
     planned_runs,
     projected_hours,
     selected_lrs,
 )
+from utils.round2_plan import CONFIRM_MODEL, CONFIRM_TASK, ceiling_ratio, limit_row
 from utils.stats import (
     PAIRED_BY_SERIES,
     holdout_majority,
@@ -117,10 +117,29 @@ def _selection_markdown(runs: pd.DataFrame, task: str, selected: pd.DataFrame) -
     return "\n".join(out)
 
 
+def _confirm_markdown(confirm: pd.DataFrame) -> str:
+    """Amendment 3: `random` and the best other init on mpnet, each at its MiniLM lr (dev), and their
+    paired difference, final and best (a Holm family of its own)."""
+    t = get_task(CONFIRM_TASK)
+    table = format_table(summary_table(confirm)).drop(columns=["task", "metric"])
+    out = [f"\n### {t.name.upper()} on {CONFIRM_MODEL} (amendment 3: `random` against the best other init, "
+           f"each at its MiniLM lr; dev)\n", to_markdown(table)]
+    other = [i for i in INITS if i != "random" and i in set(confirm["init"])]
+    pairs = pd.concat([paired_comparison(confirm, other[0], "random", w, keys=PAIRED_BY_SERIES)
+                       for w in ("final", "best")], ignore_index=True) if other else pd.DataFrame()
+    if not pairs.empty:
+        pairs["p_holm"] = holm(pairs["p"])
+        out += ["\nPaired by seed (Holm over these tests only):\n", paired_markdown(pairs)]
+    hours = confirm["wall_time_s"].astype(float).sum() / 3600
+    out.append(f"\nCompute: {len(confirm)} finished {CONFIRM_MODEL} runs, {hours:.1f} worker-hours as logged.")
+    return "\n".join(out)
+
+
 def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, frac: float = 0.9,
-                  tasks=None) -> str:
+                  tasks=None, confirm: pd.DataFrame | None = None) -> str:
     """Round 2's tables as markdown, per task (all, or `tasks`; the Holm families span every task,
-    whichever are shown)."""
+    whichever are shown); `confirm`: the summaries of the mpnet confirmation's folder
+    (`utils.round2_plan.confirm_dir`), shown with MRPC."""
     if summaries.empty:
         return "No finished runs.\n"
     summaries, selected = with_variant(summaries), selected_lrs(runs)
@@ -188,10 +207,14 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
         if not mine.empty:
             out += [f"\nIs rank the limit? Rank {LIMIT_RANK} − rank {RANK} of each init, each at the lr chosen at "
                     f"its rank (Holm over the {rank_tests} tests of this family):\n", paired_markdown(mine)]
+    if confirm is not None and not confirm.empty and (tasks is None or CONFIRM_TASK in tasks):
+        out.append(_confirm_markdown(with_variant(confirm)))
     shown = summaries if tasks is None else summaries[summaries["task"].isin([get_task(t).name for t in tasks])]
     out += ["\n### Compute (wall time of each finished run, as logged)\n", to_markdown(compute_table(shown))]
     if tasks is None:
         spent, total = projected_hours(summaries, planned_runs(limit_row(summaries, selected, baselines)))
-        out.append(f"\nRound 2 so far: {spent:.1f} worker-hours; projected total {total:.1f} (each remaining "
-                   f"planned run at the median time so far of its task, method and rank; budget 40).")
+        mpnet = 0.0 if confirm is None or confirm.empty else confirm["wall_time_s"].astype(float).sum() / 3600
+        out.append(f"\nRound 2 so far: {spent + mpnet:.1f} worker-hours; projected total {total + mpnet:.1f} "
+                   f"(each remaining planned MiniLM run at the median time so far of its task, method and rank; "
+                   f"budget {BUDGET}; mpnet's runs as far as they have finished).")
     return "\n".join(out)
