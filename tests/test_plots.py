@@ -122,6 +122,23 @@ def test_band_is_the_t_interval(log_dir):
     matplotlib.pyplot.close("all")
 
 
+def test_axes_follow_the_means_and_cut_a_wide_band(log_dir, tmp_path):
+    """Two seeds 0.2 apart at one step: t(1) puts their band at ±1.27 around the mean; the F1 axis still
+    spans the means (and the majority level) with 15 % margins, not the band."""
+    runs = load_runs(log_dir)
+    runs = runs[(runs.task == "mrpc") & (runs.lr == 1e-4) & (runs.method == "lora-fa") & (runs.seed < 2)].copy()
+    runs.loc[(runs.step == 20) & (runs.seed == 1), "f1"] += 0.2
+    fig = figures.plot_histories(runs, "mrpc", lr=1e-4, majority={"mrpc": {"f1": 0.4}})
+    f1_ax = [ax for ax in fig.axes if ax.get_ylabel() == "dev F1"][0]
+    means = runs.groupby(["init", "step"])["f1"].mean()
+    lo, hi = min(means.min(), 0.4), means.max()
+    assert f1_ax.get_ylim() == pytest.approx((lo - 0.15 * (hi - lo), hi + 0.15 * (hi - lo)))
+    band = max(c.get_paths()[0].vertices[:, 1].max() for c in f1_ax.collections)
+    assert band > f1_ax.get_ylim()[1] + 0.5  # drawn, and cut at the axes
+    assert "cut at the axes" in fig._suptitle.get_text()
+    matplotlib.pyplot.close("all")
+
+
 def test_titles_labels_and_setting_choice(log_dir):
     runs = load_runs(log_dir)
     with pytest.raises(ValueError, match="2 settings"):

@@ -99,10 +99,22 @@ def _n_text(ns) -> str:
 # ------------------------------------------------------------------ figures
 
 def legend_below(fig, handles, labels, title="LoRA-FA init / baseline"):
-    """One legend below all panels (never over data), wrapped to the figure's width."""
-    per_row = max(1, int(fig.get_figwidth() / 2.1))
+    """One legend below all panels (never over data), wrapped to the figure's width: as many entries
+    per row as the longest label leaves room for (~0.075 in per character, 0.7 in for the handle)."""
+    widest = max((len(label) for label in labels), default=0) * 0.075 + 0.7
+    per_row = max(1, int(fig.get_figwidth() / max(2.1, widest)))
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), per_row),
                title=title)
+
+
+def focus_ylim(ax, values, pad: float = 0.15) -> None:
+    """Y-limits around `values` (the lines' means and reference levels) with `pad` of their span on each
+    side, so that a wide confidence band (few seeds) is cut at the axes instead of flattening the lines."""
+    values = [float(v) for v in values if np.isfinite(v)]
+    if values:
+        lo, hi = min(values), max(values)
+        span = hi - lo or max(abs(hi), 1.0) * 0.1
+        ax.set_ylim(lo - pad * span, hi + pad * span)
 
 
 def majority_line(ax, majority, task, metric):
@@ -142,19 +154,21 @@ def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, va
     fig = fig or plt.figure(figsize=(4.2 * ncols, 3.4 * nrows + 1.2), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     loss = "MSE loss" if task.is_regression else "cross-entropy loss"
-    ns = []
+    ns, means = [], [[] for _ in panels]
     for (method, init), g in sorted(runs.groupby(["method", "init"]), key=lambda kv: series_order(kv[0])):
         style = series_style(method, init)
         ns.append(g["seed"].nunique())
         at = f" lr {', '.join(fmt_lr(v) for v in sorted(g['lr'].unique()))}" if each else ""
-        for ax, (col, _) in zip(axes, panels):
+        for ax, (col, _), seen in zip(axes, panels, means):
             c = seed_curve(g, col)
+            seen += list(c["mean"])
             ax.plot(c["step"], c["mean"], color=style["color"], linestyle=style["linestyle"], lw=1.8,
                     marker=style["marker"] if len(c) <= 30 else None, markersize=4,  # eval points
                     label=f"{style['label']}{at} (n={ns[-1]})")
             ax.fill_between(c["step"], c["lo"], c["hi"], color=style["color"], alpha=0.18, lw=0)
     ref = [majority_line(ax, majority, task, col) for ax, (col, _) in zip(axes, panels)]
-    for ax, (col, title) in zip(axes, panels):
+    for ax, (col, title), seen, r in zip(axes, panels, means, ref):
+        focus_ylim(ax, seen + ([] if r is None else list(r.get_ydata())))
         ax.set(title=title, xlabel="optimizer step",
                ylabel=loss if col.endswith("loss") else f"dev {metric_label(col)}")
         ax.grid(alpha=0.3)
@@ -162,7 +176,7 @@ def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, va
     s = settings.iloc[0]
     where = model_short_name(s["model"]) + (f" · rank {s['rank']} · " if "rank" in s else " · ")
     seeds = "single seed (n=1), no band" if max(ns) == 1 else \
-        f"mean over {_n_text(ns)} seeds, band = 95% CI"
+        f"mean over {_n_text(ns)} seeds, band = 95% CI (cut at the axes where wider)"
     variant = f" · {s['variant']}" if s["variant"] else ""
     lrs = "each at its own lr" if each else f"lr {fmt_lr(s['lr'])}"
     fig.suptitle(f"{task.folder} (GLUE dev split) · {where}{lrs}{variant}\n{seeds}")
