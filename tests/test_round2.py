@@ -103,6 +103,11 @@ def test_report_pairs_each_init_at_its_own_lr_and_holm_counts_the_family(round2_
     assert f"| {share:.2f} | +0.010 (not converged) |" in row
     full = next(ln for ln in md.splitlines() if ln.startswith("| minilm | full |"))
     assert full.endswith("| 1.00 | +0.010 (not converged) |")  # the ceilings are checked too
+    # at a glance: the same numbers on one row per series (MRPC columns; CoLA has no runs here)
+    glance = md[md.index("### At a glance"):md.index("### MRPC")]
+    p_holm = next(ln for ln in md.splitlines() if ln.startswith("| svd − random | final | 3 |")).split("|")[6].strip()
+    assert f"| svd | 0.0017 | 0.837 ± 0.012 (3) | {(0.83667 - 0.812) / 0.058:.2f} | {diffs.mean():+.3f} ({p_holm}) |" in glance
+    assert f"| random | 0.007 | 0.850 ± 0.010 (3) | {share:.2f} |  |" in glance and "COLA" not in glance
 
 
 R16_PEAK = {"random": 1.7e-3, "svd": 4e-4}  # rank 16's holdout peaks, not rank 4's (7e-3, 1.7e-3)

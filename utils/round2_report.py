@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from utils.glue import get_task
-from utils.report import compute_table, fmt_lr, format_table, paired_markdown, steps_markdown, to_markdown
+from utils.report import compute_table, fmt_lr, fmt_p, format_table, paired_markdown, steps_markdown, to_markdown
 from utils.round2 import (
     BUDGET,
     EPOCHS,
@@ -95,6 +95,40 @@ def _label(method: str, init: str, rank: int) -> str:
     return method if method != "lora-fa" else init if rank == RANK else f"{init} (rank {rank})"
 
 
+def _headline(summaries: pd.DataFrame, selected: pd.DataFrame, pairs: pd.DataFrame, baselines: dict) -> str:
+    """The answer at a glance: on each of `TASKS`, every rank-4 init and both ceilings at their chosen lr,
+    the final dev main metric (mean ± std, seeds), the share of full fine-tuning's gain over the majority
+    class, and the paired final difference from `random` with its Holm p (the main family)."""
+    rows: dict[str, dict] = {}
+    for task in TASKS:
+        t = get_task(task)
+        name, m0 = t.name.upper(), baselines.get(t.name, {}).get(t.main_metric, math.nan)
+        s = summaries[(summaries["task"] == t.name) & summaries["rank"].isin([0, RANK])]
+        chosen = summary_table(at_selected(s, selected)) if len(s) else pd.DataFrame()
+        if chosen.empty:
+            continue
+        full = chosen.loc[chosen["method"] == "full", "final_mean"]
+        gain = full.iloc[0] - m0 if len(full) else math.nan
+        vs = pairs[(pairs["task"] == t.name) & (pairs["part"] == "selected") & (pairs["which"] == "final")
+                   & (pairs["b"] == "random")] if not pairs.empty else pairs
+        for _, r in chosen.iterrows():
+            label = _label(r["method"], r["init"], RANK)
+            d = vs[vs["a"] == r["init"]] if not vs.empty else vs
+            rows.setdefault(label, {"series": label, "_o": series_order((r["method"], r["init"]))}).update({
+                f"{name} lr": fmt_lr(r["lr"]),
+                f"{name} {t.main_metric} (seeds)": (f"{r['final_mean']:.3f}" + ("" if pd.isna(r["final_std"])
+                                                    else f" ± {r['final_std']:.3f}") + f" ({r['n']})"),
+                f"{name} share": f"{(r['final_mean'] - m0) / gain:.2f}" if gain > 0 else "–",
+                f"{name} − random (p Holm)": "" if d.empty else
+                f"{d['diff'].iloc[0]:+.3f} ({fmt_p(d['p_holm'].iloc[0])})"})
+    if not rows:
+        return ""
+    table = pd.DataFrame(sorted(rows.values(), key=lambda r: r["_o"])).drop(columns="_o").fillna("")
+    return (f"\n### At a glance: rank {RANK}, each at its chosen lr (dev, final)\n\n"
+            "Share: of full fine-tuning's gain over the majority class; − random: paired by seed, "
+            "p Holm-adjusted over the whole family below.\n\n" + to_markdown(table))
+
+
 def _selection_markdown(runs: pd.DataFrame, task: str, selected: pd.DataFrame) -> str:
     """One row per series of `task`: holdout score (final dev metric) at each lr of its grid, the
     chosen lr in bold; one table for the ceilings, one for LoRA-FA (every rank)."""
@@ -152,6 +186,8 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
            "share of full FT = (final − majority) / (full fine-tuning's final − majority). Paired: same seeds, "
            f"a − b, two-sided paired t-test; p (Holm) adjusted over all {tests} paired tests of round 2 at rank "
            f"{RANK} (the rank-{LIMIT_RANK} row's {rank_tests} tests are a family of their own).\n"]
+    if tasks is None:
+        out.append(_headline(summaries, selected, pairs, baselines))
     for task in sorted(summaries["task"].unique() if tasks is None else [get_task(t).name for t in tasks]):
         t, s = get_task(task), summaries[summaries["task"] == task]
         m0 = baselines.get(t.name, {}).get(t.main_metric, math.nan)
