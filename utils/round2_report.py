@@ -243,7 +243,7 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
         if not mine.empty:
             out += [f"\nIs rank the limit? Rank {LIMIT_RANK} − rank {RANK} of each init, each at the lr chosen at "
                     f"its rank (Holm over the {rank_tests} tests of this family):\n", paired_markdown(mine)]
-    if confirm is not None and not confirm.empty and (tasks is None or CONFIRM_TASK in tasks):
+    if confirm is not None and not confirm.empty and (tasks is None or CONFIRM_TASK in [get_task(t).name for t in tasks]):
         out.append(_confirm_markdown(with_variant(confirm)))
     shown = summaries if tasks is None else summaries[summaries["task"].isin([get_task(t).name for t in tasks])]
     out += ["\n### Compute (wall time of each finished run, as logged)\n", to_markdown(compute_table(shown))]
