@@ -27,10 +27,11 @@ def test_confirmation_pits_random_against_the_best_other_init(means, other):
     assert round2_plan.confirm_inits(unfinished, selected) is None  # step 3's seed 4 still missing
 
 
-def _finished(cfg, wall_s):
-    log = _log("lora-fa", cfg.init, cfg.lr, cfg.seed, 0.85, 0.8)
+def _timed_log(cfg, dev, holdout, wall_s):
+    """`_log` of the run `cfg` stands for, taking `wall_s` seconds."""
+    log = _log(cfg.method, cfg.init, cfg.lr, cfg.seed, dev, holdout)
     log["summary"]["wall_time_s"] = wall_s
-    return {cfg.log_path: log}
+    return log
 
 
 @pytest.mark.parametrize("spent, done, runs", [
@@ -47,7 +48,7 @@ def test_confirmation_runs_pair_by_pair_while_the_budget_allows(tmp_path, spent,
     logs = {}
     if "wall_s" in done:  # seed 0's two runs finished
         for cfg in round2_plan.confirm_runs(summaries, selected, {}, 0.0, log_dir=log_dir)[:2]:
-            logs |= _finished(cfg, done["wall_s"])
+            logs[cfg.log_path] = _timed_log(cfg, 0.85, 0.8, done["wall_s"])
     if "status" in done:  # seed 0's random run has started
         cfg = round2_plan.confirm_runs(summaries, selected, {}, 0.0, log_dir=log_dir)[0]
         logs = {cfg.log_path: {**_log("lora-fa", "random", 1e-3, 0, 0.8, 0.8), "status": done["status"]}}
@@ -61,9 +62,7 @@ def test_confirmation_runs_pair_by_pair_while_the_budget_allows(tmp_path, spent,
 
 
 def _write(cfg, dev, holdout, wall_s=600.0):
-    log = _log(cfg.method, cfg.init, cfg.lr, cfg.seed, dev, holdout)
-    log["summary"]["wall_time_s"] = wall_s
-    write_json_atomic(log, cfg.log_path)
+    write_json_atomic(_timed_log(cfg, dev, holdout, wall_s), cfg.log_path)
 
 
 def test_the_plan_adds_the_mpnet_runs_once_every_minilm_run_has_finished(tmp_path, monkeypatch):

@@ -119,8 +119,8 @@ def confirm_runs(summaries: pd.DataFrame, selected: pd.DataFrame, confirm_logs: 
     rows = selected[(selected["task"] == CONFIRM_TASK) & (selected["method"] == "lora-fa") & (selected["rank"] == RANK)]
     lr = dict(zip(rows["init"], rows["lr"]))
     status = {Path(p).name: log["status"] for p, log in confirm_logs.items()}
-    times = [log["summary"]["wall_time_s"] for log in confirm_logs.values() if log["status"] == "finished"]
-    hours = float(np.median(times)) / 3600 if times else CONFIRM_HOURS
+    times = _finished_hours(confirm_logs)
+    hours = float(np.median(times)) if times else CONFIRM_HOURS
     out, left = [], 0
     for seed in CONFIRM_SEEDS:
         cfgs = [run_config(CONFIRM_TASK, "lora-fa", init, lr[init], seed, RANK, model=CONFIRM_MODEL,
@@ -131,6 +131,11 @@ def confirm_runs(summaries: pd.DataFrame, selected: pd.DataFrame, confirm_logs: 
             break
         out, left = out + cfgs, left + todo
     return out
+
+
+def _finished_hours(logs: dict) -> list[float]:
+    """The logged wall time, in hours, of each finished run of `logs` ({file: log})."""
+    return [log["summary"]["wall_time_s"] / 3600 for log in logs.values() if log["status"] == "finished"]
 
 
 class Plan(NamedTuple):
@@ -158,7 +163,7 @@ def current_plan(log_dir, *, model="minilm", data_dir=None) -> Plan:
                                                           log_dir=str(log_dir), data_dir=data_dir))
     status = {p.name: log["status"] for p, log in {**logs, **extra}.items()}
     spent, total = projected_hours(summaries, runs)
-    spent_mpnet = sum(log["summary"]["wall_time_s"] for log in extra.values() if log["status"] == "finished") / 3600
+    spent_mpnet = sum(_finished_hours(extra))
     confirm = confirm_runs(summaries, selected, extra, spent + spent_mpnet, log_dir=log_dir, data_dir=data_dir) \
         if all(c is not None and status.get(c.log_path.name) == "finished" for c in configs) else []
     runs = runs + [(c.task, c.method, c.init, c.lr, c.seed, c.rank) for c in confirm]

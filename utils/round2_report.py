@@ -95,6 +95,14 @@ def _label(method: str, init: str, rank: int) -> str:
     return method if method != "lora-fa" else init if rank == RANK else f"{init} (rank {rank})"
 
 
+def _shares(chosen: pd.DataFrame, m0: float) -> list[str]:
+    """Each row's share of full fine-tuning's gain over the majority class `m0`, (final − m0) / (full
+    fine-tuning's final − m0), as text; "–" without a full fine-tuning row or gain. `chosen`: `summary_table`."""
+    full = chosen.loc[chosen["method"] == "full", "final_mean"]
+    gain = full.iloc[0] - m0 if len(full) else math.nan
+    return ["–" if pd.isna(gain) or gain <= 0 else f"{(m - m0) / gain:.2f}" for m in chosen["final_mean"]]
+
+
 def _headline(summaries: pd.DataFrame, selected: pd.DataFrame, pairs: pd.DataFrame, baselines: dict) -> str:
     """The answer at a glance: on each of `TASKS`, every rank-4 init and both ceilings at their chosen lr,
     the final dev main metric (mean ± std, seeds), the share of full fine-tuning's gain over the majority
@@ -107,18 +115,16 @@ def _headline(summaries: pd.DataFrame, selected: pd.DataFrame, pairs: pd.DataFra
         chosen = summary_table(at_selected(s, selected)) if len(s) else pd.DataFrame()
         if chosen.empty:
             continue
-        full = chosen.loc[chosen["method"] == "full", "final_mean"]
-        gain = full.iloc[0] - m0 if len(full) else math.nan
         vs = pairs[(pairs["task"] == t.name) & (pairs["part"] == "selected") & (pairs["which"] == "final")
                    & (pairs["b"] == "random")] if not pairs.empty else pairs
-        for _, r in chosen.iterrows():
+        for (_, r), share in zip(chosen.iterrows(), _shares(chosen, m0)):
             label = _label(r["method"], r["init"], RANK)
             d = vs[vs["a"] == r["init"]] if not vs.empty else vs
             rows.setdefault(label, {"series": label, "_o": series_order((r["method"], r["init"]))}).update({
                 f"{name} lr": fmt_lr(r["lr"]),
                 f"{name} {t.main_metric} (seeds)": (f"{r['final_mean']:.3f}" + ("" if pd.isna(r["final_std"])
                                                     else f" ± {r['final_std']:.3f}") + f" ({r['n']})"),
-                f"{name} share": f"{(r['final_mean'] - m0) / gain:.2f}" if gain > 0 else "–",
+                f"{name} share": share,
                 f"{name} − random (p Holm)": "" if d.empty else
                 f"{d['diff'].iloc[0]:+.3f} ({fmt_p(d['p_holm'].iloc[0])})"})
     if not rows:
@@ -201,13 +207,10 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
             order = sorted(range(len(chosen)), key=lambda k: (series_order(
                 (chosen["method"].iloc[k], chosen["init"].iloc[k])), ranks.iloc[k]))
             chosen, ranks = chosen.iloc[order].reset_index(drop=True), ranks.iloc[order].tolist()
-            full = chosen.loc[chosen["method"] == "full", "final_mean"]
-            gain = full.iloc[0] - m0 if len(full) else math.nan
             f = format_table(chosen).drop(columns=["task", "metric"])
             f["95% CI (final)"] = [("–" if pd.isna(h) else f"{m - h:.3f} – {m + h:.3f}")
                                    for m, h in zip(chosen["final_mean"], chosen["final_half"])]
-            f["share of full FT"] = [("–" if pd.isna(gain) or gain <= 0 else f"{(m - m0) / gain:.2f}")
-                                     for m in chosen["final_mean"]]
+            f["share of full FT"] = _shares(chosen, m0)
             conv = convergence(runs[runs["task"] == task], selected).set_index(["method", "init", "rank"])
             f["holdout: last − previous epoch"] = [
                 "–" if k not in conv.index else f"{conv.loc[k, 'last'] - conv.loc[k, 'previous']:+.3f}"
