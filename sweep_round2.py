@@ -10,8 +10,9 @@ Every worker walks the whole list in priority order and runs the first run that 
 held by another worker (lock files), one `run_glue.py` process per run. A run whose lr is "select"
 waits until every lr of its init's selection grid has finished (`utils.round2.select_lr`; the protocol's
 runs and settings are `utils.round2`); MRPC's rank-16 runs join the list once amendment 2's rule has
-decided them, and the mpnet confirmation's once every MiniLM run has finished and as far as the budget
-allows (amendment 3; `utils.round2_plan`), its logs next to `--log-dir` (logs/round2_mpnet). To keep
+decided them, then CoLA's 8-epoch runs (amendment 4), and the mpnet confirmation's once every MiniLM run
+has finished and as far as the budget allows (amendment 3); these checks log next to `--log-dir`
+(logs/round2_long, logs/round2_mpnet; `utils.round2_checks`). To keep
 editing the code meanwhile, run it from a worktree of a fixed commit with `--log-dir` pointing back:
     git worktree add ../sweep HEAD && cd ../sweep && \\
     GLUE_DIR=$PWD/../shared/glue nohup python sweep_round2.py --workers 2 --log-dir $OLDPWD/logs/round2 \\

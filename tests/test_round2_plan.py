@@ -1,10 +1,12 @@
 """Round 2's decisions from its logs (utils.round2_plan): the mpnet confirmation of amendment 3, and the
 plan that the sweep reads, on synthetic logs whose answers are known by construction."""
+import dataclasses
+
 import pytest
 
 import sweep_round2 as sweep
 from tests.test_round2 import _log, _mrpc_step3
-from utils import round2, round2_plan
+from utils import round2, round2_checks, round2_plan
 from utils.logs import load_runs, load_summaries, write_json_atomic
 from utils.round2_report import round2_report
 
@@ -22,15 +24,16 @@ def _step3(means: dict, lr=1e-3):
 ])
 def test_confirmation_pits_random_against_the_best_other_init(means, other):
     summaries, selected = _step3(means)
-    assert round2_plan.confirm_inits(summaries, selected) == ("random", other)
+    assert round2_checks.confirm_inits(summaries, selected) == ("random", other)
     unfinished = summaries.drop(summaries.index[(summaries["init"] == other) & (summaries["seed"] == 4)])
-    assert round2_plan.confirm_inits(unfinished, selected) is None  # step 3's seed 4 still missing
+    assert round2_checks.confirm_inits(unfinished, selected) is None  # step 3's seed 4 still missing
 
 
 def _timed_log(cfg, dev, holdout, wall_s):
-    """`_log` of the run `cfg` stands for, taking `wall_s` seconds."""
-    log = _log(cfg.method, cfg.init, cfg.lr, cfg.seed, dev, holdout)
-    log["summary"]["wall_time_s"] = wall_s
+    """`_log` of the run `cfg` (its config and run id), taking `wall_s` seconds."""
+    log = _log(cfg.method, cfg.init, cfg.lr, cfg.seed, dev, holdout, task=cfg.task, rank=cfg.rank)
+    log["config"] = {**dataclasses.asdict(cfg), "main_metric": log["config"]["main_metric"]}
+    log["summary"]["wall_time_s"], log["run_id"] = wall_s, cfg.run_id
     return log
 
 
@@ -47,12 +50,12 @@ def test_confirmation_runs_pair_by_pair_while_the_budget_allows(tmp_path, spent,
     log_dir = tmp_path / "round2"
     logs = {}
     if "wall_s" in done:  # seed 0's two runs finished
-        for cfg in round2_plan.confirm_runs(summaries, selected, {}, 0.0, log_dir=log_dir)[:2]:
+        for cfg in round2_checks.confirm_runs(summaries, selected, {}, 0.0, log_dir=log_dir)[:2]:
             logs[cfg.log_path] = _timed_log(cfg, 0.85, 0.8, done["wall_s"])
     if "status" in done:  # seed 0's random run has started
-        cfg = round2_plan.confirm_runs(summaries, selected, {}, 0.0, log_dir=log_dir)[0]
+        cfg = round2_checks.confirm_runs(summaries, selected, {}, 0.0, log_dir=log_dir)[0]
         logs = {cfg.log_path: {**_log("lora-fa", "random", 1e-3, 0, 0.8, 0.8), "status": done["status"]}}
-    plan = round2_plan.confirm_runs(summaries, selected, logs, spent, log_dir=log_dir)
+    plan = round2_checks.confirm_runs(summaries, selected, logs, spent, log_dir=log_dir)
     assert len(plan) == runs
     expected = [("random", 0), ("eva", 0), ("random", 1), ("eva", 1)][:runs]
     assert [(c.init, c.seed) for c in plan] == expected
@@ -88,11 +91,57 @@ def test_the_plan_adds_the_mpnet_runs_once_every_minilm_run_has_finished(tmp_pat
     _write(mpnet[0], 0.86, 0.85, wall_s=5400.0)  # the first mpnet run finishes (1.5 h)
     plan = round2_plan.current_plan(log_dir)
     spent = (len(states) - 4) * 600 / 3600 + 1.5
-    assert plan.hours == pytest.approx((spent, spent + 3 * round2_plan.CONFIRM_HOURS))
+    assert plan.hours == pytest.approx((spent, spent + 3 * 1.5))  # the rest at the finished one's time
     assert [s for s, _ in round2_plan.run_states(log_dir, plan=plan)[-4:]] == ["finished", "ready", "ready", "ready"]
-    confirm = load_summaries(tmp_path / "round2_mpnet")
-    md = round2_report(load_runs(log_dir), load_summaries(log_dir), {"mrpc": {"f1": 0.812}}, confirm=confirm)
+    checks = {"mpnet": (load_runs(tmp_path / "round2_mpnet"), load_summaries(tmp_path / "round2_mpnet"))}
+    md = round2_report(load_runs(log_dir), load_summaries(log_dir), {"mrpc": {"f1": 0.812}}, checks=checks)
     assert "MRPC on mpnet" in md and "1 finished mpnet runs, 1.5 worker-hours" in md
     states[0][1].log_path.unlink()  # a MiniLM run not finished after all: no mpnet run yet
     assert all(c.model == "minilm" for _, c in round2_plan.run_states(log_dir) if c)
 
+
+
+def test_the_plan_adds_amendment_4s_long_runs_after_the_registered_ones(tmp_path, monkeypatch):
+    """CoLA's rank-4 plan all finished (every LoRA-FA init chosen at 1.7e-3): the list ends with the 12
+    runs of amendment 4, at 8 epochs and the chosen lr, in a folder of their own, seed by seed; they are
+    priced at twice the median 4-epoch run until one has finished, then at their own median; the
+    report pairs them with the registered runs of the same seeds."""
+    real = round2.planned_runs
+    monkeypatch.setattr(round2_plan, "planned_runs", lambda limit=None: [  # CoLA rank 4, without step 4's seeds 1-2
+        r for r in real(limit) if r[0] == "cola" and r[5] in (0, 4) and not (r[3] == round2.SMALL_LR and r[4] > 0)])
+    log_dir, peak = tmp_path / "round2", {"full": 5e-5, "head": 2e-2}
+    short = {"random": 0.10, "svd": 0.05, "eva": 0.12, "grad": 0.11, "pissa": 0.1, "milora": 0.1}
+    for task, method, init, lr, seed, rank in round2_plan.planned_runs():
+        lr = peak.get(method, 1.7e-3) if lr == round2.SELECT else lr
+        chosen = lr == peak.get(method, 1.7e-3)
+        cfg = round2.run_config(task, method, init, lr, seed, rank, log_dir=str(log_dir))
+        dev = 0.30 if method == "full" else short.get(init, 0.0) + 0.01 * seed if chosen else 0.0
+        _write(cfg, dev, 0.2 if chosen else 0.1)
+    states = round2_plan.run_states(log_dir)
+    registered = len(states) - 12
+    assert {s for s, _ in states[:registered]} == {"finished"}
+    long = [c for _, c in states[registered:]]
+    assert [(s, c.init, c.seed) for (s, _), c in zip(states[registered:], long)] == [
+        ("ready", i, seed) for seed in (0, 1, 2) for i in round2_checks.LONG_INITS]
+    for c in long:  # step 3's run but for the epochs, logged apart
+        assert c == round2.run_config("cola", "lora-fa", c.init, 1.7e-3, c.seed, epochs=8, log_dir=str(tmp_path / "round2_long"))
+        assert c.log_path.parent == tmp_path / "round2_long" / "cola"
+    assert sweep.command(long[0], 1)[sweep.command(long[0], 1).index("--epochs") + 1] == "8"
+    spent = registered * 600 / 3600
+    assert round2_plan.current_plan(log_dir).hours == pytest.approx((spent, spent + 12 * 2 * 600 / 3600))
+    _write(long[0], 0.15, 0.2, wall_s=1800.0)
+    assert round2_plan.current_plan(log_dir).hours == pytest.approx((spent + 0.5, spent + 0.5 + 11 * 0.5))
+    for c in long[1:]:  # 8 epochs: random +0.05 + 0.01 x seed over its 4-epoch runs, svd 0.03 - 0.01 x seed below it
+        _write(c, {"random": 0.15 + 0.02 * c.seed, "svd": 0.12 + 0.03 * c.seed}.get(c.init, 0.2), 0.2)
+    assert {s for s, _ in round2_plan.run_states(log_dir)} == {"finished"}  # no MRPC: no mpnet runs
+    folder = tmp_path / "round2_long"
+    md = round2_report(load_runs(log_dir), load_summaries(log_dir), {"cola": {"mcc": 0.0}},
+                       checks={"long": (load_runs(folder), load_summaries(folder))})
+    part = md[md.index("COLA trained for 8 epochs"):]
+    assert "Holm over the 14 tests of this family only" in part
+    assert "| random (8 epochs) − random (4 epochs) | final | 3 | +0.060 (+0.035, +0.085) |" in part
+    assert "| svd − random | final | 3 | -0.020 (-0.045, +0.005) |" in part
+    row = next(line for line in part.splitlines() if line.startswith("| minilm | lora-fa | random |"))
+    assert "| 0.170 ± 0.020 |" in row and f"| {0.17 / 0.30:.2f} |" in row  # share of 4-epoch full fine-tuning
+    assert row.endswith("| +0.010 |")  # last − previous epoch on holdout: at the tolerance, converged
+    assert "Compute: 12 finished 8-epoch runs, 2.3 worker-hours as logged." in part

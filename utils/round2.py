@@ -12,8 +12,8 @@ fine-tuning? On MRPC only `random` and the best rank-4 init, if that one stays b
 (`utils.round2_plan.limit_row`).
 A series is (task, method, init, rank): rank 0 for the ceilings, `RANK` for steps 2-4.
 
-`utils.round2_plan` decides from the logs what runs next (the rank-16 row on MRPC, the mpnet
-confirmation) and `sweep_round2.py` runs it; `utils.round2_report` reads the results back.
+`utils.round2_plan` decides from the logs what runs next (the rank-16 row on MRPC, and the follow-up
+checks of `utils.round2_checks`) and `sweep_round2.py` runs it; `utils.round2_report` reads the results back.
 """
 from __future__ import annotations
 
@@ -79,11 +79,12 @@ def grid_lrs(method: str, rank: int) -> tuple:
     return LIMIT_LRS if method == "lora-fa" and rank == LIMIT_RANK else GRID_LRS[method]
 
 
-def run_config(task, method, init, lr, seed, rank=RANK, *, model="minilm", log_dir="logs/round2",
+def run_config(task, method, init, lr, seed, rank=RANK, *, model="minilm", epochs=None, log_dir="logs/round2",
                data_dir=None) -> RunConfig:
-    """The RunConfig of one round-2 run (every setting the protocol fixes)."""
+    """The RunConfig of one round-2 run (every setting the protocol fixes; `epochs`: the task's, `EPOCHS`,
+    unless a follow-up check says otherwise)."""
     return RunConfig(task=task, model=model, method=method, init="random" if init == "none" else init,
-                     rank=rank, lr=lr, seed=seed, epochs=EPOCHS[task], eval_every=EVAL_EVERY[task], batch_size=32,
+                     rank=rank, lr=lr, seed=seed, epochs=epochs or EPOCHS[task], eval_every=EVAL_EVERY[task], batch_size=32,
                      max_length=128, bf16=False, group_by_length=True, holdout=HOLDOUT, init_batches=8,
                      log_dir=log_dir, data_dir=data_dir).canonical()
 
@@ -188,6 +189,23 @@ def at_small_lr(df: pd.DataFrame) -> pd.DataFrame:
     return df[np.isclose(df["lr"].astype(float), SMALL_LR)]
 
 
+def mean_finals(summaries: pd.DataFrame, selected: pd.DataFrame, task: str, seeds=None) -> dict[str, float]:
+    """{init: mean final dev main metric at its chosen lr} of every rank-4 init, and of full fine-tuning
+    under "none", over the finished runs of `seeds` (full fine-tuning: `CEILING_SEEDS`); a series appears
+    once all of them have finished. `seeds` None: whichever have finished."""
+    if summaries.empty or selected is None:
+        return {}
+    metric = get_task(task).main_metric
+    done = summaries[(summaries["task"] == get_task(task).name) & (summaries["status"] == "finished")
+                     & summaries["rank"].isin([0, RANK])]
+    means = {}
+    for (method, init), r in at_selected(done, selected).groupby(["method", "init"]):
+        want = CEILING_SEEDS if method == "full" and seeds is not None else seeds
+        if method in ("full", "lora-fa") and (want is None or set(want) <= set(r["seed"])):
+            means[init] = float(r[r["seed"].isin(r["seed"] if want is None else want)][f"final_{metric}"].mean())
+    return means
+
+
 def convergence(runs: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
     """Step 3's convergence rule per (task, method, init, rank) at its chosen lr: the holdout main metric
     averaged over the last epoch's evaluations and over the previous epoch's (each a mean over the
@@ -199,7 +217,7 @@ def convergence(runs: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
         last = r[r["epoch"] > last_epoch - 1].groupby("seed")[col].mean().mean()
         prev = r[(r["epoch"] > last_epoch - 2) & (r["epoch"] <= last_epoch - 1)].groupby("seed")[col].mean().mean()
         rows.append({"task": task, "method": method, "init": init, "rank": rank, "last": last, "previous": prev,
-                     "converged": bool(abs(last - prev) <= CONVERGED[task])})
+                     "converged": bool(abs(last - prev) <= CONVERGED[task] + 1e-12)})  # at the tolerance: in
     return pd.DataFrame(rows, columns=["task", "method", "init", "rank", "last", "previous", "converged"])
 
 

@@ -26,15 +26,19 @@ from utils.round2 import (
     holdout_scores,
     selected_lrs,
 )
+from utils.round2_checks import LONG
 from utils.stats import series_order, t_interval
 
 
-def round2_figures(runs: pd.DataFrame, summaries: pd.DataFrame, majority: dict, tasks=None) -> dict[str, plt.Figure]:
+def round2_figures(runs: pd.DataFrame, summaries: pd.DataFrame, majority: dict, tasks=None,
+                   checks: dict | None = None) -> dict[str, plt.Figure]:
     """Round 2's figures by file name, per task (all, or `tasks`): the lr sensitivity of every series
     (seed 0, rank `RANK`), the histories of every rank-`RANK` series at its chosen lr (once any has
-    one) and, once a rank-`LIMIT_RANK` run has finished, `rank_figure`."""
+    one), once a rank-`LIMIT_RANK` run has finished, `rank_figure`, and the histories of amendment 4's
+    longer runs (`checks`: {check name: (runs, summaries)}, `utils.round2_checks`)."""
     selected = selected_lrs(runs)
     main = runs[runs["rank"].isin([0, RANK])]
+    long = (checks or {}).get(LONG.name)
     figs = {}
     for task in sorted(runs["task"].unique() if tasks is None else [get_task(t).name for t in tasks]):
         if task in TASKS:
@@ -44,6 +48,8 @@ def round2_figures(runs: pd.DataFrame, summaries: pd.DataFrame, majority: dict, 
             figs[f"{task}_selected_lr_history.png"] = plot_histories(chosen, task, lr="each", majority=majority)
         if ((summaries["task"] == task) & (summaries["rank"] == LIMIT_RANK)).any():
             figs[f"{task}_rank{LIMIT_RANK}.png"] = rank_figure(summaries, task, selected, majority)
+        if long is not None and task == LONG.task:
+            figs[f"{task}_{LONG.epochs}_epochs_history.png"] = plot_histories(long[0], task, lr="each", majority=majority)
     return figs
 
 

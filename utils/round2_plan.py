@@ -2,12 +2,10 @@
 
 * `ceiling_ratio`: the best rank-4 init and its share of full fine-tuning's gain: the goal's measure.
 * `limit_row`: MRPC's rank-16 runs (amendment 2), once step 3's seeds 0-2 say the goal is not met.
-* `confirm_runs`: the mpnet confirmation (amendment 3): `random` against MRPC's best other rank-4 init on
-  all-mpnet-base-v2, each at the lr chosen for it on MiniLM, after every MiniLM run and seed pair by seed
-  pair while the budget allows. Its logs go to a folder of their own (`confirm_dir`), so MiniLM's lr
-  selection and tables never see them.
-* `current_plan`, `run_states`, `train_ready`, `progress`: the plan against the logs, for
-  `sweep_round2.py` and the notebooks.
+* `current_plan`: the registered runs in their order, then the follow-up checks (`utils.round2_checks`):
+  CoLA at 8 epochs (amendment 4), then, once every MiniLM run has finished, the mpnet confirmation
+  (amendment 3) as far as the budget allows.
+* `run_states`, `train_ready`, `progress`: the plan against the logs, for `sweep_round2.py` and the notebooks.
 """
 from __future__ import annotations
 
@@ -18,46 +16,32 @@ import numpy as np
 import pandas as pd
 
 from utils.config import RunConfig
-from utils.glue import get_task
 from utils.locks import lock_held
 from utils.logs import load_runs, load_summaries, read_logs
 from utils.round2 import (
-    BUDGET,
-    CEILING_SEEDS,
     FINAL_SEEDS,
     GOAL,
     INITS,
     LIMIT_ROW,
-    RANK,
     SELECT,
-    at_selected,
+    mean_finals,
     planned_runs,
     projected_hours,
     run_config,
     selected_lrs,
 )
+from utils.round2_checks import (
+    CONFIRM,
+    CONFIRM_HOURS,
+    LONG,
+    check_dir,
+    confirm_runs,
+    finished_hours,
+    hours_per_run,
+    long_fallback_hours,
+    long_runs,
+)
 from utils.stats import majority_metrics
-
-CONFIRM_MODEL, CONFIRM_TASK, CONFIRM_SEEDS = "mpnet", "mrpc", (0, 1)
-CONFIRM_HOURS = 1.6  # one mpnet MRPC run until one has finished: 7.4 s per step x 624 steps, 12 evaluations
-# x 83 s and 2 min of set-up, measured 2026-12-03 as a one-thread worker next to one other
-
-
-def mean_finals(summaries: pd.DataFrame, selected: pd.DataFrame, task: str, seeds=None) -> dict[str, float]:
-    """{init: mean final dev main metric at its chosen lr} of every rank-4 init, and of full fine-tuning
-    under "none", over the finished runs of `seeds` (full fine-tuning: `CEILING_SEEDS`); a series appears
-    once all of them have finished. `seeds` None: whichever have finished."""
-    if summaries.empty or selected is None:
-        return {}
-    metric = get_task(task).main_metric
-    done = summaries[(summaries["task"] == get_task(task).name) & (summaries["status"] == "finished")
-                     & summaries["rank"].isin([0, RANK])]
-    means = {}
-    for (method, init), r in at_selected(done, selected).groupby(["method", "init"]):
-        want = CEILING_SEEDS if method == "full" and seeds is not None else seeds
-        if method in ("full", "lora-fa") and (want is None or set(want) <= set(r["seed"])):
-            means[init] = float(r[r["seed"].isin(r["seed"] if want is None else want)][f"final_{metric}"].mean())
-    return means
 
 
 def ceiling_ratio(summaries: pd.DataFrame, selected: pd.DataFrame, task: str, m0: float,
@@ -89,67 +73,24 @@ def limit_row(summaries: pd.DataFrame, selected: pd.DataFrame, majority: dict) -
     return out
 
 
-def confirm_dir(log_dir) -> Path:
-    """The mpnet confirmation's log folder: next to `log_dir` (logs/round2 -> logs/round2_mpnet)."""
-    return Path(log_dir).with_name(Path(log_dir).name + f"_{CONFIRM_MODEL}")
-
-
-def confirm_inits(summaries: pd.DataFrame, selected: pd.DataFrame) -> tuple[str, str] | None:
-    """("random", the best other rank-4 init on `CONFIRM_TASK` by mean final dev metric at its chosen lr over
-    all of step 3's `FINAL_SEEDS`); None until every init has them all."""
-    means = mean_finals(summaries, selected, CONFIRM_TASK, FINAL_SEEDS)
-    if not set(INITS) <= set(means):
-        return None
-    return "random", max((i for i in INITS if i != "random"), key=lambda init: means[init])
-
-
-def confirm_runs(summaries: pd.DataFrame, selected: pd.DataFrame, confirm_logs: dict, spent: float, *,
-                 log_dir, data_dir=None) -> list[RunConfig]:
-    """The mpnet runs of amendment 3, seed by seed (`CONFIRM_SEEDS`), `random` then the best other init
-    (`confirm_inits`), each at its MiniLM lr, in `confirm_dir(log_dir)`. A seed's pair joins only if
-
-        spent + (its unfinished runs + those of the pairs before it) x hours per mpnet run <= BUDGET
-
-    (`spent`: worker-hours logged so far, both folders; hours per run: the median of the finished mpnet
-    runs, `CONFIRM_HOURS` before one has finished), or once one of its runs has a log. Empty until
-    `confirm_inits` has decided; call it only once every MiniLM run has finished."""
-    pair = confirm_inits(summaries, selected)
-    if pair is None:
-        return []
-    rows = selected[(selected["task"] == CONFIRM_TASK) & (selected["method"] == "lora-fa") & (selected["rank"] == RANK)]
-    lr = dict(zip(rows["init"], rows["lr"]))
-    status = {Path(p).name: log["status"] for p, log in confirm_logs.items()}
-    times = _finished_hours(confirm_logs)
-    hours = float(np.median(times)) if times else CONFIRM_HOURS
-    out, left = [], 0
-    for seed in CONFIRM_SEEDS:
-        cfgs = [run_config(CONFIRM_TASK, "lora-fa", init, lr[init], seed, RANK, model=CONFIRM_MODEL,
-                           log_dir=str(confirm_dir(log_dir)), data_dir=data_dir) for init in pair]
-        todo = sum(status.get(c.log_path.name) != "finished" for c in cfgs)
-        started = any(c.log_path.name in status for c in cfgs)
-        if not started and spent + (left + todo) * hours > BUDGET:
-            break
-        out, left = out + cfgs, left + todo
-    return out
-
-
-def _finished_hours(logs: dict) -> list[float]:
-    """The logged wall time, in hours, of each finished run of `logs` ({file: log})."""
-    return [log["summary"]["wall_time_s"] / 3600 for log in logs.values() if log["status"] == "finished"]
-
-
 class Plan(NamedTuple):
-    runs: list[tuple]  # (task, method, init, lr, seed, rank) in priority order, the mpnet runs last
+    runs: list[tuple]  # (task, method, init, lr, seed, rank) in priority order, the follow-up checks last
     configs: list[RunConfig | None]  # each run's config; None while its lr cannot be chosen yet
-    status: dict[str, str]  # {log file name: status} of every log read (both folders)
-    hours: tuple[float, float]  # worker-hours logged so far, the projected total (`projected_hours`)
+    status: dict[str, str]  # {log file name: status} of every log read (every folder)
+    hours: tuple[float, float]  # worker-hours logged so far, the projected total (every folder)
+
+
+def _read(folder) -> dict:
+    """{path: log} of every log in `folder` ({} if there is none)."""
+    return read_logs(folder, status=None) if Path(folder).is_dir() else {}
 
 
 def current_plan(log_dir, *, model="minilm", data_dir=None) -> Plan:
-    """Round 2's plan against the logs in `log_dir` (and `confirm_dir(log_dir)`), each read once: the
-    rank-16 row as `limit_row` decides it, each run's config at its chosen lr, then the mpnet runs."""
-    logs = read_logs(log_dir, status=None) if Path(log_dir).is_dir() else {}
-    extra = read_logs(confirm_dir(log_dir), status=None) if confirm_dir(log_dir).is_dir() else {}
+    """Round 2's plan against the logs in `log_dir` (and its checks' folders), each read once: the rank-16
+    row as `limit_row` decides it, each run's config at its chosen lr, then amendment 4's long runs, then
+    the mpnet runs. Projected hours: the registered runs by `projected_hours`, each check's unfinished
+    runs at `hours_per_run` (a long run before one has finished: `long_fallback_hours`)."""
+    logs, long_logs, confirm_logs = _read(log_dir), _read(check_dir(log_dir, LONG)), _read(check_dir(log_dir, CONFIRM))
     summaries, selected = load_summaries(logs), selected_lrs(load_runs(logs)) if logs else None
     runs = planned_runs(limit_row(summaries, selected, majority_metrics(logs))) if logs else planned_runs()
     chosen = {} if selected is None else {
@@ -161,14 +102,25 @@ def current_plan(log_dir, *, model="minilm", data_dir=None) -> Plan:
             lr = chosen.get((task, method, init, rank))
         configs.append(None if lr is None else run_config(task, method, init, lr, seed, rank, model=model,
                                                           log_dir=str(log_dir), data_dir=data_dir))
-    status = {p.name: log["status"] for p, log in {**logs, **extra}.items()}
+    status = {p.name: log["status"] for p, log in {**logs, **long_logs, **confirm_logs}.items()}
     spent, total = projected_hours(summaries, runs)
-    spent_mpnet = sum(_finished_hours(extra))
-    confirm = confirm_runs(summaries, selected, extra, spent + spent_mpnet, log_dir=log_dir, data_dir=data_dir) \
+
+    def left_hours(cfgs, logs, fallback):  # what the unfinished runs of one check will take
+        left = sum(status.get(c.log_path.name) != "finished" for c in cfgs)
+        return left * hours_per_run(logs, fallback) if left else 0.0
+
+    long = long_runs(selected, log_dir=log_dir, data_dir=data_dir)
+    spent_long = sum(finished_hours(long_logs))
+    total += spent_long + left_hours(long, long_logs, long_fallback_hours(summaries))
+    configs += long
+    confirm = confirm_runs(summaries, selected, confirm_logs, spent + spent_long + sum(finished_hours(confirm_logs)),
+                           log_dir=log_dir, data_dir=data_dir) \
         if all(c is not None and status.get(c.log_path.name) == "finished" for c in configs) else []
-    runs = runs + [(c.task, c.method, c.init, c.lr, c.seed, c.rank) for c in confirm]
-    left = sum(status.get(c.log_path.name) != "finished" for c in confirm)
-    return Plan(runs, configs + confirm, status, (spent + spent_mpnet, total + spent_mpnet + left * CONFIRM_HOURS))
+    spent_confirm = sum(finished_hours(confirm_logs))
+    total += spent_confirm + left_hours(confirm, confirm_logs, CONFIRM_HOURS)
+    configs += confirm
+    runs = runs + [(c.task, c.method, c.init, c.lr, c.seed, c.rank) for c in long + confirm]
+    return Plan(runs, configs, status, (spent + spent_long + spent_confirm, total))
 
 
 def run_states(log_dir, *, model="minilm", data_dir=None, tasks=None, plan=None) -> list[tuple[str, RunConfig | None]]:

@@ -30,11 +30,10 @@ from utils.round2 import (
     convergence,
     grid_lrs,
     holdout_scores,
-    planned_runs,
-    projected_hours,
     selected_lrs,
 )
-from utils.round2_plan import CONFIRM_MODEL, CONFIRM_TASK, ceiling_ratio, limit_row
+from utils.round2_checks import CONFIRM, LONG, LONG_INITS
+from utils.round2_plan import ceiling_ratio
 from utils.stats import (
     PAIRED_BY_SERIES,
     holdout_majority,
@@ -62,17 +61,23 @@ def _pairs(summaries: pd.DataFrame, selected: pd.DataFrame) -> tuple[pd.DataFram
               for part, df in parts.items() for a, b in contrasts for w in ("final", "best")]
     ranks = [paired_comparison(at_selected(adapters, selected), LIMIT_RANK, RANK, w, keys=RANK_PAIRED_BY, by="rank")
              for w in ("final", "best")]
-    out = []
-    for family in (frames, ranks):
-        family = [f for f in family if not f.empty]
-        pairs = pd.concat(family, ignore_index=True) if family else pd.DataFrame()
-        if not pairs.empty:
-            pairs["p_holm"] = holm(pairs["p"])
-        out.append(pairs)
-    if not out[1].empty:  # "random r16 − random r4"
-        out[1]["a"] = [f"{i} r{a}" for i, a in zip(out[1]["init"], out[1]["a"])]
-        out[1]["b"] = [f"{i} r{b}" for i, b in zip(out[1]["init"], out[1]["b"])]
-    return out[0], out[1]
+    return _family(frames), _family(_within(ranks, "r{}"))
+
+
+def _family(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """`paired_comparison` outputs as one family of tests, with Holm-adjusted p ("p_holm")."""
+    frames = [f for f in frames if not f.empty]
+    pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not pairs.empty:
+        pairs["p_holm"] = holm(pairs["p"])
+    return pairs
+
+
+def _within(frames: list[pd.DataFrame], label: str) -> list[pd.DataFrame]:
+    """`paired_comparison` outputs of one init against itself (`by` rank or epochs), a and b written
+    "<init> <label.format(a)>", e.g. "random r16" with `label` "r{}"."""
+    return [f.assign(**{side: [f"{i} {label.format(v)}" for i, v in zip(f["init"], f[side])] for side in "ab"})
+            if not f.empty else f for f in frames]
 
 
 def _rte_gate(summaries: pd.DataFrame, selected: pd.DataFrame) -> str:
@@ -135,6 +140,29 @@ def _headline(summaries: pd.DataFrame, selected: pd.DataFrame, pairs: pd.DataFra
             "p Holm-adjusted over the whole family below.\n\n" + to_markdown(table))
 
 
+def _series_markdown(summaries: pd.DataFrame, runs: pd.DataFrame, selected: pd.DataFrame, m0: float) -> str:
+    """One task's series at their chosen lr (dev), one row each in series order: n, final and best (mean ±
+    std), the final's 95 % CI, its share of full fine-tuning's gain over the majority class `m0` and step
+    3's convergence rule on holdout ("" if no series has a finished run at its chosen lr)."""
+    chosen = summary_table(at_selected(summaries, selected))
+    if chosen.empty:
+        return ""
+    ranks = chosen["rank"].fillna(0).astype(int)  # the series' rank; summary_table: NaN for head and full
+    order = sorted(range(len(chosen)), key=lambda k: (series_order(
+        (chosen["method"].iloc[k], chosen["init"].iloc[k])), ranks.iloc[k]))
+    chosen, ranks = chosen.iloc[order].reset_index(drop=True), ranks.iloc[order].tolist()
+    f = format_table(chosen).drop(columns=["task", "metric"])
+    f["95% CI (final)"] = [("–" if pd.isna(h) else f"{m - h:.3f} – {m + h:.3f}")
+                           for m, h in zip(chosen["final_mean"], chosen["final_half"])]
+    f["share of full FT"] = _shares(chosen, m0)
+    conv = convergence(runs, selected).set_index(["method", "init", "rank"])
+    f["holdout: last − previous epoch"] = [
+        "–" if k not in conv.index else f"{conv.loc[k, 'last'] - conv.loc[k, 'previous']:+.3f}"
+        + ("" if conv.loc[k, "converged"] else " (not converged)")
+        for k in zip(chosen["method"], chosen["init"], ranks)]
+    return to_markdown(f)
+
+
 def _selection_markdown(runs: pd.DataFrame, task: str, selected: pd.DataFrame) -> str:
     """One row per series of `task`: holdout score (final dev metric) at each lr of its grid, the
     chosen lr in bold; one table for the ceilings, one for LoRA-FA (every rank)."""
@@ -160,26 +188,60 @@ def _selection_markdown(runs: pd.DataFrame, task: str, selected: pd.DataFrame) -
 def _confirm_markdown(confirm: pd.DataFrame) -> str:
     """Amendment 3: `random` and the best other init on mpnet, each at its MiniLM lr (dev), and their
     paired difference, final and best (a Holm family of its own)."""
-    t = get_task(CONFIRM_TASK)
+    t = get_task(CONFIRM.task)
     table = format_table(summary_table(confirm)).drop(columns=["task", "metric"])
-    out = [f"\n### {t.name.upper()} on {CONFIRM_MODEL} (amendment 3: `random` against the best other init, "
+    out = [f"\n### {t.name.upper()} on {CONFIRM.model} (amendment 3: `random` against the best other init, "
            f"each at its MiniLM lr; dev)\n", to_markdown(table)]
     other = [i for i in INITS if i != "random" and i in set(confirm["init"])]
-    pairs = pd.concat([paired_comparison(confirm, other[0], "random", w, keys=PAIRED_BY_SERIES)
-                       for w in ("final", "best")], ignore_index=True) if other else pd.DataFrame()
+    pairs = _family([paired_comparison(confirm, other[0], "random", w, keys=PAIRED_BY_SERIES)
+                     for w in ("final", "best")] if other else [])
     if not pairs.empty:
-        pairs["p_holm"] = holm(pairs["p"])
         out += ["\nPaired by seed (Holm over these tests only):\n", paired_markdown(pairs)]
-    hours = confirm["wall_time_s"].astype(float).sum() / 3600
-    out.append(f"\nCompute: {len(confirm)} finished {CONFIRM_MODEL} runs, {hours:.1f} worker-hours as logged.")
-    return "\n".join(out)
+    return "\n".join(out + [_check_compute(confirm, CONFIRM.model)])
+
+
+def _check_compute(summaries: pd.DataFrame, what: str) -> str:
+    hours = summaries["wall_time_s"].astype(float).sum() / 3600
+    return f"\nCompute: {len(summaries)} finished {what} runs, {hours:.1f} worker-hours as logged."
+
+
+def _long_markdown(long: tuple[pd.DataFrame, pd.DataFrame], runs: pd.DataFrame, summaries: pd.DataFrame,
+                   selected: pd.DataFrame, m0: float) -> str:
+    """Amendment 4: `LONG_INITS` on `LONG.task` at `LONG.epochs`, each at the lr chosen for it at the
+    registered epochs, next to full fine-tuning at those (dev; `_series_markdown`), and one Holm family
+    of its own: `LONG.epochs` − registered epochs of each init, paired by seed, and each other init −
+    `random` at `LONG.epochs`, final and best. `long`: (runs, summaries) of its folder."""
+    long_runs, long_summaries = (df.drop(columns="variant", errors="ignore") for df in long)
+    task, registered = LONG.task, EPOCHS[LONG.task]
+    mine = summaries[summaries["task"] == task].drop(columns="variant", errors="ignore")
+    full = mine[mine["method"] == "full"]
+    table = _series_markdown(pd.concat([long_summaries, full], ignore_index=True),
+                             pd.concat([long_runs, runs[(runs["task"] == task) & (runs["method"] == "full")]]),
+                             selected, m0)
+    short = at_selected(mine[(mine["method"] == "lora-fa") & (mine["rank"] == RANK) & mine["init"].isin(LONG_INITS)
+                             & mine["seed"].isin(LONG.seeds)], selected)
+    pool = pd.concat([long_summaries, short], ignore_index=True)
+    by_epochs = [paired_comparison(pool, LONG.epochs, registered, w, keys=("task", "model", "method", "init", "rank"),
+                                   by="epochs") for w in ("final", "best")]
+    by_init = [paired_comparison(long_summaries, i, "random", w, keys=PAIRED_BY_SERIES)
+               for i in LONG_INITS if i != "random" for w in ("final", "best")]
+    pairs = _family([*_within(by_epochs, "({} epochs)"), *by_init])
+    out = [f"\n### {task.upper()} trained for {LONG.epochs} epochs instead of {registered} (amendment 4: "
+           f"{', '.join(f'`{i}`' for i in LONG_INITS)}, each at its chosen lr; full fine-tuning at {registered}; "
+           "dev)\n", table]
+    if not pairs.empty:
+        out += [f"\nPaired by seed (Holm over the {int(pairs['p'].notna().sum())} tests of this family only):\n",
+                paired_markdown(pairs)]
+    return "\n".join(out + [_check_compute(long_summaries, f"{LONG.epochs}-epoch")])
 
 
 def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, frac: float = 0.9,
-                  tasks=None, confirm: pd.DataFrame | None = None) -> str:
+                  tasks=None, checks: dict | None = None, hours: tuple[float, float] | None = None) -> str:
     """Round 2's tables as markdown, per task (all, or `tasks`; the Holm families span every task,
-    whichever are shown); `confirm`: the summaries of the mpnet confirmation's folder
-    (`utils.round2_plan.confirm_dir`), shown with MRPC."""
+    whichever are shown). `checks`: {check name: (runs, summaries)} of the follow-up checks' folders
+    (`utils.round2_checks`), each shown after its task; `hours`: (worker-hours so far, projected total)
+    of `utils.round2_plan.current_plan`, stated at the end."""
+    checks = checks or {}
     if summaries.empty:
         return "No finished runs.\n"
     summaries, selected = with_variant(summaries), selected_lrs(runs)
@@ -201,22 +263,9 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
         if task in TASKS:
             out += ["\nLearning-rate selection (holdout score (final dev), seed 0):\n",
                     _selection_markdown(runs, task, selected)]
-        chosen = summary_table(at_selected(s, selected))
-        if not chosen.empty:  # one row per series, in series order whatever its lr
-            ranks = chosen["rank"].fillna(0).astype(int)  # the series' rank; summary_table: NaN for head and full
-            order = sorted(range(len(chosen)), key=lambda k: (series_order(
-                (chosen["method"].iloc[k], chosen["init"].iloc[k])), ranks.iloc[k]))
-            chosen, ranks = chosen.iloc[order].reset_index(drop=True), ranks.iloc[order].tolist()
-            f = format_table(chosen).drop(columns=["task", "metric"])
-            f["95% CI (final)"] = [("–" if pd.isna(h) else f"{m - h:.3f} – {m + h:.3f}")
-                                   for m, h in zip(chosen["final_mean"], chosen["final_half"])]
-            f["share of full FT"] = _shares(chosen, m0)
-            conv = convergence(runs[runs["task"] == task], selected).set_index(["method", "init", "rank"])
-            f["holdout: last − previous epoch"] = [
-                "–" if k not in conv.index else f"{conv.loc[k, 'last'] - conv.loc[k, 'previous']:+.3f}"
-                + ("" if conv.loc[k, "converged"] else " (not converged)")
-                for k in zip(chosen["method"], chosen["init"], ranks)]
-            out += ["\nEvery series at its chosen lr (dev):\n", to_markdown(f)]
+        table = _series_markdown(s, runs[runs["task"] == task], selected, m0)
+        if table:
+            out += ["\nEvery series at its chosen lr (dev):\n", table]
             best, share = ceiling_ratio(s, selected, task, m0)
             if best is not None:
                 out.append(f"\nCeiling ratio (the best init at rank {RANK} by mean final dev {t.main_metric}, every "
@@ -246,14 +295,18 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
         if not mine.empty:
             out += [f"\nIs rank the limit? Rank {LIMIT_RANK} − rank {RANK} of each init, each at the lr chosen at "
                     f"its rank (Holm over the {rank_tests} tests of this family):\n", paired_markdown(mine)]
-    if confirm is not None and not confirm.empty and (tasks is None or CONFIRM_TASK in [get_task(t).name for t in tasks]):
-        out.append(_confirm_markdown(with_variant(confirm)))
+    names = [get_task(t).name for t in (TASKS if tasks is None else tasks)]
+    if LONG.name in checks and LONG.task in names:
+        out.append(_long_markdown(checks[LONG.name], runs, summaries, selected,
+                                  baselines.get(LONG.task, {}).get(get_task(LONG.task).main_metric, math.nan)))
+    if CONFIRM.name in checks and CONFIRM.task in names:
+        out.append(_confirm_markdown(with_variant(checks[CONFIRM.name][1])))
     shown = summaries if tasks is None else summaries[summaries["task"].isin([get_task(t).name for t in tasks])]
     out += ["\n### Compute (wall time of each finished run, as logged)\n", to_markdown(compute_table(shown))]
-    if tasks is None:
-        spent, total = projected_hours(summaries, planned_runs(limit_row(summaries, selected, baselines)))
-        mpnet = 0.0 if confirm is None or confirm.empty else confirm["wall_time_s"].astype(float).sum() / 3600
-        out.append(f"\nRound 2 so far: {spent + mpnet:.1f} worker-hours; projected total {total + mpnet:.1f} "
-                   f"(each remaining planned MiniLM run at the median time so far of its task, method and rank; "
-                   f"budget {BUDGET}; mpnet's runs as far as they have finished).")
+    if hours is not None:
+        out.append(f"\nRound 2 so far: {hours[0]:.1f} worker-hours, every folder; projected total {hours[1]:.1f} "
+                   f"(budget {BUDGET}): each remaining run of the registered plan at the median time so far of its "
+                   f"task, method and rank; the {LONG.epochs}-epoch runs at the median of their own finished runs (twice "
+                   f"a {EPOCHS[LONG.task]}-epoch run before one has finished); the {CONFIRM.model} runs likewise, once they "
+                   "join the plan (after every MiniLM run, as far as the budget allows).")
     return "\n".join(out)

@@ -1,0 +1,120 @@
+"""Round 2's follow-up checks (README amendments 3 and 4): which runs each adds, when, and what they cost.
+
+Each check logs to a folder of its own next to round 2's (`check_dir`: logs/round2 -> logs/round2_long,
+logs/round2_mpnet), so that step 2's lr selection and step 3's tables never see its runs.
+
+* `LONG` (amendment 4): CoLA at 8 epochs instead of 4, for `LONG_INITS`, each at the lr chosen for it at
+  4 epochs, seeds 0-2 (`long_runs`): does the comparison survive training twice as long?
+* `CONFIRM` (amendment 3): `random` against MRPC's best other rank-4 init on all-mpnet-base-v2, each at the
+  lr chosen for it on MiniLM, seed pair by seed pair while the budget allows (`confirm_runs`).
+
+`utils.round2_plan.current_plan` puts the long runs after every run registered before them, and the mpnet
+runs after those, once all have finished; `utils.round2_report` reports both.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from utils.config import RunConfig
+from utils.round2 import BUDGET, EPOCHS, FINAL_SEEDS, INITS, RANK, mean_finals, run_config
+
+
+class Check(NamedTuple):
+    name: str  # its folder: <log_dir>_<name>
+    model: str
+    task: str
+    epochs: int
+    seeds: tuple
+
+
+LONG = Check("long", "minilm", "cola", 8, (0, 1, 2))
+LONG_INITS = ("random", "svd", "eva", "grad")  # the baseline, the original claim's init, the data-aware pair
+CONFIRM = Check("mpnet", "mpnet", "mrpc", EPOCHS["mrpc"], (0, 1))
+CONFIRM_HOURS = 1.6  # one mpnet MRPC run until one has finished: 7.4 s per step x 624 steps, 12 evaluations
+# x 83 s and 2 min of set-up, measured 2026-12-03 as a one-thread worker next to one other
+
+
+def check_dir(log_dir, check: Check) -> Path:
+    """The log folder of `check`, next to round 2's `log_dir` (logs/round2 -> logs/round2_long)."""
+    return Path(log_dir).with_name(f"{Path(log_dir).name}_{check.name}")
+
+
+def finished_hours(logs: dict) -> list[float]:
+    """The logged wall time, in hours, of each finished run of `logs` ({file: log})."""
+    return [log["summary"]["wall_time_s"] / 3600 for log in logs.values() if log["status"] == "finished"]
+
+
+def hours_per_run(logs: dict, fallback: float) -> float:
+    """What one more run of a check costs: the median logged hours of its finished runs (`logs`), `fallback`
+    before one has finished."""
+    times = finished_hours(logs)
+    return float(np.median(times)) if times else float(fallback)
+
+
+def long_fallback_hours(summaries: pd.DataFrame) -> float:
+    """A long run's price before one has finished: the median finished rank-4 LoRA-FA run of `LONG.task`,
+    scaled by the epochs (NaN without one)."""
+    done = summaries[(summaries["task"] == LONG.task) & (summaries["method"] == "lora-fa")
+                     & (summaries["rank"] == RANK)] if len(summaries) else summaries
+    return float(done["wall_time_s"].median()) / 3600 * LONG.epochs / EPOCHS[LONG.task] if len(done) else np.nan
+
+
+def _chosen(selected: pd.DataFrame | None, task: str) -> dict[str, float]:
+    """{init: lr chosen for it at rank `RANK` on `task`} of the inits whose grid has finished."""
+    if selected is None:
+        return {}
+    rows = selected[(selected["task"] == task) & (selected["method"] == "lora-fa") & (selected["rank"] == RANK)]
+    return {init: float(lr) for init, lr in zip(rows["init"], rows["lr"]) if not np.isnan(lr)}
+
+
+def long_runs(selected: pd.DataFrame | None, *, log_dir, data_dir=None) -> list[RunConfig]:
+    """Amendment 4's runs, seed by seed: each of `LONG_INITS` at `LONG.epochs` on `LONG.task`, at the lr
+    chosen for it at the task's registered epochs, every other setting as step 3's, in
+    `check_dir(log_dir, LONG)`. Empty until every one of those lrs is chosen."""
+    lr = _chosen(selected, LONG.task)
+    if not set(LONG_INITS) <= set(lr):
+        return []
+    return [run_config(LONG.task, "lora-fa", init, lr[init], seed, RANK, epochs=LONG.epochs,
+                       log_dir=str(check_dir(log_dir, LONG)), data_dir=data_dir)
+            for seed in LONG.seeds for init in LONG_INITS]
+
+
+def confirm_inits(summaries: pd.DataFrame, selected: pd.DataFrame) -> tuple[str, str] | None:
+    """("random", the best other rank-4 init on `CONFIRM.task` by mean final dev metric at its chosen lr over
+    all of step 3's `FINAL_SEEDS`); None until every init has them all."""
+    means = mean_finals(summaries, selected, CONFIRM.task, FINAL_SEEDS)
+    if not set(INITS) <= set(means):
+        return None
+    return "random", max((i for i in INITS if i != "random"), key=lambda init: means[init])
+
+
+def confirm_runs(summaries: pd.DataFrame, selected: pd.DataFrame, confirm_logs: dict, spent: float, *,
+                 log_dir, data_dir=None) -> list[RunConfig]:
+    """The mpnet runs of amendment 3, seed by seed (`CONFIRM.seeds`), `random` then the best other init
+    (`confirm_inits`), each at its MiniLM lr, in `check_dir(log_dir, CONFIRM)`. A seed's pair joins only if
+
+        spent + (its unfinished runs + those of the pairs before it) x hours per mpnet run <= BUDGET
+
+    (`spent`: worker-hours logged so far, every folder; hours per run: `hours_per_run` of `confirm_logs`,
+    `CONFIRM_HOURS` before one has finished), or once one of its runs has a log. Empty until
+    `confirm_inits` has decided; call it only once every MiniLM run has finished."""
+    pair = confirm_inits(summaries, selected)
+    if pair is None:
+        return []
+    lr = _chosen(selected, CONFIRM.task)
+    status = {Path(p).name: log["status"] for p, log in confirm_logs.items()}
+    hours = hours_per_run(confirm_logs, CONFIRM_HOURS)
+    out, left = [], 0
+    for seed in CONFIRM.seeds:
+        cfgs = [run_config(CONFIRM.task, "lora-fa", init, lr[init], seed, RANK, model=CONFIRM.model,
+                           log_dir=str(check_dir(log_dir, CONFIRM)), data_dir=data_dir) for init in pair]
+        todo = sum(status.get(c.log_path.name) != "finished" for c in cfgs)
+        started = any(c.log_path.name in status for c in cfgs)
+        if not started and spent + (left + todo) * hours > BUDGET:
+            break
+        out, left = out + cfgs, left + todo
+    return out
