@@ -8,6 +8,7 @@ import sweep_round2 as sweep
 from tests.test_round2 import _log, _mrpc_step3
 from utils import round2, round2_checks, round2_plan
 from utils.logs import load_runs, load_summaries, write_json_atomic
+from utils.round2_figures import round2_figures
 from utils.round2_report import round2_report
 
 
@@ -145,3 +146,9 @@ def test_the_plan_adds_amendment_4s_long_runs_after_the_registered_ones(tmp_path
     assert "| 0.170 ± 0.020 |" in row and f"| {0.17 / 0.30:.2f} |" in row  # share of 4-epoch full fine-tuning
     assert row.endswith("| +0.010 |")  # last − previous epoch on holdout: at the tolerance, converged
     assert "Compute: 12 finished 8-epoch runs, 2.3 worker-hours as logged." in part
+    figs = round2_figures(load_runs(log_dir), load_summaries(log_dir), {"cola": {"mcc": 0.0}},
+                          checks={"long": (load_runs(folder), load_summaries(folder))})
+    fig = figs["cola_8_epochs_history.png"]  # the long runs' curves: one line per init
+    labels = {label for ax in fig.axes for label in ax.get_legend_handles_labels()[1]} | \
+        {t.get_text() for leg in fig.legends for t in leg.get_texts()}
+    assert all(any(init in label for label in labels) for init in round2_checks.LONG_INITS)
