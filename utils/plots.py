@@ -22,7 +22,7 @@ from utils.figures import plot_histories, select_series, summary_figure
 from utils.glue import get_task
 from utils.logs import load_runs, load_summaries, read_logs
 from utils.report import fmt_lr, format_report, format_table, to_markdown
-from utils.round2_checks import CONFIRM, LONG, check_dir
+from utils.round2_checks import CONFIRM, LONG, check_logs
 from utils.round2_figures import round2_figures
 from utils.round2_plan import current_plan
 from utils.round2_report import round2_report
@@ -38,7 +38,7 @@ def _checks(log_dir) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     (`utils.round2_checks`): their finished runs."""
     out = {}
     for check in (LONG, CONFIRM):
-        logs = read_logs(check_dir(log_dir, check), status=None) if check_dir(log_dir, check).is_dir() else {}
+        logs = check_logs(log_dir, check)
         if any(log["status"] == "finished" for log in logs.values()):
             out[check.name] = (load_runs(logs), load_summaries(logs))
     return out

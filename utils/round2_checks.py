@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from utils.config import RunConfig
+from utils.logs import read_logs
 from utils.round2 import BUDGET, EPOCHS, FINAL_SEEDS, INITS, RANK, mean_finals, run_config
 
 
@@ -41,6 +42,12 @@ CONFIRM_HOURS = 1.6  # one mpnet MRPC run until one has finished: 7.4 s per step
 def check_dir(log_dir, check: Check) -> Path:
     """The log folder of `check`, next to round 2's `log_dir` (logs/round2 -> logs/round2_long)."""
     return Path(log_dir).with_name(f"{Path(log_dir).name}_{check.name}")
+
+
+def check_logs(log_dir, check: Check) -> dict:
+    """{file: log} of every log of `check` (any status; {} before its folder exists)."""
+    folder = check_dir(log_dir, check)
+    return read_logs(folder, status=None) if folder.is_dir() else {}
 
 
 def finished_hours(logs: dict) -> list[float]:

@@ -34,7 +34,7 @@ from utils.round2_checks import (
     CONFIRM,
     CONFIRM_HOURS,
     LONG,
-    check_dir,
+    check_logs,
     confirm_runs,
     finished_hours,
     hours_per_run,
@@ -80,17 +80,13 @@ class Plan(NamedTuple):
     hours: tuple[float, float]  # worker-hours logged so far, the projected total (every folder)
 
 
-def _read(folder) -> dict:
-    """{path: log} of every log in `folder` ({} if there is none)."""
-    return read_logs(folder, status=None) if Path(folder).is_dir() else {}
-
-
 def current_plan(log_dir, *, model="minilm", data_dir=None) -> Plan:
     """Round 2's plan against the logs in `log_dir` (and its checks' folders), each read once: the rank-16
     row as `limit_row` decides it, each run's config at its chosen lr, then amendment 4's long runs, then
     the mpnet runs. Projected hours: the registered runs by `projected_hours`, each check's unfinished
     runs at `hours_per_run` (a long run before one has finished: `long_fallback_hours`)."""
-    logs, long_logs, confirm_logs = _read(log_dir), _read(check_dir(log_dir, LONG)), _read(check_dir(log_dir, CONFIRM))
+    logs = read_logs(log_dir, status=None) if Path(log_dir).is_dir() else {}
+    long_logs, confirm_logs = check_logs(log_dir, LONG), check_logs(log_dir, CONFIRM)
     summaries, selected = load_summaries(logs), selected_lrs(load_runs(logs)) if logs else None
     runs = planned_runs(limit_row(summaries, selected, majority_metrics(logs))) if logs else planned_runs()
     chosen = {} if selected is None else {
