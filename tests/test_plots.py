@@ -4,6 +4,7 @@ import zlib
 
 import matplotlib
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 from scipy import stats
@@ -214,4 +215,24 @@ def test_single_seed_points_are_hollow_and_not_joined(log_dir):
     assert len(joined) == 1 and len(joined[0].get_xdata()) == 2  # the two 3-seed lrs only
     assert len(hollow) == 1 and hollow[0].get_xdata()[0] == pytest.approx(1e-2, rel=0.2)
     assert "hollow: one seed, not joined" in fig._suptitle.get_text()
+    matplotlib.pyplot.close("all")
+
+
+def test_an_evaluation_a_step_after_another_pools_its_train_loss_with_it(log_dir):
+    """Epoch-end evaluations come a step or two after a periodic one: their train loss (the mean since the
+    previous evaluation) covers one step. The history figure pools it, step-weighted, with the window before."""
+    runs = pd.DataFrame({"run_id": ["a"] * 4 + ["b"] * 3, "step": [120, 240, 241, 360, 100, 200, 300],
+                         "train_loss": [1.0, 0.8, 0.2, 0.7, 0.5, 0.4, 0.3], "dev_loss": [0.1] * 7})
+    out = figures.pooled_train_loss(runs)
+    assert out["train_loss"].tolist() == pytest.approx([1.0, np.nan, (0.8 * 120 + 0.2 * 1) / 121, 0.7, 0.5, 0.4, 0.3],
+                                                       nan_ok=True)
+    assert out["dev_loss"].tolist() == [0.1] * 7 and runs["train_loss"].notna().all()  # the input is left alone
+    logged = load_runs(log_dir)
+    sel = logged[(logged.task == "mrpc") & (logged.lr == 1e-4) & (logged.method == "lora-fa") & (logged.init == "random")]
+    extra = sel[sel.step == 30].assign(step=31, train_loss=5.0)  # an epoch-end evaluation one step later
+    fig = figures.plot_histories(pd.concat([sel, extra], ignore_index=True), "mrpc", lr=1e-4)
+    line = [ax for ax in fig.axes if ax.get_title() == "train loss"][0].lines[0]
+    assert list(line.get_xdata()) == [0, 10, 20, 31]
+    expected = ((sel[sel.step == 30]["train_loss"] * 10 + 5.0) / 11).mean()
+    assert line.get_ydata()[-1] == pytest.approx(expected)
     matplotlib.pyplot.close("all")

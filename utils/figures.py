@@ -69,6 +69,25 @@ def seed_curve(runs: pd.DataFrame, column: str) -> pd.DataFrame:
     return out
 
 
+def pooled_train_loss(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` (`load_runs` rows) with each evaluation's train loss, the mean over the steps since the
+    previous evaluation, pooled into the next one where that one's window is under half the run's
+    median window (an epoch-end evaluation a step or two after a periodic one, whose one-step mean
+    is noise): the pooled loss is the step-weighted mean over both windows, at the later step, and
+    the earlier row's train loss becomes NaN. Nothing else changes."""
+    out = runs.copy()
+    for _, g in out.sort_values("step").groupby("run_id"):
+        window = np.diff(g["step"].to_numpy(dtype=float), prepend=0.0)
+        for k in np.flatnonzero(window < 0.5 * np.median(window)):
+            if k == 0:
+                continue
+            a, b = g.index[k - 1], g.index[k]
+            w = window[k - 1], window[k]
+            out.loc[b, "train_loss"] = (out.loc[a, "train_loss"] * w[0] + out.loc[b, "train_loss"] * w[1]) / sum(w)
+            out.loc[a, "train_loss"] = np.nan
+    return out
+
+
 def metric_label(name: str) -> str:
     return METRIC_LABELS.get(name, name)
 
@@ -134,12 +153,14 @@ def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, va
     (needed only when `df` holds several). Baselines (head/full) at the same lr are drawn too.
     `lr="each"`: every series of `df` at its own lr (e.g. `utils.round2.at_selected` rows), named in
     its legend entry. One colour per series; lines are means over seeds with a shaded 95%
-    t-interval. `majority` ({task: {metric: value}}, see `utils.stats.majority_metrics`) adds the
-    majority-class level to the metric panels. Returns the figure (drawn into `fig` if given).
+    t-interval; the train loss of an evaluation a step or two after another is pooled with it
+    (`pooled_train_loss`). `majority` ({task: {metric: value}}, see `utils.stats.majority_metrics`) adds
+    the majority-class level to the metric panels. Returns the figure (drawn into `fig` if given).
     """
     task = get_task(task)
     each = isinstance(lr, str) and lr == "each"
     runs = select_series(with_variant(df), task, model=model, rank=rank, lr=None if each else lr, variant=variant)
+    runs = pooled_train_loss(runs)
     adapters = runs[runs["method"].isin(ADAPTER_METHODS)]
     keys = ["model", "variant"] + ([] if each else ["lr"])
     settings = adapters[["rank", *keys]].drop_duplicates() if len(adapters) else runs[keys].drop_duplicates()
