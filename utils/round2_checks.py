@@ -9,7 +9,8 @@ logs/round2_mpnet), so that step 2's lr selection and step 3's tables never see 
   lr chosen for it on MiniLM, seed pair by seed pair while the budget allows (`confirm_runs`).
 
 `utils.round2_plan.current_plan` puts the long runs after every run registered before them, and the mpnet
-runs after those, once all have finished; `utils.round2_report` reports both.
+runs after those, once all have finished; `long_markdown` and `confirm_markdown` are their parts of
+`utils.round2_report`.
 """
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ import numpy as np
 import pandas as pd
 
 from utils.config import RunConfig
+from utils.glue import get_task
 from utils.logs import read_logs
-from utils.round2 import BUDGET, EPOCHS, FINAL_SEEDS, INITS, RANK, mean_finals, run_config
+from utils.report import format_table, paired_markdown, to_markdown
+from utils.round2 import BUDGET, EPOCHS, FINAL_SEEDS, INITS, RANK, at_selected, mean_finals, run_config
+from utils.round2_tables import family, series_markdown, within
+from utils.stats import PAIRED_BY_SERIES, paired_comparison, summary_table
 
 
 class Check(NamedTuple):
@@ -125,3 +130,53 @@ def confirm_runs(summaries: pd.DataFrame, selected: pd.DataFrame, confirm_logs: 
             break
         out, left = out + cfgs, left + todo
     return out
+
+
+def confirm_markdown(confirm: pd.DataFrame) -> str:
+    """Amendment 3: `random` and the best other init on mpnet, each at its MiniLM lr (dev), and their
+    paired difference, final and best (a Holm family of its own)."""
+    t = get_task(CONFIRM.task)
+    table = format_table(summary_table(confirm)).drop(columns=["task", "metric"])
+    out = [f"\n### {t.name.upper()} on {CONFIRM.model} (amendment 3: `random` against the best other init, "
+           f"each at its MiniLM lr; dev)\n", to_markdown(table)]
+    other = [i for i in INITS if i != "random" and i in set(confirm["init"])]
+    pairs = family([paired_comparison(confirm, other[0], "random", w, keys=PAIRED_BY_SERIES)
+                    for w in ("final", "best")] if other else [])
+    if not pairs.empty:
+        out += ["\nPaired by seed (Holm over these tests only):\n", paired_markdown(pairs)]
+    return "\n".join(out + [_check_compute(confirm, CONFIRM.model)])
+
+
+def _check_compute(summaries: pd.DataFrame, what: str) -> str:
+    hours = summaries["wall_time_s"].astype(float).sum() / 3600
+    return f"\nCompute: {len(summaries)} finished {what} runs, {hours:.1f} worker-hours as logged."
+
+
+def long_markdown(long: tuple[pd.DataFrame, pd.DataFrame], runs: pd.DataFrame, summaries: pd.DataFrame,
+                  selected: pd.DataFrame, m0: float) -> str:
+    """Amendment 4: `LONG_INITS` on `LONG.task` at `LONG.epochs`, each at the lr chosen for it at the
+    registered epochs, next to full fine-tuning at those (dev; `series_markdown`), and one Holm family
+    of its own: `LONG.epochs` − registered epochs of each init, paired by seed, and each other init −
+    `random` at `LONG.epochs`, final and best. `long`: (runs, summaries) of its folder."""
+    long_runs, long_summaries = (df.drop(columns="variant", errors="ignore") for df in long)
+    task, registered = LONG.task, EPOCHS[LONG.task]
+    mine = summaries[summaries["task"] == task].drop(columns="variant", errors="ignore")
+    full = mine[mine["method"] == "full"]
+    table = series_markdown(pd.concat([long_summaries, full], ignore_index=True),
+                            pd.concat([long_runs, runs[(runs["task"] == task) & (runs["method"] == "full")]]),
+                            selected, m0)
+    short = at_selected(mine[(mine["method"] == "lora-fa") & (mine["rank"] == RANK) & mine["init"].isin(LONG_INITS)
+                             & mine["seed"].isin(LONG.seeds)], selected)
+    pool = pd.concat([long_summaries, short], ignore_index=True)
+    by_epochs = [paired_comparison(pool, LONG.epochs, registered, w, keys=("task", "model", "method", "init", "rank"),
+                                   by="epochs") for w in ("final", "best")]
+    by_init = [paired_comparison(long_summaries, i, "random", w, keys=PAIRED_BY_SERIES)
+               for i in LONG_INITS if i != "random" for w in ("final", "best")]
+    pairs = family([*within(by_epochs, "({} epochs)"), *by_init])
+    out = [f"\n### {task.upper()} trained for {LONG.epochs} epochs instead of {registered} (amendment 4: "
+           f"{', '.join(f'`{i}`' for i in LONG_INITS)}, each at its chosen lr; full fine-tuning at {registered}; "
+           "dev)\n", table]
+    if not pairs.empty:
+        out += [f"\nPaired by seed (Holm over the {int(pairs['p'].notna().sum())} tests of this family only):\n",
+                paired_markdown(pairs)]
+    return "\n".join(out + [_check_compute(long_summaries, f"{LONG.epochs}-epoch")])

@@ -3,7 +3,8 @@
 Per task: the lr selection on holdout, the ceilings and every init at its chosen lr (dev; share of
 full fine-tuning's gain over the majority class; convergence) with the ceiling ratio, RTE's gate, the
 small-lr half, their paired tests (one Holm family over every task), steps to target, and the rank-16
-row against rank 4 (its own Holm family). Every metric is on the GLUE dev split unless a column says holdout.
+row against rank 4 (its own Holm family); after them the follow-up checks' parts (`utils.round2_checks`).
+Every metric is on the GLUE dev split unless a column says holdout. Shared pieces: `utils.round2_tables`.
 """
 from __future__ import annotations
 
@@ -27,17 +28,16 @@ from utils.round2 import (
     TASKS,
     at_selected,
     at_small_lr,
-    convergence,
     grid_lrs,
     holdout_scores,
     selected_lrs,
 )
-from utils.round2_checks import CONFIRM, LONG, LONG_INITS
+from utils.round2_checks import CONFIRM, LONG, confirm_markdown, long_markdown
 from utils.round2_plan import ceiling_ratio
+from utils.round2_tables import family, series_markdown, shares, within
 from utils.stats import (
     PAIRED_BY_SERIES,
     holdout_majority,
-    holm,
     paired_comparison,
     series_order,
     steps_to_target,
@@ -61,23 +61,7 @@ def _pairs(summaries: pd.DataFrame, selected: pd.DataFrame) -> tuple[pd.DataFram
               for part, df in parts.items() for a, b in contrasts for w in ("final", "best")]
     ranks = [paired_comparison(at_selected(adapters, selected), LIMIT_RANK, RANK, w, keys=RANK_PAIRED_BY, by="rank")
              for w in ("final", "best")]
-    return _family(frames), _family(_within(ranks, "r{}"))
-
-
-def _family(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """`paired_comparison` outputs as one family of tests, with Holm-adjusted p ("p_holm")."""
-    frames = [f for f in frames if not f.empty]
-    pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if not pairs.empty:
-        pairs["p_holm"] = holm(pairs["p"])
-    return pairs
-
-
-def _within(frames: list[pd.DataFrame], label: str) -> list[pd.DataFrame]:
-    """`paired_comparison` outputs of one init against itself (`by` rank or epochs), a and b written
-    "<init> <label.format(a)>", e.g. "random r16" with `label` "r{}"."""
-    return [f.assign(**{side: [f"{i} {label.format(v)}" for i, v in zip(f["init"], f[side])] for side in "ab"})
-            if not f.empty else f for f in frames]
+    return family(frames), family(within(ranks, "r{}"))
 
 
 def _rte_gate(summaries: pd.DataFrame, selected: pd.DataFrame) -> str:
@@ -100,14 +84,6 @@ def _label(method: str, init: str, rank: int) -> str:
     return method if method != "lora-fa" else init if rank == RANK else f"{init} (rank {rank})"
 
 
-def _shares(chosen: pd.DataFrame, m0: float) -> list[str]:
-    """Each row's share of full fine-tuning's gain over the majority class `m0`, (final − m0) / (full
-    fine-tuning's final − m0), as text; "–" without a full fine-tuning row or gain. `chosen`: `summary_table`."""
-    full = chosen.loc[chosen["method"] == "full", "final_mean"]
-    gain = full.iloc[0] - m0 if len(full) else math.nan
-    return ["–" if pd.isna(gain) or gain <= 0 else f"{(m - m0) / gain:.2f}" for m in chosen["final_mean"]]
-
-
 def _headline(summaries: pd.DataFrame, selected: pd.DataFrame, pairs: pd.DataFrame, baselines: dict) -> str:
     """The answer at a glance: on each of `TASKS`, every rank-4 init and both ceilings at their chosen lr,
     the final dev main metric (mean ± std, seeds), the share of full fine-tuning's gain over the majority
@@ -122,7 +98,7 @@ def _headline(summaries: pd.DataFrame, selected: pd.DataFrame, pairs: pd.DataFra
             continue
         vs = pairs[(pairs["task"] == t.name) & (pairs["part"] == "selected") & (pairs["which"] == "final")
                    & (pairs["b"] == "random")] if not pairs.empty else pairs
-        for (_, r), share in zip(chosen.iterrows(), _shares(chosen, m0)):
+        for (_, r), share in zip(chosen.iterrows(), shares(chosen, m0)):
             label = _label(r["method"], r["init"], RANK)
             d = vs[vs["a"] == r["init"]] if not vs.empty else vs
             rows.setdefault(label, {"series": label, "_o": series_order((r["method"], r["init"]))}).update({
@@ -138,29 +114,6 @@ def _headline(summaries: pd.DataFrame, selected: pd.DataFrame, pairs: pd.DataFra
     return (f"\n### At a glance: rank {RANK}, each at its chosen lr (dev, final)\n\n"
             "Share: of full fine-tuning's gain over the majority class; − random: paired by seed, "
             "p Holm-adjusted over the whole family below.\n\n" + to_markdown(table))
-
-
-def _series_markdown(summaries: pd.DataFrame, runs: pd.DataFrame, selected: pd.DataFrame, m0: float) -> str:
-    """One task's series at their chosen lr (dev), one row each in series order: n, final and best (mean ±
-    std), the final's 95 % CI, its share of full fine-tuning's gain over the majority class `m0` and step
-    3's convergence rule on holdout ("" if no series has a finished run at its chosen lr)."""
-    chosen = summary_table(at_selected(summaries, selected))
-    if chosen.empty:
-        return ""
-    ranks = chosen["rank"].fillna(0).astype(int)  # the series' rank; summary_table: NaN for head and full
-    order = sorted(range(len(chosen)), key=lambda k: (series_order(
-        (chosen["method"].iloc[k], chosen["init"].iloc[k])), ranks.iloc[k]))
-    chosen, ranks = chosen.iloc[order].reset_index(drop=True), ranks.iloc[order].tolist()
-    f = format_table(chosen).drop(columns=["task", "metric"])
-    f["95% CI (final)"] = [("–" if pd.isna(h) else f"{m - h:.3f} – {m + h:.3f}")
-                           for m, h in zip(chosen["final_mean"], chosen["final_half"])]
-    f["share of full FT"] = _shares(chosen, m0)
-    conv = convergence(runs, selected).set_index(["method", "init", "rank"])
-    f["holdout: last − previous epoch"] = [
-        "–" if k not in conv.index else f"{conv.loc[k, 'last'] - conv.loc[k, 'previous']:+.3f}"
-        + ("" if conv.loc[k, "converged"] else " (not converged)")
-        for k in zip(chosen["method"], chosen["init"], ranks)]
-    return to_markdown(f)
 
 
 def _selection_markdown(runs: pd.DataFrame, task: str, selected: pd.DataFrame) -> str:
@@ -183,56 +136,6 @@ def _selection_markdown(runs: pd.DataFrame, task: str, selected: pd.DataFrame) -
         if rows:
             out.append(to_markdown(pd.DataFrame(rows)))
     return "\n".join(out)
-
-
-def _confirm_markdown(confirm: pd.DataFrame) -> str:
-    """Amendment 3: `random` and the best other init on mpnet, each at its MiniLM lr (dev), and their
-    paired difference, final and best (a Holm family of its own)."""
-    t = get_task(CONFIRM.task)
-    table = format_table(summary_table(confirm)).drop(columns=["task", "metric"])
-    out = [f"\n### {t.name.upper()} on {CONFIRM.model} (amendment 3: `random` against the best other init, "
-           f"each at its MiniLM lr; dev)\n", to_markdown(table)]
-    other = [i for i in INITS if i != "random" and i in set(confirm["init"])]
-    pairs = _family([paired_comparison(confirm, other[0], "random", w, keys=PAIRED_BY_SERIES)
-                     for w in ("final", "best")] if other else [])
-    if not pairs.empty:
-        out += ["\nPaired by seed (Holm over these tests only):\n", paired_markdown(pairs)]
-    return "\n".join(out + [_check_compute(confirm, CONFIRM.model)])
-
-
-def _check_compute(summaries: pd.DataFrame, what: str) -> str:
-    hours = summaries["wall_time_s"].astype(float).sum() / 3600
-    return f"\nCompute: {len(summaries)} finished {what} runs, {hours:.1f} worker-hours as logged."
-
-
-def _long_markdown(long: tuple[pd.DataFrame, pd.DataFrame], runs: pd.DataFrame, summaries: pd.DataFrame,
-                   selected: pd.DataFrame, m0: float) -> str:
-    """Amendment 4: `LONG_INITS` on `LONG.task` at `LONG.epochs`, each at the lr chosen for it at the
-    registered epochs, next to full fine-tuning at those (dev; `_series_markdown`), and one Holm family
-    of its own: `LONG.epochs` − registered epochs of each init, paired by seed, and each other init −
-    `random` at `LONG.epochs`, final and best. `long`: (runs, summaries) of its folder."""
-    long_runs, long_summaries = (df.drop(columns="variant", errors="ignore") for df in long)
-    task, registered = LONG.task, EPOCHS[LONG.task]
-    mine = summaries[summaries["task"] == task].drop(columns="variant", errors="ignore")
-    full = mine[mine["method"] == "full"]
-    table = _series_markdown(pd.concat([long_summaries, full], ignore_index=True),
-                             pd.concat([long_runs, runs[(runs["task"] == task) & (runs["method"] == "full")]]),
-                             selected, m0)
-    short = at_selected(mine[(mine["method"] == "lora-fa") & (mine["rank"] == RANK) & mine["init"].isin(LONG_INITS)
-                             & mine["seed"].isin(LONG.seeds)], selected)
-    pool = pd.concat([long_summaries, short], ignore_index=True)
-    by_epochs = [paired_comparison(pool, LONG.epochs, registered, w, keys=("task", "model", "method", "init", "rank"),
-                                   by="epochs") for w in ("final", "best")]
-    by_init = [paired_comparison(long_summaries, i, "random", w, keys=PAIRED_BY_SERIES)
-               for i in LONG_INITS if i != "random" for w in ("final", "best")]
-    pairs = _family([*_within(by_epochs, "({} epochs)"), *by_init])
-    out = [f"\n### {task.upper()} trained for {LONG.epochs} epochs instead of {registered} (amendment 4: "
-           f"{', '.join(f'`{i}`' for i in LONG_INITS)}, each at its chosen lr; full fine-tuning at {registered}; "
-           "dev)\n", table]
-    if not pairs.empty:
-        out += [f"\nPaired by seed (Holm over the {int(pairs['p'].notna().sum())} tests of this family only):\n",
-                paired_markdown(pairs)]
-    return "\n".join(out + [_check_compute(long_summaries, f"{LONG.epochs}-epoch")])
 
 
 def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, frac: float = 0.9,
@@ -263,7 +166,7 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
         if task in TASKS:
             out += ["\nLearning-rate selection (holdout score (final dev), seed 0):\n",
                     _selection_markdown(runs, task, selected)]
-        table = _series_markdown(s, runs[runs["task"] == task], selected, m0)
+        table = series_markdown(s, runs[runs["task"] == task], selected, m0)
         if table:
             out += ["\nEvery series at its chosen lr (dev):\n", table]
             best, share = ceiling_ratio(s, selected, task, m0)
@@ -297,10 +200,10 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
                     f"its rank (Holm over the {rank_tests} tests of this family):\n", paired_markdown(mine)]
     names = [get_task(t).name for t in (TASKS if tasks is None else tasks)]
     if LONG.name in checks and LONG.task in names:
-        out.append(_long_markdown(checks[LONG.name], runs, summaries, selected,
+        out.append(long_markdown(checks[LONG.name], runs, summaries, selected,
                                   baselines.get(LONG.task, {}).get(get_task(LONG.task).main_metric, math.nan)))
     if CONFIRM.name in checks and CONFIRM.task in names:
-        out.append(_confirm_markdown(with_variant(checks[CONFIRM.name][1])))
+        out.append(confirm_markdown(with_variant(checks[CONFIRM.name][1])))
     shown = summaries if tasks is None else summaries[summaries["task"].isin([get_task(t).name for t in tasks])]
     out += ["\n### Compute (wall time of each finished run, as logged)\n", to_markdown(compute_table(shown))]
     if hours is not None:
