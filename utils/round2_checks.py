@@ -83,6 +83,13 @@ def _chosen(selected: pd.DataFrame | None, task: str) -> dict[str, float]:
     return {init: float(lr) for init, lr in zip(rows["init"], rows["lr"]) if not np.isnan(lr)}
 
 
+def _config(check: Check, init: str, lr: float, seed: int, log_dir, data_dir) -> RunConfig:
+    """One LoRA-FA run of `check`: step 3's settings (`run_config`, rank `RANK`) on the check's model, task
+    and epochs, logged in `check_dir(log_dir, check)`."""
+    return run_config(check.task, "lora-fa", init, lr, seed, RANK, model=check.model, epochs=check.epochs,
+                      log_dir=str(check_dir(log_dir, check)), data_dir=data_dir)
+
+
 def long_runs(selected: pd.DataFrame | None, *, log_dir, data_dir=None) -> list[RunConfig]:
     """Amendment 4's runs, seed by seed: each of `LONG_INITS` at `LONG.epochs` on `LONG.task`, at the lr
     chosen for it at the task's registered epochs, every other setting as step 3's, in
@@ -90,9 +97,7 @@ def long_runs(selected: pd.DataFrame | None, *, log_dir, data_dir=None) -> list[
     lr = _chosen(selected, LONG.task)
     if not set(LONG_INITS) <= set(lr):
         return []
-    return [run_config(LONG.task, "lora-fa", init, lr[init], seed, RANK, epochs=LONG.epochs,
-                       log_dir=str(check_dir(log_dir, LONG)), data_dir=data_dir)
-            for seed in LONG.seeds for init in LONG_INITS]
+    return [_config(LONG, init, lr[init], seed, log_dir, data_dir) for seed in LONG.seeds for init in LONG_INITS]
 
 
 def confirm_inits(summaries: pd.DataFrame, selected: pd.DataFrame) -> tuple[str, str] | None:
@@ -122,8 +127,7 @@ def confirm_runs(summaries: pd.DataFrame, selected: pd.DataFrame, confirm_logs: 
     hours = hours_per_run(confirm_logs, CONFIRM_HOURS)
     out, left = [], 0
     for seed in CONFIRM.seeds:
-        cfgs = [run_config(CONFIRM.task, "lora-fa", init, lr[init], seed, RANK, model=CONFIRM.model,
-                           log_dir=str(check_dir(log_dir, CONFIRM)), data_dir=data_dir) for init in pair]
+        cfgs = [_config(CONFIRM, init, lr[init], seed, log_dir, data_dir) for init in pair]
         todo = sum(status.get(c.log_path.name) != "finished" for c in cfgs)
         started = any(c.log_path.name in status for c in cfgs)
         if not started and spent + (left + todo) * hours > BUDGET:
