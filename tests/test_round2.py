@@ -147,6 +147,7 @@ def test_rank16_row_is_selected_and_paired_apart_from_rank4(tmp_path):
     points = {(round(ln.get_xdata()[0], 2), round(ln.get_ydata()[0], 3))
               for ln in figs["cola_rank16.png"].axes[0].lines if len(ln.get_xdata()) == 1}
     assert {(-0.14, 0.22), (0.14, 0.27), (0.86, 0.21), (1.14, 0.26)} <= points  # random, svd: seed means
+    assert [t.get_text() for t in figs["cola_rank16.png"].axes[0].texts] == ["n=3"] * 4  # seeds per point
     for fig in figs.values():
         figures.plt.close(fig)
 

@@ -103,7 +103,8 @@ def lr_sensitivity_figure(runs: pd.DataFrame, task, selected: pd.DataFrame, majo
 @plt.rc_context(STYLE)
 def rank_figure(summaries: pd.DataFrame, task, selected: pd.DataFrame, majority=None):
     """Is rank the limit? Each init's final dev metric at rank `RANK` (filled) and `LIMIT_RANK` (hollow),
-    each at the lr chosen for it: mean over seeds with its 95 % t-interval (none for n = 1), against
+    each at the lr chosen for it: mean over seeds (n written beside it) with its 95 % t-interval (none
+    for n = 1), against
     full fine-tuning's mean, the goal (`GOAL` of its gain over the majority class) and the majority
     class. Returns the figure."""
     task = get_task(task)
@@ -118,10 +119,12 @@ def rank_figure(summaries: pd.DataFrame, task, selected: pd.DataFrame, majority=
             v = values[(chosen["method"] == "lora-fa") & (chosen["init"] == init) & (chosen["rank"] == rank)]
             if v.empty:
                 continue
-            mean, _, _, half = t_interval(v)
+            mean, _, n, half = t_interval(v)
             ax.errorbar(k + dx, mean, yerr=None if math.isnan(half) else half, color=style["color"],
                         marker=style["marker"], markersize=9, capsize=4, lw=1.6,
                         markerfacecolor=style["color"] if rank == RANK else "white", markeredgewidth=1.8)
+            ax.annotate(f"n={n}", (k + dx, mean), xytext=(7, -9), textcoords="offset points", fontsize=7,
+                        color="#444444")  # seeds behind the point: an interval needs n >= 2
     handles = [Line2D([], [], color="#444444", marker="o", linestyle="none", markersize=8, label=f"rank {RANK}"),
                Line2D([], [], color="#444444", marker="o", markerfacecolor="white", linestyle="none", markersize=8,
                       mew=1.8, label=f"rank {LIMIT_RANK}")]
