@@ -109,10 +109,10 @@ def current_plan(log_dir, *, model="minilm", data_dir=None) -> Plan:
     spent_long = sum(finished_hours(long_logs))
     total += spent_long + left_hours(long, long_logs, long_fallback_hours(summaries))
     configs += long
-    confirm = confirm_runs(summaries, selected, confirm_logs, spent + spent_long + sum(finished_hours(confirm_logs)),
+    spent_confirm = sum(finished_hours(confirm_logs))
+    confirm = confirm_runs(summaries, selected, confirm_logs, spent + spent_long + spent_confirm,
                            log_dir=log_dir, data_dir=data_dir) \
         if all(c is not None and status.get(c.log_path.name) == "finished" for c in configs) else []
-    spent_confirm = sum(finished_hours(confirm_logs))
     total += spent_confirm + left_hours(confirm, confirm_logs, CONFIRM_HOURS)
     configs += confirm
     runs = runs + [(c.task, c.method, c.init, c.lr, c.seed, c.rank) for c in long + confirm]

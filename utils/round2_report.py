@@ -204,7 +204,7 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
                                   baselines.get(LONG.task, {}).get(get_task(LONG.task).main_metric, math.nan)))
     if CONFIRM.name in checks and CONFIRM.task in names:
         out.append(confirm_markdown(with_variant(checks[CONFIRM.name][1])))
-    shown = summaries if tasks is None else summaries[summaries["task"].isin([get_task(t).name for t in tasks])]
+    shown = summaries if tasks is None else summaries[summaries["task"].isin(names)]
     out += ["\n### Compute (wall time of each finished run, as logged)\n", to_markdown(compute_table(shown))]
     if hours is not None:
         out.append(f"\nRound 2 so far: {hours[0]:.1f} worker-hours, every folder; projected total {hours[1]:.1f} "
