@@ -30,6 +30,8 @@ from utils.config import RunConfig
 from utils.round2 import BUDGET
 from utils.round2_plan import current_plan, progress, run_states
 
+POLL_S = 60  # how often an idle worker looks again while another worker's run is going
+
 
 def command(cfg: RunConfig, threads: int | None, ckpt_dir: str | None = None) -> list[str]:
     """The run_glue.py command line of one run (checkpoints under `ckpt_dir`, if given: a folder
@@ -46,13 +48,17 @@ def command(cfg: RunConfig, threads: int | None, ckpt_dir: str | None = None) ->
 
 
 def worker(k: int, args) -> None:
-    """Run the first ready run, again and again, until none is ready (waiting ones need others first)."""
+    """Run the first ready run, again and again. With none ready it waits while another worker's run is
+    going (its end may choose an lr or add a check's runs to the plan), and stops once nothing is running."""
     tried = set()
     while True:
         states = run_states(args.log_dir, model=args.model, data_dir=args.data_dir)
         ready = [cfg for state, cfg in states if state == "ready" and cfg.run_id not in tried]
         if not ready:
-            return
+            if not any(state == "running" for state, _ in states):
+                return
+            time.sleep(POLL_S)
+            continue
         cfg = ready[0]
         tried.add(cfg.run_id)  # a run that fails is not retried in this sweep
         print(f"[worker {k}] {' '.join(command(cfg, args.threads, args.ckpt_dir))}", flush=True)

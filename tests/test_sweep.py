@@ -40,3 +40,18 @@ def test_list_marks_selected_runs_as_waiting(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert sum(ln.startswith("ready") for ln in lines) == 12 + 60 + 24 + 18  # grids and the small lr
     assert sum(ln.startswith("waiting") for ln in lines) == 2 + 8 + 48 + 12
+
+
+def test_an_idle_worker_waits_for_the_runs_that_others_are_running(monkeypatch):
+    """A worker with nothing ready keeps looking while another worker's run goes (its end can make runs
+    ready: a chosen lr, a check's runs), and stops once nothing runs."""
+    a, b = (round2.run_config("cola", "lora-fa", "random", lr, 0, 4, log_dir="x") for lr in (1e-4, 4e-4))
+    seen = iter([[("running", a)], [("finished", a), ("ready", b)], [("finished", a), ("finished", b)]])
+    ran, slept = [], []
+    monkeypatch.setattr(sweep, "run_states", lambda *_, **__: next(seen))
+    monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, **_: ran.append(cmd))
+    monkeypatch.setattr(sweep.time, "sleep", slept.append)
+    args = sweep.argparse.Namespace(log_dir="x", model="minilm", data_dir=None, threads=1, ckpt_dir=None)
+    sweep.worker(0, args)
+    assert slept == [sweep.POLL_S] and len(ran) == 1 and ran[0][ran[0].index("--lr") + 1] == "0.0004"
+    assert next(seen, None) is None  # it looked a third time, found nothing running, and stopped
