@@ -201,7 +201,7 @@ def cmd_geometry(argv) -> int:
 
 def cmd_select(argv) -> int:
     p = argparse.ArgumentParser(prog="run_glue.py select", description="the learning rate chosen on the holdout "
-                                "slice for one init (utils.round2.select_lr); prints it, or exits 1 if a run is missing")
+                                "slice for one init (utils.selection.select_lr); prints it, or exits 1 if a run is missing")
     p.add_argument("--log-dir", default="logs", help="folder of JSON run logs (default: logs)")
     p.add_argument("--task", required=True)
     p.add_argument("--init", required=True, help="adapter init (none for head/full)")
@@ -212,7 +212,7 @@ def cmd_select(argv) -> int:
     args = p.parse_args(argv)
     from utils.logs import load_runs
     from utils.report import to_markdown
-    from utils.round2 import select_lr
+    from utils.selection import select_lr
 
     try:
         lr, table = select_lr(load_runs(args.log_dir), args.task, args.init, args.lr, method=args.method,

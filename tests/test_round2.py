@@ -5,6 +5,7 @@ import json
 import math
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,9 +13,11 @@ import pytest
 
 from tests.runner_helpers import dead_pid
 from utils import figures, plots, round2, round2_figures, round2_plan
-from utils.logs import SCHEMA, load_runs, load_summaries, write_json_atomic
+from utils.logs import SCHEMA, load_runs, load_summaries, read_logs, write_json_atomic
 from utils.round2_report import round2_report
-from utils.stats import holm, majority_metrics
+from utils.stats import holm, majority_metrics, with_variant
+
+REPO = Path(__file__).resolve().parents[1]
 
 EPOCH_POINTS = (4.5, 5.0, 5.5, 6.0)  # the last two evaluations are MRPC's 6th epoch, the first two its 5th
 HOLDOUT_PEAK = {"random": 7e-3, "svd": 1.7e-3, "full": 5e-5, "head": 5e-3}  # where each series' holdout F1 peaks
@@ -95,7 +98,7 @@ def test_report_pairs_each_init_at_its_own_lr_and_holm_counts_the_family(round2_
     small = next(ln for ln in md.splitlines() if ln.startswith("| svd − random | final | 2 |"))
     assert f"{np.mean([0.82 - 0.812, 0.826 - 0.815]):+.3f}" in small and "2/2" in small  # at lr 1e-4
     # family: (svd − random) final and best, at the chosen lrs and at the small lr: 4 tests
-    assert "over all 4 paired tests" in md
+    assert f"over the {round2.MAIN_TESTS} registered paired tests" in md and "over the 4 defined ones" in md
     # the chosen lr is bold in the selection table, and the share of full fine-tuning's gain
     assert "**0.850 (0.850)**" in md  # random at 7e-3: holdout score 0.85, dev final 0.85
     share = (np.mean([0.85, 0.84, 0.86]) - 0.812) / (0.87 - 0.812)
@@ -141,7 +144,7 @@ def test_rank16_row_is_selected_and_paired_apart_from_rank4(tmp_path):
         line = next(ln for ln in md.splitlines() if ln.startswith(f"| {init} r16 − {init} r4 | final | 3 |"))
         assert f"{np.mean(R16_GAIN):+.3f}" in line and "3/3" in line
     # rank-4 family: svd − random final/best at the chosen lr (no small-lr seeds here); rank family: 2 × 2
-    assert "over all 2 paired tests of round 2 at rank 4 (the rank-16 row's 4 tests" in md
+    assert "over the 2 defined ones, as first reported (the rank-16 row's 4 tests" in md
     figs = round2_figures.round2_figures(runs, load_summaries(root), {"cola": {"mcc": 0.0}})
     assert {"cola_lr_sensitivity.png", "cola_selected_lr_history.png", "cola_rank16.png"} <= set(figs)
     points = {(round(ln.get_xdata()[0], 2), round(ln.get_ydata()[0], 3))
@@ -161,6 +164,27 @@ def test_projected_hours_prices_each_unfinished_run_at_its_group_median():
     spent, total = round2.projected_hours(done, planned)
     # spent 6900 s; left: 2 cola rank-4 runs and 2 rank-16 ones at cola's median 900 s, RTE at MRPC's 1800 s
     assert spent == pytest.approx(6900 / 3600) and total == pytest.approx((6900 + 4 * 900 + 1800) / 3600)
+
+
+def test_the_main_family_is_the_registered_one_on_the_committed_logs():
+    """Holm runs over every registered test of steps 3-4 (6 contrasts × final/best × 2 steps × 2 tasks),
+    the 8 that have no p (CoLA at the small lr: zero difference on every seed) counted as p = 1."""
+    from utils.round2_report import _pairs
+    logs = read_logs(REPO / "logs" / "round2")
+    summaries = with_variant(load_summaries(logs))
+    pairs, _ = _pairs(summaries, round2.selected_lrs(load_runs(logs)))
+    assert len(pairs) == round2.MAIN_TESTS == 6 * 2 * 2 * len(round2.TASKS)
+    assert pairs["p"].isna().sum() == 8 and set(pairs.loc[pairs["p"].isna(), "task"]) == {"cola"}
+    assert pairs["p_holm"].notna().sum() == 40
+    ok = pairs["p"].notna()
+    assert (pairs.loc[ok, "p_holm"] >= pairs.loc[ok, "p_holm_defined"] - 1e-12).all()
+    # the audit's numbers at m = 48: CoLA svd − random 0.054, MRPC grad − random 0.058 (final, chosen lrs)
+    final = pairs[(pairs["part"] == "selected") & (pairs["which"] == "final") & (pairs["b"] == "random")]
+    p48 = {(t, a): p for t, a, p in zip(final["task"], final["a"], final["p_holm"])}
+    assert (round(p48[("cola", "svd")], 3), round(p48[("mrpc", "grad")], 3)) == (0.054, 0.058)
+    kept = pairs[pairs["p_holm"] < 0.05]  # on the final metric only CoLA pissa − svd; on the best, svd − random too
+    assert set(zip(kept["task"], kept["a"], kept["b"], kept["which"])) == {
+        ("cola", "pissa", "svd", "final"), ("cola", "pissa", "svd", "best"), ("cola", "svd", "random", "best")}
 
 
 def test_holm_is_the_step_down_of_the_whole_family():

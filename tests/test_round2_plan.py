@@ -4,9 +4,8 @@ import dataclasses
 
 import pytest
 
-import sweep_round2 as sweep
 from tests.test_round2 import _log, _mrpc_step3
-from utils import round2, round2_checks, round2_plan
+from utils import round2, round2_checks, round2_plan, sweep
 from utils.logs import load_runs, load_summaries, write_json_atomic
 from utils.round2_figures import round2_figures
 from utils.round2_report import round2_report

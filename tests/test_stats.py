@@ -54,6 +54,11 @@ def test_holm_matches_hand_computation():
     assert out[:3] == pytest.approx([0.04, 0.09, 0.09]) and math.isnan(out[3]) and out[4] == pytest.approx(0.5)
     assert stats.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # 2 · 0.6 clipped at 1, then the maximum
     assert stats.holm([0.2]) == pytest.approx([0.2]) and stats.holm([]).shape == (0,)
+    # registered m = 6: the NaN and one test never run count as p = 1; factors 6, 5, 4, 3 -> 0.06, 0.15, 0.16, 1
+    out = stats.holm([0.01, 0.04, 0.03, math.nan, 0.5], m=6)
+    assert out[:3] == pytest.approx([0.06, 0.16, 0.15]) and math.isnan(out[3]) and out[4] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="5 tests, more than the registered m = 4"):
+        stats.holm([0.1] * 5, m=4)
 
 
 @given(st.lists(st.floats(0, 1), min_size=1, max_size=12))
@@ -229,7 +234,7 @@ def test_grouping_uses_every_result_changing_field():
 
 
 def test_select_lr_uses_the_last_epoch_on_holdout_only():
-    from utils.round2 import select_lr
+    from utils.selection import select_lr
 
     rows = []
     # (lr: holdout F1 per evaluation at epochs 0.5..2, dev F1): 1e-3 peaks early, 1e-2 ends best on

@@ -1,9 +1,11 @@
-"""The round-2 sweep: its run list, and commands that are exactly the runs the protocol names."""
+"""The sweep: commands that are exactly the runs they stand for, the worker loop, and round 2's run list."""
+import dataclasses
 import sys
 
 import run_glue
-import sweep_round2 as sweep
-from utils import round2
+import sweep_round2
+from utils import round2, sweep
+from utils.config import RunConfig, cli_args
 
 
 def test_run_list_follows_the_protocol():
@@ -35,8 +37,25 @@ def test_commands_give_the_runs_they_stand_for(tmp_path):
         assert cfg.holdout == 0.1 and cfg.group_by_length and cfg.epochs == round2.EPOCHS[task]
 
 
+def test_cli_args_rebuild_every_kind_of_field():
+    """Every field away from its default (bool both ways, None, a list, floats that %g would round)
+    comes back from run_glue's parser; run-control and path fields are the caller's."""
+    cfg = RunConfig(task="rte", model="mpnet", method="lora", init="grad", rank=8, alpha=None, targets=["q", "v"],
+                    lora_dropout=0.05, train_head=False, train_biases=True, lr=1.2345678e-4, epochs=6,
+                    max_steps=None, batch_size=16, max_length=256, clip_norm=None, bf16=True, seed=3,
+                    group_by_length=False, init_batches=4, eval_every=35, holdout=0.1, log_every=5,
+                    resume=True, threads=2, log_dir="elsewhere")
+    args = cli_args(cfg)
+    assert not {"--resume", "--threads", "--log-dir"} & set(args) and "--no-train-head" in args
+    base, grid = run_glue.split_args(run_glue.train_parser().parse_args(args))
+    assert not grid
+    control = ("resume", "threads", "log_dir")
+    assert dataclasses.replace(base, **{k: getattr(cfg, k) for k in control}) == cfg
+    assert base.lr == 1.2345678e-4 and base.clip_norm is None and base.targets == ["q", "v"]
+
+
 def test_list_marks_selected_runs_as_waiting(tmp_path, capsys):
-    assert sweep.main(["--list", "--log-dir", str(tmp_path / "none")]) == 0
+    assert sweep_round2.main(["--list", "--log-dir", str(tmp_path / "none")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert sum(ln.startswith("ready") for ln in lines) == 12 + 60 + 24 + 18  # grids and the small lr
     assert sum(ln.startswith("waiting") for ln in lines) == 2 + 8 + 48 + 12
@@ -48,10 +67,8 @@ def test_an_idle_worker_waits_for_the_runs_that_others_are_running(monkeypatch):
     a, b = (round2.run_config("cola", "lora-fa", "random", lr, 0, 4, log_dir="x") for lr in (1e-4, 4e-4))
     seen = iter([[("running", a)], [("finished", a), ("ready", b)], [("finished", a), ("finished", b)]])
     ran, slept = [], []
-    monkeypatch.setattr(sweep, "run_states", lambda *_, **__: next(seen))
     monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, **_: ran.append(cmd))
     monkeypatch.setattr(sweep.time, "sleep", slept.append)
-    args = sweep.argparse.Namespace(log_dir="x", model="minilm", data_dir=None, threads=1, ckpt_dir=None)
-    sweep.worker(0, args)
+    sweep.worker(0, lambda: next(seen), 1)
     assert slept == [sweep.POLL_S] and len(ran) == 1 and ran[0][ran[0].index("--lr") + 1] == "0.0004"
     assert next(seen, None) is None  # it looked a third time, found nothing running, and stopped

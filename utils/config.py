@@ -28,6 +28,7 @@ ADAPTER_METHODS = ("lora-fa", "lora")
 RUN_SVD_AUTO = "lanczos"  # what a run's svd_method "auto" means: the solver of every committed log
 NAME_FIELDS = ("task", "model", "method", "init", "rank", "lr", "seed")  # spelled out in run_id
 PATH_FIELDS = ("data_dir", "log_dir", "ckpt_dir")  # where files are; logs record them as given (utils.record)
+RUN_CONTROL = PATH_FIELDS + ("resume", "overwrite", "keep_checkpoint", "threads")  # how and where, not what
 UNHASHED_FIELDS = PATH_FIELDS + ("resume", "overwrite", "keep_checkpoint",
                                  "eval_batch_size", "log_every", "threads")  # never change what a run computes
 # Fields added after the first logs were written, with the value every older run used. A field
@@ -187,4 +188,23 @@ def field_help() -> dict[str, str]:
         m = re.match(r"\s+(\w+): [^#]+#\s*(.*)$", line)
         if m:
             out[m.group(1)] = m.group(2)
+    return out
+
+
+def cli_args(cfg: RunConfig) -> list[str]:
+    """`run_glue.py` flags that rebuild `cfg`: one per field that differs from RunConfig's default,
+    except the run-control and path fields (`RUN_CONTROL`, which a caller sets itself); booleans as
+    `--x` / `--no-x`, None as `none`, lists as several values."""
+    out = []
+    for f in dataclasses.fields(RunConfig):
+        value = getattr(cfg, f.name)
+        if f.name in RUN_CONTROL or value == f.default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            out += [flag, *map(str, value)]
+        else:
+            out += [flag, "none" if value is None else repr(value) if isinstance(value, float) else str(value)]
     return out

@@ -103,6 +103,8 @@ def paired_markdown(pairs: pd.DataFrame) -> str:
         "difference (95% CI)": [f"{d:+.3f}" + ("" if pd.isna(lo) else f" ({lo:+.3f}, {hi:+.3f})")
                                 for d, lo, hi in zip(pairs["diff"], pairs["diff_lo"], pairs["diff_hi"])],
         "p": [fmt_p(p) for p in pairs["p"]], "p (Holm)": [fmt_p(p) for p in pairs["p_holm"]],
+        **({"p (Holm, defined tests only)": [fmt_p(p) for p in pairs["p_holm_defined"]]}
+           if "p_holm_defined" in pairs else {}),
         "seeds won": [f"{w}/{n}" for w, n in zip(pairs["wins"], pairs["n"])]}))
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 
 from utils.config import RunConfig
 from utils.glue import get_task
+from utils.selection import choose_lr, epoch_change, holdout_scores, missing_lrs
 
 LORA_LRS = (1e-4, 4e-4, 1.7e-3, 7e-3, 3e-2)  # the per-init selection grid (step 2)
 GRID_LRS = {"full": (2e-5, 5e-5, 1e-4), "head": (1e-3, 5e-3, 2e-2), "lora-fa": LORA_LRS}  # steps 1 and 2
@@ -42,6 +43,7 @@ LIMIT_RANK, LIMIT_TASKS = 16, ("cola",)  # the rank-16 row
 LIMIT_LRS = (4e-4, 1.7e-3, 7e-3)  # the middle of LORA_LRS: at its ends no init passed dev MCC 0.046 on CoLA at rank 4
 LIMIT_SEEDS = (1, 2)  # beyond the selection run's seed 0
 LIMIT_ROW = tuple((t, init) for t in LIMIT_TASKS for init in INITS)  # (task, init) always in the rank-16 row
+MAIN_TESTS = 48  # the registered main family: 6 contrasts (5 inits − random, pissa − svd) × final/best × steps 3-4 × 2 tasks
 BUDGET = 40  # worker-hours on this machine for the whole round (step 5)
 GOAL = 0.9  # the issue's goal: this share of full fine-tuning's final dev gain over the majority class
 SELECT = "select"  # in `planned_runs`: the lr chosen for this (task, method, init)
@@ -89,64 +91,6 @@ def run_config(task, method, init, lr, seed, rank=RANK, *, model="minilm", epoch
                      log_dir=log_dir, data_dir=data_dir).canonical()
 
 
-def holdout_scores(runs: pd.DataFrame, task: str, init: str, *, method: str = "lora-fa", seed: int = 0,
-                   epochs: int | None = None, rank: int | None = None) -> pd.DataFrame:
-    """Per lr of the finished `seed` runs of one (task, method, init) (and `epochs`, `rank`, if given):
-
-        score = mean of the holdout main metric over the evaluations of the run's last epoch
-
-    (the end of training, averaged over that epoch's evaluations to damp one evaluation's noise),
-    with the final holdout metric and the final and best dev metric next to it (for reading only:
-    dev never chooses). `runs`: `load_runs` output. Columns lr, score, evaluations, final_holdout,
-    final_dev, best_dev; rows sorted by lr; runs without holdout metrics are left out."""
-    metric = get_task(task).main_metric
-    col = f"holdout_{metric}"
-    pick = runs[(runs["task"] == get_task(task).name) & (runs["method"] == method) & (runs["init"] == init)
-                & (runs["seed"] == seed)] if len(runs) else runs
-    if epochs is not None and len(pick):
-        pick = pick[pick["epochs"] == epochs]
-    if rank is not None and len(pick):
-        pick = pick[pick["rank"] == rank]
-    rows = []
-    for lr, r in (pick.groupby("lr") if len(pick) and col in pick else []):
-        if r[col].isna().all():
-            continue
-        r = r.sort_values("step")
-        last = r[r["epoch"] > r["epoch"].max() - 1]  # the evaluations of the last epoch
-        rows.append({"lr": float(lr), "score": float(last[col].mean()), "evaluations": len(last),
-                     "final_holdout": float(r[col].iloc[-1]), "final_dev": float(r[metric].iloc[-1]),
-                     "best_dev": float(r[metric].max())})
-    return pd.DataFrame(rows, columns=["lr", "score", "evaluations", "final_holdout", "final_dev", "best_dev"])
-
-
-def select_lr(runs: pd.DataFrame, task: str, init: str, lrs, *, method: str = "lora-fa", seed: int = 0,
-              epochs: int | None = None, rank: int | None = None) -> tuple[float, pd.DataFrame]:
-    """The learning rate chosen on the holdout slice (never dev) for one (task, method, init): the
-    highest `holdout_scores` score over `lrs`, ties to the smaller lr. Returns (lr, its rows of
-    `holdout_scores`); ValueError naming what is missing if a run of `lrs` has not finished or has no
-    holdout metrics."""
-    scores = holdout_scores(runs, task, init, method=method, seed=seed, epochs=epochs, rank=rank)
-    missing = _missing(scores, lrs)
-    if missing:
-        raise ValueError(f"select_lr: no finished {task} {method} {init} run at lr {missing[0]:g}, seed {seed}"
-                         + (f", rank {rank}" if rank is not None else "")
-                         + (f", {epochs} epochs" if epochs else "") + f" with holdout {get_task(task).main_metric}")
-    return _choose(scores, lrs)
-
-
-def _missing(scores: pd.DataFrame, lrs) -> list[float]:
-    """The lrs of `lrs` that have no row in `scores` (`holdout_scores`): their runs have not finished."""
-    return [lr for lr in lrs if not np.isclose(scores["lr"], lr).any()]
-
-
-def _choose(scores: pd.DataFrame, lrs) -> tuple[float, pd.DataFrame]:
-    """`select_lr`'s rule on `holdout_scores` rows that cover every lr of `lrs`."""
-    table = pd.concat([scores[np.isclose(scores["lr"], lr)] for lr in sorted(float(x) for x in lrs)],
-                      ignore_index=True)
-    best = table.loc[table["score"].idxmax(), "lr"]  # idxmax: the first (smallest lr) of equal scores
-    return float(best), table
-
-
 def series(runs: pd.DataFrame | None = None) -> list[tuple[str, str, str, int]]:
     """(task, method, init, rank) of every series whose lr round 2 selects; RTE borrows MRPC's. The
     rank-16 row: every init on `LIMIT_TASKS`, and each other (task, init) with a rank-16 run in `runs`."""
@@ -167,7 +111,7 @@ def selected_lrs(runs: pd.DataFrame) -> pd.DataFrame:
         grid = grid_lrs(method, rank)
         done = holdout_scores(runs, task, init, method=method, epochs=EPOCHS[task], rank=rank)
         rows.append({"task": task, "method": method, "init": init, "rank": rank,
-                     "lr": np.nan if _missing(done, grid) else _choose(done, grid)[0], "grid": f"{len(done)}/{len(grid)}"})
+                     "lr": np.nan if missing_lrs(done, grid) else choose_lr(done, grid)[0], "grid": f"{len(done)}/{len(grid)}"})
     for method in ("full", "head"):  # RTE's ceilings run at MRPC's lrs
         mrpc = next(r for r in rows if r["task"] == "mrpc" and r["method"] == method)
         rows.append({**mrpc, "task": "rte", "grid": "MRPC's"})
@@ -207,18 +151,12 @@ def mean_finals(summaries: pd.DataFrame, selected: pd.DataFrame, task: str, seed
 
 
 def convergence(runs: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
-    """Step 3's convergence rule per (task, method, init, rank) at its chosen lr: the holdout main metric
-    averaged over the last epoch's evaluations and over the previous epoch's (each a mean over the
-    seeds' per-epoch means); converged if they differ by at most `CONVERGED[task]`."""
-    rows = []
-    for (task, method, init, rank), r in at_selected(runs, selected).groupby(["task", "method", "init", "rank"]):
-        col = f"holdout_{get_task(task).main_metric}"
-        last_epoch = r.groupby("seed")["epoch"].transform("max")
-        last = r[r["epoch"] > last_epoch - 1].groupby("seed")[col].mean().mean()
-        prev = r[(r["epoch"] > last_epoch - 2) & (r["epoch"] <= last_epoch - 1)].groupby("seed")[col].mean().mean()
-        rows.append({"task": task, "method": method, "init": init, "rank": rank, "last": last, "previous": prev,
-                     "converged": bool(abs(last - prev) <= CONVERGED[task] + 1e-12)})  # at the tolerance: in
-    return pd.DataFrame(rows, columns=["task", "method", "init", "rank", "last", "previous", "converged"])
+    """Step 3's convergence rule per (task, method, init, rank) at its chosen lr: `epoch_change` of the
+    holdout main metric; converged if the last and previous epochs differ by at most `CONVERGED[task]`."""
+    out = epoch_change(at_selected(runs, selected), ["task", "method", "init", "rank"])
+    out["converged"] = [bool(abs(a - b) <= CONVERGED[t] + 1e-12)  # at the tolerance: in
+                        for t, a, b in zip(out["task"], out["last"], out["previous"])]
+    return out
 
 
 def projected_hours(summaries: pd.DataFrame, planned=None) -> tuple[float, float]:

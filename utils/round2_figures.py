@@ -14,19 +14,9 @@ from matplotlib.ticker import NullFormatter
 from utils.config import ADAPTER_METHODS
 from utils.figures import STYLE, legend_below, majority_line, metric_label, plot_histories, plt, series_style
 from utils.glue import get_task
-from utils.round2 import (
-    EPOCHS,
-    GOAL,
-    INITS,
-    LIMIT_RANK,
-    LORA_LRS,
-    RANK,
-    TASKS,
-    at_selected,
-    holdout_scores,
-    selected_lrs,
-)
+from utils.round2 import EPOCHS, GOAL, INITS, LIMIT_RANK, LORA_LRS, RANK, TASKS, at_selected, selected_lrs
 from utils.round2_checks import LONG
+from utils.selection import holdout_scores
 from utils.stats import series_order, t_interval
 
 
@@ -56,7 +46,7 @@ def round2_figures(runs: pd.DataFrame, summaries: pd.DataFrame, majority: dict, 
 @plt.rc_context(STYLE)
 def lr_sensitivity_figure(runs: pd.DataFrame, task, selected: pd.DataFrame, majority=None):
     """Round 2's rank-4 lr grid of one task, seed 0: the holdout score that chooses the lr (left; mean over the
-    last epoch's evaluations, `utils.round2.holdout_scores`) and the final dev metric (right) against
+    last epoch's evaluations, `utils.selection.holdout_scores`) and the final dev metric (right) against
     lr, one line per LoRA-FA init with its chosen lr ringed (`selected`: `utils.round2.selected_lrs`);
     full fine-tuning and head-only as horizontal lines at their chosen lr. Returns the figure."""
     task = get_task(task)

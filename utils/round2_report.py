@@ -22,6 +22,7 @@ from utils.round2 import (
     HOLDOUT,
     INITS,
     LIMIT_RANK,
+    MAIN_TESTS,
     RANK,
     RTE_GATE,
     SMALL_LR,
@@ -29,12 +30,12 @@ from utils.round2 import (
     at_selected,
     at_small_lr,
     grid_lrs,
-    holdout_scores,
     selected_lrs,
 )
 from utils.round2_checks import CONFIRM, LONG, confirm_markdown, long_markdown
 from utils.round2_plan import ceiling_ratio
 from utils.round2_tables import family, series_markdown, shares, within
+from utils.selection import holdout_scores
 from utils.stats import (
     PAIRED_BY_SERIES,
     holdout_majority,
@@ -61,7 +62,7 @@ def _pairs(summaries: pd.DataFrame, selected: pd.DataFrame) -> tuple[pd.DataFram
               for part, df in parts.items() for a, b in contrasts for w in ("final", "best")]
     ranks = [paired_comparison(at_selected(adapters, selected), LIMIT_RANK, RANK, w, keys=RANK_PAIRED_BY, by="rank")
              for w in ("final", "best")]
-    return family(frames), family(within(ranks, "r{}"))
+    return family(frames, MAIN_TESTS), family(within(ranks, "r{}"))
 
 
 def _rte_gate(summaries: pd.DataFrame, selected: pd.DataFrame) -> str:
@@ -113,7 +114,7 @@ def _headline(summaries: pd.DataFrame, selected: pd.DataFrame, pairs: pd.DataFra
     table = pd.DataFrame(sorted(rows.values(), key=lambda r: r["_o"])).drop(columns="_o").fillna("")
     return (f"\n### At a glance: rank {RANK}, each at its chosen lr (dev, final)\n\n"
             "Share: of full fine-tuning's gain over the majority class; − random: paired by seed, "
-            "p Holm-adjusted over the whole family below.\n\n" + to_markdown(table))
+            f"p Holm-adjusted over the {MAIN_TESTS} registered tests of the family below.\n\n" + to_markdown(table))
 
 
 def _selection_markdown(runs: pd.DataFrame, task: str, selected: pd.DataFrame) -> str:
@@ -155,8 +156,10 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
            "(holdout: 10 % of train, never trained on); cells are score (final dev metric), the chosen lr "
            "in bold. Everything else is on the GLUE dev split: mean ± std over seeds, 95 % CI a t-interval; "
            "share of full FT = (final − majority) / (full fine-tuning's final − majority). Paired: same seeds, "
-           f"a − b, two-sided paired t-test; p (Holm) adjusted over all {tests} paired tests of round 2 at rank "
-           f"{RANK} (the rank-{LIMIT_RANK} row's {rank_tests} tests are a family of their own).\n"]
+           f"a − b, two-sided paired t-test; p (Holm) adjusted over the {MAIN_TESTS} registered paired tests of round 2 "
+           f"at rank {RANK}, the {MAIN_TESTS - tests} without a p (no runs yet, or a zero difference on every seed) counted as p = 1; "
+           f"p (Holm, defined tests only) over the {tests} defined ones, as first reported (the rank-{LIMIT_RANK} "
+           f"row's {rank_tests} tests are a family of their own).\n"]
     if tasks is None:
         out.append(_headline(summaries, selected, pairs, baselines))
     for task in sorted(summaries["task"].unique() if tasks is None else [get_task(t).name for t in tasks]):

@@ -13,12 +13,16 @@ from utils.round2 import at_selected, convergence
 from utils.stats import holm, series_order, summary_table
 
 
-def family(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """`paired_comparison` outputs as one family of tests, with Holm-adjusted p ("p_holm")."""
+def family(frames: list[pd.DataFrame], m: int | None = None) -> pd.DataFrame:
+    """`paired_comparison` outputs as one family of tests, with Holm-adjusted p ("p_holm") over `m`, the
+    registered family size (undefined tests count as p = 1; `utils.stats.holm`), and, if `m` is given,
+    "p_holm_defined" over the defined tests only (as round 2 first reported them)."""
     frames = [f for f in frames if not f.empty]
     pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if not pairs.empty:
-        pairs["p_holm"] = holm(pairs["p"])
+        pairs["p_holm"] = holm(pairs["p"], m)
+        if m is not None:
+            pairs["p_holm_defined"] = holm(pairs["p"])
     return pairs
 
 

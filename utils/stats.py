@@ -230,16 +230,23 @@ def paired_comparison(summaries: pd.DataFrame, a="svd", b="random", which: str =
     return pd.DataFrame(rows)
 
 
-def holm(pvalues) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values of one family of tests (NaNs stay NaN and are not counted):
-    with the m p-values sorted, p_(1) <= ... <= p_(m), the adjusted p_(i) = max over j <= i of
-    min(1, (m - j + 1) · p_(j)). Rejecting where adjusted p < alpha keeps the family-wise error
-    rate at alpha under any dependence between the tests."""
+def holm(pvalues, m: int | None = None) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values of one family of tests: with the p-values sorted,
+    p_(1) <= ... <= p_(m), the adjusted p_(i) = max over j <= i of min(1, (m - j + 1) · p_(j)). Rejecting
+    where adjusted p < alpha keeps the family-wise error rate at alpha under any dependence between the tests.
+
+    `m`: the registered family size. A test whose p is undefined (NaN, e.g. a difference that is zero on
+    every seed) counts as p = 1: it stays in m, is never rejected and its adjusted p stays NaN. Default:
+    m = the number of defined p-values (undefined tests dropped from the family)."""
     p = np.asarray(pd.Series(pvalues, dtype=float))
     out, ok = np.full(p.shape, math.nan), ~np.isnan(p)
-    m, order = int(ok.sum()), np.argsort(p[ok])
-    scaled = np.minimum(1.0, (m - np.arange(m)) * p[ok][order])
-    adjusted = np.empty(m)
+    k, order = int(ok.sum()), np.argsort(p[ok])
+    if m is None:
+        m = k
+    elif m < len(p):
+        raise ValueError(f"holm: the family has {len(p)} tests, more than the registered m = {m}")
+    scaled = np.minimum(1.0, (m - np.arange(k)) * p[ok][order])
+    adjusted = np.empty(k)
     adjusted[order] = np.maximum.accumulate(scaled)
     out[ok] = adjusted
     return out
