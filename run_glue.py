@@ -118,16 +118,17 @@ def cmd_train(argv) -> int:
     locked = [log for log in logs if log.get("status") == "locked"]
     if main:
         print("\n" + format_summary(summarize(logs)))
-        for log in failed + locked:
+        for log in failed + locked:  # each error was printed once where it happened (run_grid)
             word = "LOCKED" if log in locked else "FAILED"
-            print(f"{word} {log['run_id']}: {log.get('error')}", file=sys.stderr)
+            print(f"{word} {log['run_id']} (see above)", file=sys.stderr)
         print(f"{len(logs) - len(failed) - len(locked)} of {len(logs)} runs finished"
-              + (f", {len(locked)} running elsewhere (locked)" if locked else ""))
+              + (f", {len(locked)} running elsewhere (locked)" if locked else "")
+              + f"; logs in {', '.join(sorted({str(c.log_path.parent) for c in configs}))}")
     return 1 if failed else 3 if locked else 0
 
 
 def cmd_summary(argv) -> int:
-    from utils.logs import load_summaries
+    from utils.logs import load_summaries, read_logs
     from utils.report import format_summary
     from utils.stats import summarize
 
@@ -136,10 +137,15 @@ def cmd_summary(argv) -> int:
     p.add_argument("--log-dir", default="logs", help="folder of JSON run logs (default: logs)")
     p.add_argument("--task", nargs="+", default=None, help="only these tasks")
     args = p.parse_args(argv)
-    df = load_summaries(args.log_dir)
+    logs = read_logs(args.log_dir, status=None)
+    df = load_summaries(logs)
     if args.task and not df.empty:
         df = df[df["task"].isin(args.task)]
     print(format_summary(summarize(df)))
+    others = {p: log for p, log in logs.items() if log["status"] != "finished"
+              and (not args.task or log["config"].get("task") in args.task)}
+    for path, log in others.items():  # failed or running: never counted, named so nobody takes them for results
+        print(f"not counted: {path} ({log['status']}" + (f": {log['error']})" if log.get("error") else ")"))
     return 0
 
 
@@ -232,9 +238,13 @@ COMMANDS = {"train": cmd_train, "summary": cmd_summary, "plot": cmd_plot, "geome
 def main(argv=None) -> int:
     """Dispatch `[train|summary|plot|geometry|select] ...`; without a command word, train."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in COMMANDS:
-        return COMMANDS[argv[0]](argv[1:])
-    return cmd_train(argv)
+    command = COMMANDS[argv.pop(0)] if argv and argv[0] in COMMANDS else cmd_train
+    status = command(argv)
+    if command is cmd_train:  # under torchrun: end the gloo group before exit (utils.processes.shutdown);
+        from utils.processes import shutdown  # after an error the launcher ends the processes instead
+
+        shutdown()
+    return status
 
 
 if __name__ == "__main__":

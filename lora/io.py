@@ -34,6 +34,7 @@ def atomic_write(path):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600: give it the mode open() would have
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -43,6 +44,13 @@ def atomic_write(path):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _save_tensors(tensors, path, metadata):

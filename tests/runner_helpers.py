@@ -10,7 +10,19 @@ import torch
 
 from tests.tiny import write_glue
 
-REAL_GLUE = Path(__file__).parents[1] / ".." / "shared" / "glue"
+
+def _real_glue() -> Path | None:
+    """The real GLUE folder, found as the runner finds it (`utils.glue.local_data_dir`: $GLUE_DIR,
+    absolute or relative, else ../shared/glue next to the repo); None if there is none."""
+    from utils.glue import local_data_dir
+
+    found = local_data_dir()
+    return found[0] if found and (found[0] / "MRPC").is_dir() else None
+
+
+REAL_GLUE = _real_glue()
+NO_REAL_GLUE = "no real GLUE data: set GLUE_DIR to a glue_data folder (or put it at ../shared/glue next to the repo)"
+needs_real_glue = pytest.mark.skipif(REAL_GLUE is None, reason=NO_REAL_GLUE)
 
 
 def dead_pid() -> int:

@@ -160,4 +160,5 @@ def test_results_files_name_paths_as_given(monkeypatch):
     assert common.data_dir_as_given("../shared/glue") == "../shared/glue"
     assert common.data_dir_as_given(str(ROOT / "glue")) == "glue"
     monkeypatch.delenv("GLUE_DIR")
+    monkeypatch.setattr("utils.glue.SHARED_GLUE", ROOT / "no_shared_glue")
     assert common.data_dir_as_given(None) == "hub:nyu-mll/glue"

@@ -13,7 +13,7 @@ from tests.test_plots import fake_log
 from utils.config import RunConfig, field_help
 from utils.grid import run_grid
 from utils.locks import lock_path
-from utils.logs import load_summaries, write_json_atomic
+from utils.logs import load_summaries, read_log, write_json_atomic
 
 
 def _args(tmp_path, tiny_models, glue_dir, *extra):
@@ -100,6 +100,14 @@ def test_failed_run_exits_1(tmp_path, tiny_models, glue_dir, capsys):
     assert run_glue.main(argv) == 1
     captured = capsys.readouterr()
     assert "FAILED" in captured.err and "diverged" in captured.err and "0 of 1 runs finished" in captured.out
+    assert captured.err.count("diverged") == 1  # the error once, where it happened
+    assert "status failed, with the error) is not a result" in captured.err
+    log = next((tmp_path / "logs").rglob("*.json"))
+    assert str(log) in captured.err and read_log(log)["status"] == "failed"
+    assert load_summaries(tmp_path / "logs").empty  # readers skip it
+    assert run_glue.main(["summary", "--log-dir", str(tmp_path / "logs")]) == 0
+    out = capsys.readouterr().out
+    assert "(no finished runs)" in out and f"not counted: {log} (failed: TrainingDiverged: training diverged" in out
 
 
 def test_plot_dispatches_to_utils_plots(monkeypatch, capsys):

@@ -51,3 +51,23 @@ def test_two_processes_agree_and_score_each_dev_row_once(tmp_path, tiny_models):
             prefix = "" if i == 0 else f"{split}/"
             metrics.update({prefix + k: v for k, v in compute_metrics(task, pred, label).items()})
         assert {k: v for k, v in s["final"].items() if "loss" not in k} == metrics
+
+
+def test_shutdown_ends_the_process_group_and_the_runner_calls_it(tmp_path, monkeypatch, tiny_models):
+    """A torchrun job's processes end their gloo group before exit (utils.processes.shutdown): a group
+    left to interpreter finalization aborted a run now and then (SIGABRT)."""
+    import torch.distributed as dist
+
+    import run_glue
+    from utils import processes
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    processes.shutdown()
+    assert not dist.is_initialized()
+    processes.shutdown()  # no group: nothing to do
+    calls = []
+    monkeypatch.setattr(processes, "shutdown", lambda: calls.append(1))
+    glue = write_glue(tmp_path / "glue", n_train=8, n_dev=4)
+    argv = ["--task", "mrpc", "--model", str(tiny_models["bert"]), "--data-dir", str(glue), "--log-dir", str(tmp_path)]
+    assert run_glue.main(argv + ["--dry-run"]) == 0 and calls == [1]
+    assert run_glue.main(["summary", "--log-dir", str(tmp_path)]) == 0 and calls == [1]  # no group to end

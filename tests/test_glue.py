@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from tests.runner_helpers import REAL_GLUE
+import utils.glue as glue_module
+from tests.runner_helpers import REAL_GLUE, needs_real_glue
 from utils.glue import TASKS, DataNotFoundError, GlueFormatError, get_task, load_glue, read_tsv
 from utils.metrics import compute_metrics
 
@@ -207,24 +208,68 @@ def test_missing_file(tmp_path):
     assert f"expected file {tmp_path / 'MNLI' / 'dev_mismatched.tsv'} is missing" in str(err.value)
 
 
-def test_hub_unreachable_message(monkeypatch):
+@pytest.fixture
+def no_local_glue(monkeypatch, tmp_path):
+    """Neither GLUE_DIR nor a shared/glue folder beside the repo: load_glue goes to the hub."""
     monkeypatch.delenv("GLUE_DIR", raising=False)
+    monkeypatch.setattr(glue_module, "SHARED_GLUE", tmp_path / "no_shared_glue")
 
-    def offline(*args, **kwargs):
+
+def _no_data_message_parts(msg):
+    for part in ("nyu-mll/glue", "'rte'", "--data-dir", "GLUE_DIR", "RTE/train.tsv", "../shared/glue"):
+        assert part in msg
+
+
+def test_hub_load_error_message(no_local_glue, monkeypatch):
+    def failing(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (LocalEntryNotFoundError)")
 
-    monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(glue_module, "hub_unreachable", lambda: None)  # the hub answers, the load then fails
+    monkeypatch.setattr(datasets, "load_dataset", failing)
     with pytest.raises(DataNotFoundError) as err:
         load_glue("rte")
-    msg = str(err.value)
-    for part in ("nyu-mll/glue", "'rte'", "ConnectionError", "--data-dir", "GLUE_DIR",
-                 "RTE/train.tsv", "../shared/glue"):
-        assert part in msg
+    _no_data_message_parts(str(err.value))
+    assert "ConnectionError" in str(err.value)
     assert isinstance(err.value.__cause__, ConnectionError)
 
 
-def test_hub_columns_are_normalised(monkeypatch):
+@pytest.mark.parametrize("offline", [None, "HF_DATASETS_OFFLINE"])
+def test_unreachable_hub_fails_at_once_without_retries(no_local_glue, monkeypatch, offline):
+    """No network (or offline mode): one error within the probe's timeout, the hub client never called."""
+    import socket
+
+    def no_network(address, timeout=None):
+        assert timeout is not None and timeout <= 5
+        raise OSError("Network is unreachable")
+
+    def never(*args, **kwargs):
+        raise AssertionError("load_dataset called although the hub is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(datasets, "load_dataset", never)
+    if offline:
+        monkeypatch.setenv(offline, "1")
+    with pytest.raises(DataNotFoundError) as err:
+        load_glue("rte")
+    msg = str(err.value)
+    _no_data_message_parts(msg)
+    assert ("offline mode is set" if offline else "Network is unreachable") in msg
+    assert msg.count("--data-dir") == 1
+
+
+def test_shared_glue_beside_the_repo_is_found_and_recorded_relative(monkeypatch, tmp_path):
+    shared = tmp_path / "shared" / "glue"
+    shared.mkdir(parents=True)
     monkeypatch.delenv("GLUE_DIR", raising=False)
+    monkeypatch.setattr(glue_module, "SHARED_GLUE", shared)
+    monkeypatch.chdir(tmp_path / "shared")
+    assert glue_module.local_data_dir() == (shared, "glue")
+    monkeypatch.setenv("GLUE_DIR", "elsewhere")  # GLUE_DIR comes first, relative to the working directory
+    assert glue_module.local_data_dir() == (tmp_path / "shared" / "elsewhere", "$GLUE_DIR")
+
+
+def test_hub_columns_are_normalised(no_local_glue, monkeypatch):
+    monkeypatch.setattr(glue_module, "hub_unreachable", lambda: None)
     calls = []
 
     def fake(name, config, split):
@@ -322,7 +367,7 @@ def test_metric_input_errors():
 
 
 # ---------------------------------------------------------------- the real files
-@pytest.mark.skipif(not REAL_GLUE.is_dir(), reason="real GLUE data not at ../shared/glue")
+@needs_real_glue
 def test_real_glue_counts():
     counts = {"cola": (8551, 1043), "mrpc": (3668, 408), "rte": (2490, 277), "sst2": (67349, 872),
               "stsb": (5749, 1500), "wnli": (635, 71)}

@@ -1,5 +1,7 @@
 """save_lora / load_lora round trips and export_peft against peft.PeftModel.from_pretrained."""
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -133,6 +135,21 @@ def test_atomic_write_replaces_whole_files_only(tmp_path):
         Path(tmp).write_text("half")
         raise RuntimeError("crash")
     assert path.read_text() == "one" and [p.name for p in path.parent.iterdir()] == ["f.txt"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_saved_files_follow_the_umask(tmp_path, umask, mode):
+    """save_lora, export_peft (and every atomic_write) give a file the mode open() would: 0644 under 022."""
+    model = tiny_model()
+    lora.add_lora(model, r=2, targets=ATTN)
+    old = os.umask(umask)
+    try:
+        lora.save_lora(model, tmp_path / "a.safetensors")
+        out = lora.export_peft(model, tmp_path / "peft", "tiny-bert")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "a.safetensors", out / "adapter_model.safetensors", out / "adapter_config.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path.name
 
 
 def test_load_rejects_foreign_files_and_save_needs_adapters(tmp_path):

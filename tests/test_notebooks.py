@@ -70,6 +70,10 @@ def _shown(nb):
 def from_logs(tmp_path_factory):
     """Every committed notebook executed again from the repo's logs/ (in a folder of its own, so
     plots_for_preso's files go there, not to imgs/)."""
+    try:
+        notebooks.glue_folder()
+    except notebooks.NoData as e:
+        pytest.skip(f"{e}")
     cwd = tmp_path_factory.mktemp("from_logs")
     tracked = subprocess.run(["git", "ls-files", "logs"], cwd=REPO, capture_output=True, text=True)
     if tracked.returncode == 0 and tracked.stdout.strip():  # the committed logs, not a running sweep's new ones
@@ -87,7 +91,21 @@ def test_committed_outputs_are_what_the_logs_give(name, from_logs):
     fresh = _shown(from_logs[name])
     assert len(committed) == len(fresh)
     for (source, shown), (_, now) in zip(committed, fresh):
-        assert shown == now, f"{name}: the outputs of\n{source}\nare stale: python -m utils.notebooks {name}"
+        assert shown == now, (f"{name}: the outputs of\n{source}\nare stale (they differ from what the committed "
+                              f"logs give; regenerate with GLUE data: python -m utils.notebooks {name})")
+
+
+def test_regeneration_without_data_refuses_and_writes_nothing(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    monkeypatch.setattr("utils.glue.SHARED_GLUE", tmp_path / "no_shared_glue")
+    before = {p: p.read_bytes() for p in notebooks.notebooks()}
+    assert notebooks.main([]) == 1
+    err = capsys.readouterr().err
+    assert "GLUE_DIR" in err and "no notebook was written" in err and err.count("\n") == 1
+    assert {p: p.read_bytes() for p in notebooks.notebooks()} == before
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path))  # set, but no GLUE files there
+    with pytest.raises(notebooks.NoData, match="holds no GLUE data"):
+        notebooks.execute(REPO / COMMITTED[0], cwd=tmp_path)
 
 
 def test_finished_grid_reads_finished_runs_and_refuses_the_others(tmp_path):

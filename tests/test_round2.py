@@ -334,6 +334,7 @@ def test_rte_gate_compares_full_fine_tuning_with_the_holdouts_majority_class(rou
     glue = _rte_70_30(tmp_path / "glue")
     assert holdout_majority("rte", 0.1, glue) == {"accuracy": pytest.approx(0.7)}
     monkeypatch.delenv("GLUE_DIR", raising=False)
+    monkeypatch.setattr("utils.glue.SHARED_GLUE", tmp_path / "no_shared_glue")
     assert holdout_majority("rte", 0.1) is None  # no local data: no hub call from a report
     log = _log("full", "none", 5e-5, 0, 0.6, 0.0, task="rte")  # MRPC's chosen full-FT lr in the fixture
     log["summary"]["holdout"]["final"]["accuracy"] = holdout_acc  # the final evaluation's (history[-1])

@@ -104,6 +104,18 @@ def test_compute_table_sums_logged_wall_time():
     assert out.loc["lora-fa", "runs"] == 2 and out.loc["lora-fa", "total hours"] == "0.5"  # 30 min
     assert out.loc["head", "minutes per run (median, range)"] == "40 (30–50)"
     assert out.loc["head", "total hours"] == "2.0"
+    smoke = report.compute_table(df.assign(wall_time_s=[40.0, 60.0, 1.0, 1.0, 1.0])).set_index("method")
+    assert smoke.loc["lora-fa", "total hours"] == "< 0.1 (1.7 min)"  # not "0.0"
+
+
+def test_report_and_summary_of_a_one_seed_run_say_what_is_true(tmp_path):
+    log = fake_log("mrpc", "lora-fa", "svd", 1e-4, 0)
+    write_json_atomic(log, tmp_path / "mrpc" / f"{log['run_id']}.json")
+    md = report.report(tmp_path)
+    assert "0 paired tests" not in md and "no paired tests in this report: a test needs ≥ 2 seeds" in md
+    text = report.format_summary(stats.summarize(tmp_path))
+    assert text.splitlines()[0].split().count("seeds") == 1 and "seeds (n)" in text.splitlines()[0]
+    assert "0 (1)" in text.splitlines()[1]
 
 
 def test_report_has_every_section(log_dir):  # noqa: F811

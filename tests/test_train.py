@@ -16,7 +16,7 @@ from safetensors import safe_open
 from sklearn.metrics import accuracy_score, f1_score
 
 import lora
-from tests.runner_helpers import REAL_GLUE, tiny_run_config
+from tests.runner_helpers import REAL_GLUE, needs_real_glue, tiny_run_config
 from utils import checkpoint as ckpt
 from utils.adapters import build_model, linear_schedule, make_optimizer
 from utils.config import RunConfig
@@ -47,7 +47,7 @@ def _trainable(path):
 
 # ---------------------------------------------------------------- the real run
 
-@pytest.mark.skipif(not (REAL_GLUE / "MRPC").is_dir(), reason="real GLUE data not at ../shared/glue")
+@needs_real_glue
 def test_real_minilm_mrpc(tmp_path):
     torch.set_num_threads(2)  # a real model: both cores (the fixture restores the setting)
     cfg = RunConfig(task="mrpc", model="minilm", init="svd", rank=4, lr=5e-3, max_steps=20,

@@ -2,7 +2,8 @@
 `utils.metrics`).
 
 Data comes from, in this order: an explicit `data_dir`, the `GLUE_DIR` environment
-variable, or the Hugging Face hub (`nyu-mll/glue`). A local folder must use the layout
+variable (absolute, or relative to the working directory), the folder `../shared/glue` next to
+this repository (`SHARED_GLUE`), or the Hugging Face hub (`nyu-mll/glue`). A local folder must use the layout
 of the classic `download_glue_data.py` script (`<dir>/CoLA/train.tsv`, `<dir>/STS-B/dev.tsv`,
 ...). Only train and dev files are read: test files have no labels, and model selection
 is done on dev.
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import math
 import os
+import socket
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +26,9 @@ from types import MappingProxyType
 import datasets
 
 HUB_NAME = "nyu-mll/glue"
+# The shared GLUE folder next to a checkout (`<dir>/<repo>` beside `<dir>/shared/glue`): found without
+# any setting. Tests monkeypatch it to test the hub path.
+SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared" / "glue"
 
 
 class GlueFormatError(ValueError):
@@ -209,10 +215,14 @@ class GlueData:
 
 def local_data_dir(data_dir: str | Path | None = None) -> tuple[Path, str] | None:
     """The local GLUE folder `load_glue(task, data_dir)` reads: (absolute path, the folder as the user
-    gave it: `data_dir` as typed, or "$GLUE_DIR" when it comes from that variable). None: the hub."""
+    gave it: `data_dir` as typed, "$GLUE_DIR" when it comes from that variable, or `SHARED_GLUE`
+    relative to the working directory, e.g. "../shared/glue"). None: the hub.
+    The one lookup of the runner, the notebooks (`utils.notebooks`) and the tests."""
     if data_dir is None:
         data_dir = os.environ.get("GLUE_DIR") or None
         given = "$GLUE_DIR"
+        if data_dir is None and SHARED_GLUE.is_dir():
+            return SHARED_GLUE, os.path.relpath(SHARED_GLUE)  # recorded relative: no machine path in a log
     else:
         given = str(data_dir)
     return None if data_dir is None else (Path(data_dir).expanduser().resolve(), given)
@@ -241,17 +251,41 @@ def _load_local(task: GlueTask, data_dir: Path, given_dir: str) -> GlueData:
     return _glue_data(task, data, f"local:{data_dir}", {s: str(p) for s, p in paths.items()}, given_dir)
 
 
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached, found within `timeout` seconds (None: it accepts a connection):
+    offline mode is set, or its endpoint refuses a TCP connection. `datasets` itself retries for about
+    a minute before it gives up."""
+    from huggingface_hub import constants  # noqa: PLC0415 (a dependency of datasets)
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return "offline mode is set (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE)"
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError as e:
+        return f"no connection to {url.hostname}: {type(e).__name__}: {e}"
+    return None
+
+
+def _no_data(task: GlueTask, why: str) -> DataNotFoundError:
+    """The one error for GLUE data that is neither local nor on the hub, saying how to get it."""
+    return DataNotFoundError(
+        f"could not load GLUE task {task.name!r} from the Hugging Face hub ({HUB_NAME}, config "
+        f"{task.hub_config!r}): {why}\nNo local data was found: pass --data-dir or set GLUE_DIR to a folder "
+        f"in the classic glue_data layout (<dir>/{task.folder}/{task.train_file}, ...), e.g. ../shared/glue "
+        "(a shared/glue folder beside this repository's folder is found without either)")
+
+
 def _load_hub(task: GlueTask) -> GlueData:
     splits = ["train", *task.dev_splits]
     hub_splits = [s.replace("dev", "validation") for s in splits]
+    why = hub_unreachable()
+    if why is not None:  # fail at once, not after the hub client's retries
+        raise _no_data(task, why)
     try:
         loaded = datasets.load_dataset(HUB_NAME, task.hub_config, split=hub_splits)
-    except Exception as e:  # offline, hub unreachable, auth, ...: one actionable message
-        raise DataNotFoundError(
-            f"could not load GLUE task {task.name!r} from the Hugging Face hub "
-            f"({HUB_NAME}, config {task.hub_config!r}): {type(e).__name__}: {e}\n"
-            f"No local data was given: pass --data-dir or set GLUE_DIR to a folder in the classic "
-            f"glue_data layout (<dir>/{task.folder}/{task.train_file}, ...), e.g. ../shared/glue") from e
+    except Exception as e:  # hub reachable but the load failed (auth, a server error, ...): one actionable message
+        raise _no_data(task, f"{type(e).__name__}: {e}") from e
     renames = {c: f"sentence{i + 1}" for i, c in enumerate(task.hub_text_columns)}
     data = {s: ds.select_columns([*renames, "label"]).rename_columns(renames).cast(_features(task))
             for s, ds in zip(splits, loaded)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import sys
 
 from utils.config import RunConfig
 from utils.locks import RunLocked
@@ -75,20 +76,27 @@ def run_grid(base_config: RunConfig, grid: dict | None = None, *, shard=None, pr
     logs = []
     for k, cfg in enumerate(configs):
         if progress and main:
-            print(f"[{k + 1}/{len(configs)}] {cfg.run_id}")
+            print(f"[{k + 1}/{len(configs)}] {cfg.run_id} (log {cfg.log_path})")
         try:
             logs.append(run_experiment(cfg, progress=progress))
         except RunLocked as e:  # another worker runs it: not an error, the grid goes on
             if main:
-                print(f"LOCKED {cfg.run_id}: {e}")
+                print(f"LOCKED {cfg.run_id}: {e}", file=sys.stderr)
             logs.append(_not_run(cfg, "locked", str(e)))
         except Exception as e:
             if stop_on_error:
                 raise
             if main:
-                print(f"FAILED {cfg.run_id}: {type(e).__name__}: {e}")
+                print(f"FAILED {cfg.run_id}: {type(e).__name__}: {e}\n{failed_note(cfg)}", file=sys.stderr)
             logs.append(_not_run(cfg, "failed", f"{type(e).__name__}: {e}"))
     return logs
+
+
+def failed_note(cfg: RunConfig) -> str:
+    """What a failed run left behind, said once where its error is printed."""
+    where = f"its log {cfg.log_path}" if cfg.log_path.is_file() else "no log"
+    return (f"  {where} (status failed, with the error) is not a result: summary, plot and the reports skip it; "
+            "the same command runs it again (--resume: from its last checkpoint, if any)")
 
 
 def _not_run(cfg: RunConfig, status: str, error: str) -> dict:

@@ -1,7 +1,8 @@
 """Execute the committed notebooks from the committed logs: ``python -m utils.notebooks [NAME ...]``.
 
 Each notebook (default: every ``*.ipynb`` in the repository root) runs top to bottom in a fresh
-kernel, in the repository root, and is written back in place with its outputs. In that kernel
+kernel, in the repository root, and is written back in place with its outputs. Without the GLUE
+data (`glue_folder`) it refuses (exit 1) and writes nothing. In that kernel
 `utils.run_grid` is `finished_grid`: it returns the logs of a grid whose runs have all finished and
 stops with the list of the others, so executing a notebook draws from `logs/` and never trains.
 
@@ -35,6 +36,23 @@ class UnfinishedRuns(RuntimeError):
     """A notebook's grid has runs without a finished log: executing it would train."""
 
 
+class NoData(RuntimeError):
+    """The GLUE data the notebooks read is missing: executing them would show less than the committed ones."""
+
+
+def glue_folder() -> Path:
+    """The GLUE folder the notebooks read, found as the runner finds it (`utils.glue.local_data_dir`);
+    NoData if there is none (without it the round-2 cells draw fewer figures, silently)."""
+    from utils.glue import local_data_dir  # lazy: keeps `import utils.notebooks` light in the kernel
+
+    found = local_data_dir()
+    if found is None or not (found[0] / "MRPC").is_dir():
+        where = "none found" if found is None else f"{found[1]} is {found[0]}, which holds no GLUE data"
+        raise NoData(f"GLUE data needed to execute the notebooks ({where}): set GLUE_DIR to a glue_data "
+                     "folder or put it at ../shared/glue next to the repository")
+    return found[0]
+
+
 def notebooks() -> list[Path]:
     """The repository's notebooks, sorted by name."""
     return sorted(REPO.glob("*.ipynb"))
@@ -60,12 +78,14 @@ def finished_grid(base_config, grid: dict | None = None, **run_grid_options) -> 
 
 def execute(path, cwd=REPO, timeout: int = 1800) -> nbformat.NotebookNode:
     """The notebook at `path` executed in a fresh kernel started in `cwd` (with this repository
-    importable), cleaned by `clean`; the file is not written."""
+    importable, GLUE_DIR the absolute `glue_folder`, whatever `cwd` is), cleaned by `clean`; the file
+    is not written. NoData without GLUE data."""
     from nbclient import NotebookClient  # lazy: the kernel imports this module for finished_grid
 
     nb = nbformat.read(path, as_version=4)
     nb.cells.insert(0, nbformat.v4.new_code_cell(SETUP))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "GLUE_DIR": str(glue_folder())}
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}},
                    record_timing=False).execute(env=env)
     setup = nb.cells.pop(0)
@@ -103,6 +123,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", help="notebooks to execute (default: every *.ipynb in the repository root)")
     args = parser.parse_args(argv)
+    try:
+        glue_folder()
+    except NoData as e:  # refuse before touching any notebook: never write a degraded copy
+        print(f"error: {e}; no notebook was written", file=sys.stderr)
+        return 1
     for path in [REPO / n for n in args.names] or notebooks():
         print(f"executing {path.name}", flush=True)
         try:

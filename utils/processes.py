@@ -30,6 +30,18 @@ def new_accelerator(cfg: RunConfig) -> Accelerator:
     return Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
 
 
+def shutdown() -> None:
+    """End the process group, if any, on every process together (a barrier, then destroy_process_group).
+
+    Without it a torchrun job's processes exit with the gloo group alive: its C++ worker threads still
+    hold work objects with tensors, destroyed during interpreter finalization, which takes the GIL of
+    a dying interpreter and aborts (SIGABRT) now and then, depending on which rank exits first.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def from_main(value):
     """`value` as the main process sees it (identical decisions on every process)."""
     return broadcast_object_list([value])[0]

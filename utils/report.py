@@ -53,11 +53,14 @@ def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
 
 def format_summary(df: pd.DataFrame, digits: int = 4) -> str:
-    """The `summarize` table as text: `format_table` cells plus the seeds."""
+    """The `summarize` table as text: `format_table` cells, the count n replaced by "seeds (n)":
+    the seed numbers and how many ("0 1 2 (3)")."""
     if df.empty:
         return "(no finished runs)"
     out = format_table(df, digits)
-    out.insert(out.columns.get_loc("n") + 1, "seeds", df["seeds"].to_numpy())
+    at = out.columns.get_loc("n")
+    seeds = [f"{s} ({n})" for s, n in zip(df["seeds"], out.pop("n"))]
+    out.insert(at, "seeds (n)", seeds)
     return out.to_string(index=False)
 
 
@@ -90,8 +93,13 @@ def compute_table(summaries: pd.DataFrame) -> pd.DataFrame:
         minutes = g["wall_time_s"].astype(float) / 60
         rows.append({"task": task, "method": method, "runs": len(g),
                      "minutes per run (median, range)": f"{minutes.median():.0f} ({minutes.min():.0f}–{minutes.max():.0f})",
-                     "total hours": f"{minutes.sum() / 60:.1f}"})
+                     "total hours": _hours(minutes.sum())})
     return pd.DataFrame(rows)
+
+
+def _hours(minutes: float) -> str:
+    """Total hours to one decimal; a total that would read "0.0" (a smoke run) in minutes instead."""
+    return f"{minutes / 60:.1f}" if minutes >= 3 else f"< 0.1 ({minutes:.1f} min)"
 
 
 def paired_markdown(pairs: pd.DataFrame) -> str:
@@ -147,10 +155,11 @@ def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
     tests = int(pairs_all["p"].notna().sum()) if not pairs_all.empty else 0
     if not pairs_all.empty:
         pairs_all["p_holm"] = holm(pairs_all["p"])
+    holm_note = (f"p (Holm): Holm-Bonferroni adjusted over all {tests} paired tests in this report (every task, "
+                 "lr, contrast, final and best)." if tests else
+                 "no paired tests in this report: a test needs ≥ 2 seeds of both series of a contrast.")
     out = [("All metrics on the GLUE dev split. mean ± std over seeds (n seeds); 95% CI: t-interval of "
-            "the mean. Paired: same seed numbers, difference a − b, two-sided paired t-test; "
-            f"p (Holm): Holm-Bonferroni adjusted over all {tests} paired tests in this report (every task, "
-            "lr, contrast, final and best).\n")]
+            f"the mean. Paired: same seed numbers, difference a − b, two-sided paired t-test; {holm_note}\n")]
     for task in sorted(summaries["task"].unique()):
         t = get_task(task)
         s = summaries[summaries["task"] == task]

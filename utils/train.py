@@ -233,6 +233,8 @@ def _train(run: Run, pos: Position, progress: bool, on_eval) -> None:
                 pos.timers["train"] += time.time() - t_train
                 pos.epoch, pos.batch = (epoch + 1, 0) if epoch_end else (epoch, b + 1)
                 _evaluate_and_save(run, pos)
+                if progress and acc.is_main_process:  # one line per evaluation, above the bar
+                    bar.write(eval_line(run.log["history"][-1], run.task.main_metric))
                 if on_eval is not None:
                     on_eval(run.log)
                 model.train()
@@ -289,4 +291,11 @@ def _finish(run: Run, pos: Position, progress: bool) -> None:
     if progress and acc.is_main_process:
         final, metric = run.log["summary"]["final"], run.task.main_metric
         print(f"{cfg.run_id}: {metric}={final.get(metric, float('nan')):.4f} "
-              f"dev_loss={final.get('dev_loss', float('nan')):.4f} ({run.log['summary']['wall_time_s']:.0f}s)")
+              f"dev_loss={final.get('dev_loss', float('nan')):.4f} ({run.log['summary']['wall_time_s']:.0f}s), "
+              f"log {cfg.log_path}")
+
+
+def eval_line(entry: dict, metric: str) -> str:
+    """One history entry as the line printed after each evaluation (step, dev loss, main metric)."""
+    return (f"step {entry['step']} (epoch {entry['epoch']:.2f}): dev_loss={entry['dev_loss']:.4f} "
+            f"{metric}={entry['metrics'].get(metric, float('nan')):.4f}")
