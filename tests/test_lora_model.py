@@ -18,7 +18,8 @@ def test_add_lora_signature():
     params = list(sig.parameters.values())
     assert params[0].name == "model" and params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
     expected = dict(r=4, lora_alpha=None, init="random", targets=None, freeze_a=True, lora_dropout=0.0,
-                    generator=None, svd_method="auto", data=None, loss_fn=None)
+                    generator=None, svd_method="auto", data=None, loss_fn=None, use_rslora=False,
+                    modules_to_save=None)
     assert {p.name: p.default for p in params[1:]} == expected
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[1:])
     with pytest.raises(TypeError):
@@ -88,7 +89,7 @@ def test_get_lora_state_dict_keys():
     assert sorted(sd) == sorted(f"bert.encoder.layer.{i}.attention.self.value.parametrizations.weight.0.{k}"
                                 for i in range(2) for k in ("lora_A", "lora_B", "lora_B0"))
     assert lora.lora_config(model)["bert.encoder.layer.0.attention.self.value"] == dict(
-        r=2, lora_alpha=2.0, init="pissa", freeze_a=True, residual=True, lora_dropout=0.0)
+        r=2, lora_alpha=2.0, init="pissa", freeze_a=True, residual=True, lora_dropout=0.0, use_rslora=False)
 
 
 # -- errors --------------------------------------------------------------------------------------------
@@ -103,7 +104,7 @@ def test_error_already_adapted():
 
 
 def test_error_target_matches_nothing_lists_what_exists():
-    with pytest.raises(ValueError, match=r"'qkv' matches no nn.Linear module in BertForSequenceClassification") as e:
+    with pytest.raises(ValueError, match=r"'qkv' matches no nn.Linear or Conv1D module in BertForSequenceClassification") as e:
         lora.add_lora(tiny_model(), targets=["query", "qkv"])
     msg = str(e.value)
     for name in ("query", "key", "value", "dense", "classifier", "attention.output.dense", "intermediate.dense"):
