@@ -1,4 +1,5 @@
 """Model-level API: add_lora's signature, targets and errors, get_lora_params, merge and remove."""
+import copy
 import inspect
 
 import pytest
@@ -255,3 +256,25 @@ def test_bf16_pissa_keeps_the_output():
         lora.add_lora(model, r=4, init="pissa", targets=ENCODER)
         after = hidden(model, ids)
     torch.testing.assert_close(after, before, atol=0, rtol=0)  # B − B0 = 0 exactly at init
+
+
+# -- copies ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("finish", [lora.merge_lora, lora.remove_lora])
+def test_a_deep_copy_is_independent_of_the_original(finish):
+    model = tiny_model()
+    lora.add_lora(model, r=2, init="pissa", targets=ATTN)
+    perturb_B(model)
+    ids = token_ids()
+    with torch.no_grad():
+        before = hidden(model, ids)
+        twin = copy.deepcopy(model)
+        torch.testing.assert_close(hidden(twin, ids), before, atol=0, rtol=0)
+        finish(twin)  # merge or remove on the copy ...
+        assert not lora.adapted_modules(twin)
+        # ... leaves the original's adapters, weights and outputs as they were
+        assert len(lora.adapted_modules(model)) == 8
+        torch.testing.assert_close(hidden(model, ids), before, atol=0, rtol=0)
+        adapter(model.get_submodule(lora.find_targets(model, ATTN)[0])).lora_B.add_(1.0)
+        assert (hidden(twin, ids) - hidden(model, ids)).abs().max() > 1e-3  # no shared tensor either
+    lora.merge_lora(model)  # and the original still merges
+    assert not lora.adapted_modules(model)
