@@ -48,6 +48,8 @@ from bench.epoch_workers import RANK, WARMUP, run_worker, warm_token_cache  # no
 from utils.config import ADAPTER_METHODS  # noqa: E402
 
 LABELS = {"lora-fa": "LoRA-FA", "lora": "LoRA"}  # ADAPTER_METHODS: A frozen or trained, for ours and for PEFT
+# PEFT's rows: its LoRA with lora_A frozen is not PEFT's own LoRA-FA (peft.optimizers.create_lorafa_optimizer)
+PEFT_LABELS = {"lora-fa": "lora, A frozen", "lora": "lora"}
 
 
 def default_data_dir() -> str | None:
@@ -80,7 +82,7 @@ def spawn(args, worker: str, dtype: str, method: str, seed: int, group: bool) ->
 
 def _like_for_like(reports, r):
     """The Trainer + PEFT run that `r` is timed against: same dtype, seed and grouping; for ours the same
-    method (else the other), for the Trainer rows PEFT LoRA-FA (else LoRA)."""
+    method (else the other), for the Trainer rows PEFT LoRA with A frozen (else LoRA)."""
     same = r["runner"].split("-", 1)[1] if r["runner"].startswith("ours") else "lora-fa"
     for method in (same, *(m for m in ADAPTER_METHODS if m != same)):
         for ref in reports:
@@ -106,11 +108,11 @@ def _grouping_line(name, dtype, pairs) -> str:
 
 
 def table(args, reports: list[dict]) -> str:
-    """One row per run; `x Trainer` is against the Trainer + PEFT LoRA-FA run (LoRA if that was not run)
+    """One row per run; `x Trainer` is against the Trainer + PEFT LoRA run with A frozen (LoRA if that was not run)
     of the same dtype, seed and grouping; then the target lines: ours vs Trainer per grouping (median
     of the per-seed ratios), and grouped vs plain batches per runner (paired over seeds)."""
     names = ({f"ours-{m}": f"ours (run_experiment, {LABELS[m]})" for m in ADAPTER_METHODS}
-             | {f"trainer-{m}": f"Trainer + PEFT ({m})" for m in ADAPTER_METHODS})
+             | {f"trainer-{m}": f"Trainer + PEFT ({PEFT_LABELS[m]})" for m in ADAPTER_METHODS})
     ok_runs = sorted((r for r in reports if "error" not in r),
                      key=lambda r: (list(names).index(r["runner"]), r["dtype"], not r["grouped"], r["seed"]))
     rows, lines = [], []

@@ -1,6 +1,6 @@
 """Where a training step's time goes: torch.profiler per variant, op by op, side by side.
 
-    python bench/profile_step.py --variants floor,peft-lora-fa,ours-lora-fa --threads 1
+    python bench/profile_step.py --variants floor,peft-lora-frozen-a,ours-lora-fa --threads 1
     python bench/profile_step.py --model tiny --batch 4 --seq 16 --steps 1
 
 Builds the variants exactly as bench/step.py does (bench/variants.py), runs --warmup steps, then profiles
@@ -78,7 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--targets", choices=["attention", "all-linear"], default="attention")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--variants", default="floor,peft-lora-fa,ours-lora-fa")
+    p.add_argument("--variants", default="floor,peft-lora-frozen-a,ours-lora-fa")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--top", type=int, default=25, help="how many ops to list")

@@ -32,7 +32,7 @@ from bench import common  # noqa: E402
 from bench.variants import VARIANTS, build_variant, make_batch, saved_bytes, train_step  # noqa: E402
 from utils import record  # noqa: E402
 
-REFERENCE = "peft-lora-fa"
+REFERENCE = "peft-lora-frozen-a"
 
 
 def rss_child(args) -> dict:
@@ -187,7 +187,7 @@ def legend() -> str:
         "backward runs through all layers; adapters rank 4, alpha 4, no dropout, B = 0 at init",
         "- floor: all weights frozen, no optimizer step; head: classifier (+ BERT pooler), AdamW; "
         "full: everything, AdamW",
-        "- peft-lora: PEFT LoRA (A, B) + head; peft-lora-fa: the same with lora_A frozen; peft-lorafa-opt: "
+        "- peft-lora: PEFT LoRA (A, B) + head; peft-lora-frozen-a: the same with lora_A frozen; peft-lorafa-opt: "
         "peft.optimizers.create_lorafa_optimizer (A frozen, projected B gradient, its own AdamW) + head",
         "- ours-lora: lora.add_lora(freeze_a=False) + head; ours-lora-fa-plain: freeze_a=True with "
         "set_fast_path(False) (W_eff materialised); ours-lora-fa: freeze_a=True, fast path",

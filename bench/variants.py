@@ -4,7 +4,7 @@
   head              the classification head (BERT: classifier + pooler), AdamW
   full              every parameter, AdamW
   peft-lora         PEFT LoRA A and B + head, AdamW
-  peft-lora-fa      PEFT LoRA with every lora_A frozen: B + head, AdamW
+  peft-lora-frozen-a      PEFT LoRA with every lora_A frozen: B + head, AdamW
   peft-lorafa-opt   peft.optimizers.create_lorafa_optimizer (A frozen, projected B update) + head
   ours-lora         lora.add_lora(freeze_a=False): A and B + head, AdamW
   ours-lora-fa-plain  lora.add_lora(freeze_a=True) with set_fast_path(False): W_eff materialised
@@ -28,7 +28,7 @@ VARIANTS = {
     "head": "head",
     "full": "all parameters",
     "peft-lora": "PEFT A, B + head",
-    "peft-lora-fa": "PEFT B (A frozen) + head",
+    "peft-lora-frozen-a": "PEFT B (A frozen) + head",
     "peft-lorafa-opt": "PEFT B + head, LoraFAOptimizer",
     "ours-lora": "ours A, B + head",
     "ours-lora-fa-plain": "ours B + head, W_eff materialised",
@@ -79,7 +79,7 @@ def build_variant(name: str, base, targets_kind: str, rank: int = 4, copy_model:
         if name == "peft-lorafa-opt":
             from peft.optimizers import create_lorafa_optimizer  # noqa: PLC0415
             optimizer = create_lorafa_optimizer(peft_model, r=rank, lora_alpha=rank, lr=LR)
-        elif name == "peft-lora-fa":
+        elif name == "peft-lora-frozen-a":
             for n, p in model.named_parameters():
                 if "lora_A" in n:
                     p.requires_grad_(False)

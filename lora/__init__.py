@@ -6,7 +6,8 @@
     ...
     lora.save_lora(model, "adapter.safetensors")     # or lora.merge_lora(model)
 
-See README.md for the init table and the fast path that keeps LoRA-FA's memory saving.
+add_lora freezes everything else except `modules_to_save`; nn.Linear and transformers Conv1D
+(GPT-2) layers are adapted. See docs/library.md for coverage and README.md for the init table.
 """
 from .calibrate import calibrating, input_grams, weight_grads
 from .inits import (
@@ -23,7 +24,7 @@ from .inits import (
     top_r_svd,
     top_r_svds,
 )
-from .io import atomic_write, export_peft, load_lora, read_lora, save_lora
+from .io import atomic_write, copy_state, export_peft, load_lora, read_lora, save_lora
 from .layers import LoRAFAParametrization, LoRAParametrization
 from .model import (
     adapted_modules,
@@ -35,11 +36,11 @@ from .model import (
     get_lora_state_dict,
     lora_config,
     mark_only_lora_trainable,
-    matches_suffix,
     merge_lora,
     remove_lora,
     set_fast_path,
 )
+from .targets import find_modules_to_save, matches_suffix, tied_parameters
 
 __version__ = "0.1.0"
 __all__ = [
@@ -52,9 +53,11 @@ __all__ = [
     "add_lora",
     "atomic_write",
     "calibrating",
+    "copy_state",
     "disable_lora",
     "enable_lora",
     "export_peft",
+    "find_modules_to_save",
     "find_targets",
     "get_lora_params",
     "get_lora_state_dict",
@@ -75,6 +78,7 @@ __all__ = [
     "remove_lora",
     "save_lora",
     "set_fast_path",
+    "tied_parameters",
     "top_r_svd",
     "top_r_svds",
     "weight_grads",

@@ -12,6 +12,8 @@ import weakref
 
 import torch
 
+from .targets import weight_oi
+
 
 @contextlib.contextmanager
 def calibrating(model):
@@ -106,7 +108,8 @@ def input_grams(model, names, data, loss_fn=None):
 
 
 def weight_grads(model, names, data, loss_fn=None):
-    """{name: G = Σ_batches ∂loss(batch)/∂W (out, in), float64} for each named nn.Linear's weight W.
+    """{name: G = Σ_batches ∂loss(batch)/∂W (out, in), float64} for each named layer's weight W
+    (transposed from the stored (in, out) for a Conv1D).
 
     loss(batch) = `loss_fn(model, batch)` if given, else `model(**batch).loss` (a transformers
     model's batch mean when the batch has labels), taken at the model as it is (head
@@ -117,7 +120,7 @@ def weight_grads(model, names, data, loss_fn=None):
     modules = {n: model.get_submodule(n) for n in names}
     weights = [m.weight for m in modules.values()]
     device = weights[0].device
-    grads = {n: torch.zeros(w.shape, dtype=torch.float64, device=device) for n, w in zip(names, weights)}
+    grads = {n: torch.zeros(weight_oi(m).shape, dtype=torch.float64, device=device) for n, m in modules.items()}
     counts, batches = dict.fromkeys(names, 0), 0
     with calibrating(model), torch.enable_grad():
         for w in weights:
@@ -132,7 +135,7 @@ def weight_grads(model, names, data, loss_fn=None):
             got = torch.autograd.grad(loss, weights, allow_unused=True)
             for n, g in zip(names, got):
                 if g is not None:
-                    grads[n].add_(g.to(torch.float64))
+                    grads[n].add_(weight_oi(modules[n], g).to(torch.float64))
                     counts[n] += 1
     _check_reached(counts, batches, "gradient")
     return grads

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from .layers import LoRAFAParametrization, LoRAParametrization
 from .model import adapted_modules, attach, get_lora_state_dict, is_adapted, lora_config
+from .targets import check_untied, is_adaptable_type, is_fan_in_fan_out, weight_oi
 
 FORMAT = "lora-fa-adapter/2"
 # files of format 1 (written before the per-layer settings took PEFT's names) read as format 2
@@ -61,7 +62,7 @@ def _save_tensors(tensors, path, metadata):
 def save_lora(model, path, include_trainable=True):
     """Save the adapters (A, B, B0), their config and, by default, every other trainable parameter.
 
-    The config (per layer: r, lora_alpha, init, freeze_a, residual, lora_dropout; `lora_config`)
+    The config (per layer: r, lora_alpha, init, freeze_a, residual, lora_dropout, use_rslora; `lora_config`)
     is stored as safetensors metadata. Other parameters with requires_grad (e.g. a classifier
     head trained with the adapters) are saved too, so `load_lora` on the untouched base
     model rebuilds the exact fine-tuned model.
@@ -104,18 +105,22 @@ def load_lora(model, path):
     built = []  # check and build every adapter before attaching any: a failed load leaves the model as it was
     for name, cfg in layers.items():
         module = model.get_submodule(name)
+        if not is_adaptable_type(module):
+            raise ValueError(f"load_lora: module {name!r} is a {type(module).__name__}, not an nn.Linear or Conv1D")
+        check_untied(model, name)
         if is_adapted(module):
             raise ValueError(f"load_lora: module {name!r} already has an adapter; load into the base model")
         prefix = f"{name}.parametrizations.weight.0."
         A, B, B0 = (tensors.pop(prefix + k) for k in ("lora_A", "lora_B", "lora_B0"))
-        out_f, in_f = module.weight.shape
+        out_f, in_f = weight_oi(module).shape
         if A.shape != (cfg["r"], in_f) or B.shape != (out_f, cfg["r"]):
             raise ValueError(f"{path}: adapter for {name!r} has A {tuple(A.shape)}, B {tuple(B.shape)}; "
                              f"the model's weight is {(out_f, in_f)} (rank {cfg['r']})")
         cls = LoRAFAParametrization if cfg["freeze_a"] else LoRAParametrization
         W = module.weight
         p = cls(A.to(W), B.to(W), lora_alpha=cfg["lora_alpha"], init=cfg["init"], lora_dropout=cfg["lora_dropout"],
-                residual=cfg["residual"])
+                residual=cfg["residual"], use_rslora=cfg.get("use_rslora", False),
+                fan_in_fan_out=is_fan_in_fan_out(module))
         with torch.no_grad():
             p.lora_B0.copy_(B0)
         built.append((module, p))
@@ -129,6 +134,17 @@ def load_lora(model, path):
         for k, v in tensors.items():
             params[k].copy_(v)
     return list(layers)
+
+
+def copy_state(model, tensors, source="tensors"):
+    """Copy `tensors` ({state-dict name: tensor}, e.g. `read_lora(path)[1]`) into the parameters and
+    buffers of the same names of `model` (already adapted); ValueError naming any name it lacks."""
+    state = model.state_dict(keep_vars=True)
+    for name, tensor in tensors.items():
+        if name not in state:
+            raise ValueError(f"{source}: {name!r} is no parameter or buffer of the model")
+        with torch.no_grad():
+            state[name].copy_(tensor)
 
 
 def export_peft(model, out_dir, base_model_name_or_path, modules_to_save=None, task_type=None):
@@ -157,6 +173,9 @@ def export_peft(model, out_dir, base_model_name_or_path, modules_to_save=None, t
     dropouts = {getattr(p.lora_dropout, "p", 0.0) for _, _, p in layers}
     if len(dropouts) > 1:
         raise ValueError("export_peft: PEFT has one lora_dropout per adapter; layers differ")
+    rslora = {p.use_rslora for _, _, p in layers}
+    if len(rslora) > 1:
+        raise ValueError("export_peft: PEFT has one use_rslora per adapter; layers differ")
     r0, a0 = next(iter(ranks.values())), next(iter(alphas.values()))
     config = {
         "peft_type": "LORA",
@@ -170,10 +189,11 @@ def export_peft(model, out_dir, base_model_name_or_path, modules_to_save=None, t
         "alpha_pattern": {f"^{n}$": a for n, a in alphas.items() if a != a0},
         "lora_dropout": dropouts.pop(),
         "bias": "none",
-        "fan_in_fan_out": False,
+        # PEFT sets each layer's own flag from its type (Conv1D: True, nn.Linear: False) whatever this says
+        "fan_in_fan_out": any(p.fan_in_fan_out for _, _, p in layers),
         "modules_to_save": list(modules_to_save) if modules_to_save else None,
         "init_lora_weights": True,
-        "use_rslora": False,
+        "use_rslora": rslora.pop(),
         "inference_mode": True,
     }
     out_dir = Path(out_dir)

@@ -1,6 +1,10 @@
-"""The adapter itself: a `torch.nn.utils.parametrize` parametrization of `Linear.weight`.
+"""The adapter itself: a `torch.nn.utils.parametrize` parametrization of a layer's weight.
 
     W_eff = W + s·ΔB·A        A: (r, in), B: (out, r), s = scaling = lora_alpha / r
+                              (rsLoRA, `use_rslora=True`: s = lora_alpha / √r)
+
+W is the (out, in) matrix: `nn.Linear.weight` itself, or the transpose of a transformers
+`Conv1D.weight` (stored in × out; `fan_in_fan_out=True`, whose parametrization adds (s·ΔB·A)ᵀ).
 
 ΔB = B − B0 for residual inits (`pissa`, `milora`), where B0 is the initial B, so that W_eff = W
 at init (the same as PiSSA's base weight W − s·B0·A plus s·B·A); ΔB = B for every other init.
@@ -20,11 +24,20 @@ two thin passes (x Aᵀ and gᵀ h) to the frozen layer's cost.
 `lora.set_fast_path(model, False)` switches to the plain parametrization (W_eff
 materialised), e.g. to compare the two.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .inits import RESIDUAL_INITS, init_factors
+from .targets import is_fan_in_fan_out, weight_oi
+
+
+def scaling_of(lora_alpha, r, use_rslora=False):
+    """s = lora_alpha / r (LoRA), or lora_alpha / √r (rsLoRA, Kalajdzievski 2023: keeps the
+    update's scale stable as r grows)."""
+    return lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
 
 
 class LoRAParametrization(nn.Module):
@@ -32,7 +45,8 @@ class LoRAParametrization(nn.Module):
 
     freeze_a = False
 
-    def __init__(self, A, B, *, lora_alpha, init="custom", lora_dropout=0.0, residual=False):
+    def __init__(self, A, B, *, lora_alpha, init="custom", lora_dropout=0.0, residual=False, use_rslora=False,
+                 fan_in_fan_out=False):
         super().__init__()
         r = A.shape[0]
         assert A.dim() == 2 and B.dim() == 2 and B.shape[1] == r, (A.shape, B.shape)
@@ -44,7 +58,9 @@ class LoRAParametrization(nn.Module):
         self.register_buffer("lora_B0", B.detach().clone())
         self.r = r
         self.lora_alpha = float(lora_alpha)
-        self.scaling = self.lora_alpha / r  # s
+        self.use_rslora = bool(use_rslora)
+        self.scaling = scaling_of(self.lora_alpha, r, self.use_rslora)  # s
+        self.fan_in_fan_out = bool(fan_in_fan_out)  # the weight is stored (in, out), as Conv1D's
         self.init = init
         self.residual = bool(residual)
         self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
@@ -65,6 +81,10 @@ class LoRAParametrization(nn.Module):
         """W_eff − W = s·ΔB·A as a dense (out, in) matrix (for merging and inspection)."""
         return self.scaling * (self.delta_B() @ self.lora_A)  # (out, in)
 
+    def stored(self, M):
+        """An (out, in) matrix `M` in the layout of the layer's weight ((in, out) for Conv1D)."""
+        return M.T if self.fan_in_fan_out else M
+
     def forward(self, W):
         if not self.enabled and not self.residual:
             return W
@@ -73,7 +93,7 @@ class LoRAParametrization(nn.Module):
             # A materialised weight cannot drop per token: drop input features for the whole
             # batch instead (minLoRA's choice). The fast path drops per token, like PEFT.
             A = A * self.lora_dropout(torch.ones_like(A[:1]))  # (r, in)
-        return W + (self.scaling * (self.delta_B() @ A)).to(W.dtype)
+        return W + self.stored(self.scaling * (self.delta_B() @ A)).to(W.dtype)
 
     def lowrank(self, x):
         """s·(dropout(x) Aᵀ) ΔBᵀ for an input x (..., in): the adapter's share of the output."""
@@ -82,8 +102,9 @@ class LoRAParametrization(nn.Module):
 
     @classmethod
     def from_linear(cls, layer, r=4, lora_alpha=None, init="random", lora_dropout=0.0, generator=None,
-                    svd_method="auto", *, stat=None, factors=None):
-        """minLoRA-style constructor for users who register the parametrization themselves:
+                    svd_method="auto", *, stat=None, factors=None, use_rslora=False):
+        """minLoRA-style constructor (for an nn.Linear or a transformers Conv1D `layer`) for users who
+        register the parametrization themselves:
 
             parametrize.register_parametrization(layer, "weight", LoRAFAParametrization.from_linear(layer))
 
@@ -91,18 +112,19 @@ class LoRAParametrization(nn.Module):
         stat: the layer's calibration statistic for init="eva"/"grad" (`lora.calibrate`);
         factors: precomputed top-r singular triplets (see `lora.inits.init_factors`).
         """
-        W = layer.weight.detach()  # (out, in)
+        W = weight_oi(layer).detach()  # (out, in)
         if lora_alpha is None:
             lora_alpha = 1.0 if init == "seed" else r  # seed: the original project's lora_alpha = 1
         lora_alpha = float(lora_alpha)
-        A, B = init_factors(init, W, r=r, scaling=lora_alpha / r, generator=generator, svd_method=svd_method,
-                            stat=stat, factors=factors)
+        A, B = init_factors(init, W, r=r, scaling=scaling_of(lora_alpha, r, use_rslora), generator=generator,
+                            svd_method=svd_method, stat=stat, factors=factors)
         return cls(A.to(W), B.to(W), lora_alpha=lora_alpha, init=init, lora_dropout=lora_dropout,
-                   residual=init in RESIDUAL_INITS)
+                   residual=init in RESIDUAL_INITS, use_rslora=use_rslora, fan_in_fan_out=is_fan_in_fan_out(layer))
 
     def extra_repr(self):
         return (f"r={self.r}, lora_alpha={self.lora_alpha:g}, init={self.init!r}, "
-                f"freeze_a={self.freeze_a}, residual={self.residual}, enabled={self.enabled}")
+                f"freeze_a={self.freeze_a}, residual={self.residual}, use_rslora={self.use_rslora}, "
+                f"fan_in_fan_out={self.fan_in_fan_out}, enabled={self.enabled}")
 
 
 class LoRAFAParametrization(LoRAParametrization):
@@ -114,7 +136,7 @@ class LoRAFAParametrization(LoRAParametrization):
 class LoRAFALinear(torch.autograd.Function):
     """y = x Wᵀ + b + s·(x_d Aᵀ) ΔBᵀ for frozen W and A, with the backward written out.
 
-    Shapes: x, x_d (..., in) (x_d = dropout(x), or x itself), W (out, in), b (out,) or None,
+    Shapes: x, x_d (..., in) (x_d = dropout(x), or None for x itself), W (out, in), b (out,) or None,
     A (r, in), ΔB (out, r) (`delta_B`), s = `scaling`; N = the product of the leading dims. Saved
     for backward: h = x_d Aᵀ (N, r), W, A and ΔB, never x and never an (out, in) W_eff. With
     g = dL/dy (N, out):
@@ -130,7 +152,7 @@ class LoRAFALinear(torch.autograd.Function):
     def forward(ctx, x, xd, W, b, A, delta_B, scaling):
         dev = x.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        same = xd is x
+        same = xd is None  # no dropout: x_d is x (passed as None: autograd.Function inputs must be distinct)
         with torch.autocast(dev, enabled=False):
             W_, A_, dB_ = W.to(dt), A.to(dt), delta_B.to(dt)  # (out, in), (r, in), (out, r)
             x2 = x.reshape(-1, x.shape[-1]).to(dt)  # (N, in)
@@ -143,7 +165,7 @@ class LoRAFALinear(torch.autograd.Function):
                 y.addmm_(h, dB_.T, alpha=scaling)
         ctx.save_for_backward(h, W_, A_, dB_)
         ctx.same, ctx.scaling = same, scaling
-        ctx.x_meta, ctx.xd_meta = (x.shape, x.dtype), (xd.shape, xd.dtype)
+        ctx.x_meta = (x.shape, x.dtype)
         ctx.b_dtype, ctx.dB_dtype = (None if b is None else b.dtype), delta_B.dtype
         return y.view(*x.shape[:-1], W.shape[0])
 
@@ -157,8 +179,8 @@ class LoRAFALinear(torch.autograd.Function):
         if need[0]:  # without dropout: g·W_eff, W_eff rebuilt (out, in), one GEMM
             gx = g2 @ (torch.addmm(W, dB, A, alpha=ctx.scaling) if ctx.same else W)  # (N, in)
             gx = gx.to(ctx.x_meta[1]).view(ctx.x_meta[0])
-        if need[1] and not ctx.same:
-            gxd = ((g2 @ dB) @ A).mul_(ctx.scaling).to(ctx.xd_meta[1]).view(ctx.xd_meta[0])  # (..., in)
+        if need[1] and not ctx.same:  # x_d has x's shape and dtype
+            gxd = ((g2 @ dB) @ A).mul_(ctx.scaling).to(ctx.x_meta[1]).view(ctx.x_meta[0])  # (..., in)
         if need[3]:
             gb = g2.sum(0).to(ctx.b_dtype)  # (out,)
         if need[5]:
@@ -172,17 +194,18 @@ def _adapter(module):
 
 
 def adapted_linear_forward(self, x):
-    """forward of an adapted nn.Linear (bound to the instance by `lora.add_lora`).
+    """forward of an adapted nn.Linear or Conv1D (bound to the instance by `lora.add_lora`).
 
-    Plain path (`fast` off): F.linear with `self.weight`, i.e. W_eff. Fast path: the base W
-    plus the low-rank term; with W and A frozen, through `LoRAFALinear`."""
+    Plain path (`fast` off): the layer class's own forward, which reads `self.weight`, i.e. W_eff.
+    Fast path: the base W (as (out, in)) plus the low-rank term; with W and A frozen, through
+    `LoRAFALinear`."""
     p = _adapter(self)
     if not p.fast:
-        return F.linear(x, self.weight, self.bias)
-    W = self.parametrizations.weight.original  # (out, in)
+        return type(self).forward(self, x)
+    W = p.stored(self.parametrizations.weight.original)  # (out, in)
     if not p.enabled and not p.residual:
         return F.linear(x, W, self.bias)
     if p.lora_A.requires_grad or W.requires_grad:  # plain LoRA (or W unfrozen): autograd does it
         return F.linear(x, W, self.bias) + p.lowrank(x)
-    xd = p.lora_dropout(x) if p.training and isinstance(p.lora_dropout, nn.Dropout) else x
+    xd = p.lora_dropout(x) if p.training and isinstance(p.lora_dropout, nn.Dropout) else None
     return LoRAFALinear.apply(x, xd, W, self.bias, p.lora_A, p.delta_B(), p.scaling)

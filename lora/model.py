@@ -1,19 +1,22 @@
 """Adding adapters to a model, and everything done to them afterwards.
 
-Layers are chosen by module type (`nn.Linear`) and an explicit list of module-name
-suffixes, never by position in a name. Each adapted layer gets one parametrization
-of its `weight` (see `lora.layers`) and the fast-path forward (`adapted_linear_forward`,
-bound to the module instance; removing the adapter deletes it again).
+Layers are chosen by module type (nn.Linear, transformers Conv1D) and an explicit list of
+module-name suffixes (`lora.targets`). Each adapted layer gets one parametrization of its
+`weight` (see `lora.layers`) and the fast-path forward (`adapted_linear_forward`, bound to the
+module instance; removing the adapter deletes it again). As in PEFT, `add_lora` freezes every
+other parameter except the `modules_to_save`, so that whatever trains what `requires_grad`
+(an optimizer over `model.parameters()`, transformers' Trainer) trains the adapters and those.
 """
+import copy
 import types
 
 import torch
-from torch import nn
 from torch.nn.utils import parametrize
 
 from .calibrate import calibration_stats
 from .inits import DATA_INITS, INITS, SPECTRAL_INITS, top_r_svds
 from .layers import LoRAFAParametrization, LoRAParametrization, adapted_linear_forward
+from .targets import find_modules_to_save, find_targets, is_fan_in_fan_out, weight_oi
 
 
 def is_adapted(module):
@@ -27,33 +30,27 @@ def adapted_modules(model):
     return [(n, m, m.parametrizations.weight[0]) for n, m in model.named_modules() if is_adapted(m)]
 
 
-def matches_suffix(name, target):
-    """True when module `name` is `target` or ends with "." + target: how targets select layers."""
-    return name == target or name.endswith("." + target)
+def deepcopy_with_own_class(self, memo):
+    """`copy.deepcopy` of an adapted module, whose replica gets a class of its own.
 
-
-def find_targets(model, targets=None):
-    """Names of the nn.Linear modules selected by `targets` (None: every nn.Linear).
-
-    A target matches a module whose name equals it or ends with "." + target (`matches_suffix`).
-    Every target must match at least one nn.Linear, else ValueError listing what exists.
-    """
-    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if targets is None:
-        return linear
-    if isinstance(targets, str):
-        targets = [targets]
-    for t in targets:
-        if not any(matches_suffix(n, t) for n in linear):
-            suffixes = sorted({n.split(".")[-1] for n in linear} | {".".join(n.split(".")[-3:]) for n in linear})
-            raise ValueError(f"target {t!r} matches no nn.Linear module in {type(model).__name__}; "
-                             f"nn.Linear names end with: {', '.join(suffixes)}")
-    return [n for n in linear if any(matches_suffix(n, t) for t in targets)]
+    parametrize puts the `weight` property on a class made for the module; a plain deepcopy shares
+    that class, so removing the copy's adapter (which deletes the property from the class) would
+    break the original. The replica's class is a new one with the same contents."""
+    if id(self) in memo:
+        return memo[id(self)]
+    cls = type(self)
+    own = type(cls.__name__, cls.__bases__, {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")})
+    replica = own.__new__(own)
+    memo[id(self)] = replica
+    replica.__dict__ = copy.deepcopy(self.__dict__, memo)  # the bound fast-path forward is rebound to the replica
+    return replica
 
 
 def attach(module, parametrization):
     """Register `parametrization` on `module.weight`, freeze W, install the fast-path forward."""
+    assert parametrization.fan_in_fan_out == is_fan_in_fan_out(module), "the adapter's weight layout"
     parametrize.register_parametrization(module, "weight", parametrization)
+    type(module).__deepcopy__ = deepcopy_with_own_class  # the class parametrize made for this module only
     module.parametrizations.weight.original.requires_grad_(False)
     module.forward = types.MethodType(adapted_linear_forward, module)  # instance attribute
 
@@ -68,14 +65,18 @@ def detach(module, keep_weight=None):
 
 
 def add_lora(model, *, r=4, lora_alpha=None, init="random", targets=None, freeze_a=True,
-             lora_dropout=0.0, generator=None, svd_method="auto", data=None, loss_fn=None):
-    """Add a rank-`r` adapter to each target nn.Linear of `model`; returns the adapted names.
+             lora_dropout=0.0, generator=None, svd_method="auto", data=None, loss_fn=None,
+             use_rslora=False, modules_to_save=None):
+    """Add a rank-`r` adapter to each target layer of `model`; returns the adapted names.
 
     lora_alpha: the scaling is s = lora_alpha / r; lora_alpha defaults to r (s = 1), or to 1
                 for init="seed" (the original project's setting).
+    use_rslora: s = lora_alpha / √r instead (rsLoRA; PEFT's `use_rslora`).
     init: "random" | "svd" | "pissa" | "milora" | "seed" | "eva" | "grad" (see lora.inits).
-    targets: None for every nn.Linear, else module-name suffixes, e.g.
-             ["query", "key", "value", "attention.output.dense"].
+    targets: None for every nn.Linear and transformers Conv1D except layers whose weight is tied
+             to another parameter (an output head sharing the input embedding), else module-name
+             suffixes, e.g. ["query", "key", "value", "attention.output.dense"] or GPT-2's
+             ["c_attn", "c_proj"]; naming a tied layer or another module type is a ValueError.
     freeze_a: True is LoRA-FA (A frozen, only B trains); False is plain LoRA.
     lora_dropout: dropout probability on the adapter's input.
     generator: torch.Generator for init="random" (reproducible A).
@@ -85,9 +86,11 @@ def add_lora(model, *, r=4, lora_alpha=None, init="random", targets=None, freeze
           inits "eva" and "grad", and only for them (see lora.calibrate).
     loss_fn: `loss_fn(model, batch)`, the loss "grad" differentiates (default
              `model(**batch).loss`), or the forward "eva" runs (default `model(**batch)`).
-    The adapted layers' pretrained weights are frozen; other parameters are left as they are.
-    Every statistic and factor is computed before any adapter is attached, so an error leaves
-    the model untouched.
+    modules_to_save: module-name suffixes of modules trained in full alongside the adapters
+                     (e.g. ["classifier"]), as PEFT's; they stay trainable.
+    Every other parameter of `model` is frozen (requires_grad=False), as PEFT does; the adapters'
+    lora_B trains, and lora_A unless freeze_a. Every statistic and factor is computed before any
+    adapter is attached or flag changed, so an error leaves the model untouched.
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
@@ -102,6 +105,7 @@ def add_lora(model, *, r=4, lora_alpha=None, init="random", targets=None, freeze
     if lora_dropout < 0 or lora_dropout >= 1:
         raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout!r}")
     names = find_targets(model, targets)
+    save_names = find_modules_to_save(model, modules_to_save, names)
     modules = {n: model.get_submodule(n) for n in names}
     for n, m in modules.items():
         if is_adapted(m):
@@ -113,25 +117,37 @@ def add_lora(model, *, r=4, lora_alpha=None, init="random", targets=None, freeze
     factors = dict.fromkeys(names)
     if init in SPECTRAL_INITS:  # the top-r SVDs of all layers at once: same-shaped ones in one batch
         stats = calibration_stats(init, model, names, data, loss_fn) if init in DATA_INITS else None
-        sources = [stats[n] if stats else modules[n].weight.detach() for n in names]
+        sources = [stats[n] if stats else weight_oi(modules[n]).detach() for n in names]
         factors = dict(zip(names, top_r_svds(sources, r, method=svd_method)))
     cls = LoRAFAParametrization if freeze_a else LoRAParametrization
     # build every adapter before attaching any, so that an init error (e.g. init="seed" on a
     # non-square layer) leaves the model untouched instead of half adapted
     built = [(m, cls.from_linear(m, r=r, lora_alpha=lora_alpha, init=init, lora_dropout=lora_dropout,
-                                 generator=generator, svd_method=svd_method, factors=factors[n]))
+                                 generator=generator, svd_method=svd_method, factors=factors[n],
+                                 use_rslora=use_rslora))
              for n, m in modules.items()]
     for m, p in built:
         attach(m, p)
+    freeze_base(model, save_names)
     return names
+
+
+def freeze_base(model, modules_to_save=()):
+    """requires_grad=False on every parameter except the adapters' factors (whose flags
+    `add_lora` set) and those of the named `modules_to_save`, which train."""
+    factors = {id(t) for _, _, p in adapted_modules(model) for t in (p.lora_A, p.lora_B)}
+    save = {id(t) for n in modules_to_save for t in model.get_submodule(n).parameters()}
+    for t in model.parameters():
+        if id(t) not in factors:
+            t.requires_grad_(id(t) in save)
 
 
 def merge_lora(model):
     """Bake W_eff = W + s·ΔB·A (`lora.layers`) into plain weights and remove the adapters."""
     for _, m, p in adapted_modules(model):
-        W = m.parametrizations.weight.original
+        W = m.parametrizations.weight.original  # as stored: (out, in), or (in, out) for Conv1D
         acc = torch.promote_types(W.dtype, torch.float32)  # sum in float32 for bf16 models; float64 stays
-        W_eff = (W.to(acc) + p.delta_weight().to(acc)).to(W.dtype)
+        W_eff = (W.to(acc) + p.stored(p.delta_weight()).to(acc)).to(W.dtype)
         detach(m, keep_weight=W_eff)
 
 
@@ -174,7 +190,8 @@ def mark_only_lora_trainable(model):
 def lora_config(model):
     """Per adapted layer: the settings needed to rebuild it (stored with saved adapters)."""
     return {n: {"r": p.r, "lora_alpha": p.lora_alpha, "init": p.init, "freeze_a": p.freeze_a,
-                "residual": p.residual, "lora_dropout": getattr(p.lora_dropout, "p", 0.0)}
+                "residual": p.residual, "lora_dropout": getattr(p.lora_dropout, "p", 0.0),
+                "use_rslora": p.use_rslora}
             for n, _, p in adapted_modules(model)}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEP_ROWS = ["floor", "head", "full", "peft-lora", "peft-lora-fa", "peft-lorafa-opt", "ours-lora",
+STEP_ROWS = ["floor", "head", "full", "peft-lora", "peft-lora-frozen-a", "peft-lorafa-opt", "ours-lora",
              "ours-lora-fa-plain", "ours-lora-fa"]
 INIT_ROWS = ["ours random", "ours svd (auto)", "ours svd (krylov)", "ours svd (lanczos)", "ours svd (full)",
              "ours svd (randomized)", "ours pissa (auto)", "ours milora (full)", "PEFT default", "PEFT pissa",
@@ -82,13 +82,13 @@ def test_step_table(runs):
     assert len(sections) == 4  # fp32/bf16 x attention/all-linear
     assert {s.split(", ")[1] for s in sections} == {"fp32", "bf16"}
     columns, rows = table_rows(text, "variant")
-    assert columns == ["variant", "trains", "trainable params", "step ms (median)", "IQR ms", "x peft-lora-fa",
-                       "x floor", "CPU ms (median)", "CPU x peft-lora-fa", "CPU x floor", "saved MiB (all)",
+    assert columns == ["variant", "trains", "trainable params", "step ms (median)", "IQR ms", "x peft-lora-frozen-a",
+                       "x floor", "CPU ms (median)", "CPU x peft-lora-frozen-a", "CPU x floor", "saved MiB (all)",
                        "saved MiB (activations)", "peak RSS MiB", "RSS rise in steps MiB"]
     assert [r[0] for r in rows] == STEP_ROWS
     by = {r[0]: r for r in rows}
-    assert by["floor"][2] == "0" and by["peft-lora-fa"][5] == "1"
-    assert by["ours-lora-fa"][2] == by["peft-lora-fa"][2]  # same trainable parameters
+    assert by["floor"][2] == "0" and by["peft-lora-frozen-a"][5] == "1"
+    assert by["ours-lora-fa"][2] == by["peft-lora-frozen-a"][2]  # same trainable parameters
     assert by["ours-lora"][2] == by["peft-lora"][2]
     assert float(by["ours-lora-fa"][11]) < float(by["ours-lora-fa-plain"][11])  # the fast path saves less
     assert text.count("(target <= 1.0)") == 4 and text.count("(target <= 1.1)") == 4 and "LoRA-FA / LoRA saved bytes" in text
@@ -133,12 +133,12 @@ def test_epoch_table(runs):
     assert columns == ["runner", "dtype", "grouped", "seed", "steps", "trainable params", "train+eval s", "x Trainer",
                        "process s", "peak RSS MiB", "padding eff.", "dev accuracy", "dev F1"]
     assert [r[0] for r in rows[::2]] == ["ours (run_experiment, LoRA-FA)", "ours (run_experiment, LoRA)",
-                                         "Trainer + PEFT (lora-fa)", "Trainer + PEFT (lora)"]
+                                         "Trainer + PEFT (lora, A frozen)", "Trainer + PEFT (lora)"]
     assert [r[2] for r in rows] == ["yes", "no"] * 4 and all(r[1] == "bf16" and r[4] == "2" for r in rows)
     trainable = [int(r[5].replace(",", "")) for r in rows[::2]]
     # A frozen vs trained: ours and PEFT train as many parameters, method for method; LoRA trains rank*in more
     assert trainable[0] == trainable[2] < trainable[1] == trainable[3]
-    assert float(rows[4][7]) == float(rows[5][7]) == 1.0  # x Trainer: against PEFT LoRA-FA, same grouping
+    assert float(rows[4][7]) == float(rows[5][7]) == 1.0  # x Trainer: against PEFT LoRA with A frozen, same grouping
     assert 0 < float(rows[0][10]) <= 1 and rows[4][10] == "n/a"  # padding efficiency: ours only
     assert all(0 <= float(r[11]) <= 1 for r in rows)
     assert text.count("(target <= 1.0 x at equal or better F1)") == 4 and "failed" not in text

@@ -240,12 +240,16 @@ def messy_model():
 def test_state_is_restored(init):
     model, batches = messy_model(), make_batches()
     before = snapshot(model)
-    names = lora.add_lora(model, r=R, init=init, targets=ATTN, data=batches)
+    statistic = {"eva": lora.input_grams, "grad": lora.weight_grads}[init]
+    statistic(model, lora.find_targets(model, ATTN), batches)  # the calibration alone gives every flag back
+    assert snapshot(model)["flags"] == before["flags"]
+    names = lora.add_lora(model, r=R, init=init, targets=ATTN, data=batches, modules_to_save=["classifier"])
     after = snapshot(model)
     adapter_keys = {k for k in after["flags"] if ".parametrizations." in k}
     assert {k: v for k, v in after["modes"].items() if k in before["modes"]} == before["modes"]
+    # then add_lora freezes the base: only the adapters' B and the modules_to_save train
     assert {k: v for k, v in after["flags"].items() if k not in adapter_keys} == \
-        {k: v for k, v in before["flags"].items() if k.replace(".weight", "") not in names}
+        {k: k.startswith("classifier.") for k in before["flags"] if k.replace(".weight", "") not in names}
     for k, g in before["grads"].items():
         if k.replace(".weight", "") not in names:
             assert after["grads"][k] is g  # the same tensor, or None

@@ -61,7 +61,7 @@ def test_save_load_round_trip_rebuilds_the_finetuned_model(tmp_path, init, freez
     layers = json.loads(meta["layers"])
     assert list(layers) == names
     assert layers[names[0]] == dict(r=4, lora_alpha=4.0, init=init, freeze_a=freeze_a,
-                                    residual=init in ("pissa", "milora"), lora_dropout=0.0)
+                                    residual=init in ("pissa", "milora"), lora_dropout=0.0, use_rslora=False)
     # adapters + the trained head, nothing else (everything else is frozen)
     assert keys == set(lora.get_lora_state_dict(model)) | {"trained::classifier.weight", "trained::classifier.bias"}
 

@@ -37,6 +37,8 @@ def _adapted_linear(init, freeze_a=True, alpha=3.0, r=2, seed=0):
     lin = linear_with(W)
     lora.add_lora(lin, r=r, lora_alpha=alpha, init=init, freeze_a=freeze_a,
                   generator=torch.Generator().manual_seed(seed))
+    assert not lin.bias.requires_grad  # add_lora froze it (the base)
+    lin.bias.requires_grad_(True)  # trained, to check its gradient too
     return lin, W
 
 

@@ -1,4 +1,5 @@
 """Model-level API: add_lora's signature, targets and errors, get_lora_params, merge and remove."""
+import copy
 import inspect
 
 import pytest
@@ -18,7 +19,8 @@ def test_add_lora_signature():
     params = list(sig.parameters.values())
     assert params[0].name == "model" and params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
     expected = dict(r=4, lora_alpha=None, init="random", targets=None, freeze_a=True, lora_dropout=0.0,
-                    generator=None, svd_method="auto", data=None, loss_fn=None)
+                    generator=None, svd_method="auto", data=None, loss_fn=None, use_rslora=False,
+                    modules_to_save=None)
     assert {p.name: p.default for p in params[1:]} == expected
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[1:])
     with pytest.raises(TypeError):
@@ -88,7 +90,7 @@ def test_get_lora_state_dict_keys():
     assert sorted(sd) == sorted(f"bert.encoder.layer.{i}.attention.self.value.parametrizations.weight.0.{k}"
                                 for i in range(2) for k in ("lora_A", "lora_B", "lora_B0"))
     assert lora.lora_config(model)["bert.encoder.layer.0.attention.self.value"] == dict(
-        r=2, lora_alpha=2.0, init="pissa", freeze_a=True, residual=True, lora_dropout=0.0)
+        r=2, lora_alpha=2.0, init="pissa", freeze_a=True, residual=True, lora_dropout=0.0, use_rslora=False)
 
 
 # -- errors --------------------------------------------------------------------------------------------
@@ -103,7 +105,7 @@ def test_error_already_adapted():
 
 
 def test_error_target_matches_nothing_lists_what_exists():
-    with pytest.raises(ValueError, match=r"'qkv' matches no nn.Linear module in BertForSequenceClassification") as e:
+    with pytest.raises(ValueError, match=r"'qkv' matches no nn.Linear or Conv1D module in BertForSequenceClassification") as e:
         lora.add_lora(tiny_model(), targets=["query", "qkv"])
     msg = str(e.value)
     for name in ("query", "key", "value", "dense", "classifier", "attention.output.dense", "intermediate.dense"):
@@ -254,3 +256,25 @@ def test_bf16_pissa_keeps_the_output():
         lora.add_lora(model, r=4, init="pissa", targets=ENCODER)
         after = hidden(model, ids)
     torch.testing.assert_close(after, before, atol=0, rtol=0)  # B − B0 = 0 exactly at init
+
+
+# -- copies ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("finish", [lora.merge_lora, lora.remove_lora])
+def test_a_deep_copy_is_independent_of_the_original(finish):
+    model = tiny_model()
+    lora.add_lora(model, r=2, init="pissa", targets=ATTN)
+    perturb_B(model)
+    ids = token_ids()
+    with torch.no_grad():
+        before = hidden(model, ids)
+        twin = copy.deepcopy(model)
+        torch.testing.assert_close(hidden(twin, ids), before, atol=0, rtol=0)
+        finish(twin)  # merge or remove on the copy ...
+        assert not lora.adapted_modules(twin)
+        # ... leaves the original's adapters, weights and outputs as they were
+        assert len(lora.adapted_modules(model)) == 8
+        torch.testing.assert_close(hidden(model, ids), before, atol=0, rtol=0)
+        adapter(model.get_submodule(lora.find_targets(model, ATTN)[0])).lora_B.add_(1.0)
+        assert (hidden(twin, ids) - hidden(model, ids)).abs().max() > 1e-3  # no shared tensor either
+    lora.merge_lora(model)  # and the original still merges
+    assert not lora.adapted_modules(model)

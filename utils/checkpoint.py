@@ -41,12 +41,7 @@ def save_trainable(model, path: Path) -> None:
 def load_trainable(model, path: Path) -> None:
     """Copy the tensors saved by `save_trainable` into the (already adapted) model."""
     tensors = lora.read_lora(path)[1] if lora.adapted_modules(model) else load_file(str(path))
-    state = model.state_dict(keep_vars=True)
-    for name, tensor in tensors.items():
-        if name not in state:
-            raise ValueError(f"checkpoint {path}: {name!r} is no parameter or buffer of the model")
-        with torch.no_grad():
-            state[name].copy_(tensor)
+    lora.copy_state(model, tensors, f"checkpoint {path}")
 
 
 def _split_optimizer(sd: dict) -> tuple[dict, dict]:
