@@ -108,7 +108,8 @@ def section_text(size: str, targets: str, rank: int, by: dict, args) -> str:
                f"saved act. MiB @{t}", f"peak MiB @{t}", "saved B/token", "peak B/token", f"step s @{t}",
                "step x ours-lora-fa"]
     shape = "x".join(str(v) for v in SIZES[size])
-    lines = [f"## {size} ({shape}), {targets} targets, r {rank}, batch {args.batch}, {args.dtype}, {args.device}",
+    device = next(iter(by.values()))["device_name"]
+    lines = [f"## {size} ({shape}), {targets} targets, r {rank}, batch {args.batch}, {args.dtype}, {device}",
              "", common.markdown_table(columns, summary), "",
              common.markdown_table(["row", *[f"saved MiB @{n}" for n in tokens], *[f"peak MiB @{n}" for n in tokens]],
                                    per_len), ""]
@@ -184,7 +185,7 @@ def parse_args(argv=None):
                    "--large-ranks ('none': skip)")
     p.add_argument("--large-targets", nargs="+", choices=list(TARGETS), default=["all-linear"])
     p.add_argument("--large-ranks", nargs="+", type=int, default=[8])
-    p.add_argument("--seq-lens", nargs="+", type=int, default=[128, 256, 384, 512])
+    p.add_argument("--seq-lens", nargs="+", type=int, default=[64, 128, 192, 256])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--targets", nargs="+", choices=list(TARGETS), default=["attention", "all-linear"])
     p.add_argument("--ranks", nargs="+", type=int, default=[8, 64])

@@ -58,12 +58,14 @@ def llama_config(size: str, max_tokens: int):
 
 
 def build_model(size: str, max_tokens: int, seed: int, dtype: str, device: str):
-    """A random LlamaForCausalLM of preset `size`, in train() mode, on `device`."""
+    """A random LlamaForCausalLM of preset `size`, in train() mode, initialised on `device` itself (a 7B
+    model's random init on the host would take minutes; CPU and CUDA generators differ, so do the weights)."""
     from transformers import LlamaForCausalLM  # noqa: PLC0415
 
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(llama_config(size, max_tokens)).to(device=device, dtype=DTYPES[dtype])
-    return model.train()
+    with torch.device(device):
+        model = LlamaForCausalLM(llama_config(size, max_tokens))
+    return model.to(dtype=DTYPES[dtype]).train()
 
 
 def build_row(name: str, model, targets: str, rank: int):
@@ -176,5 +178,6 @@ def measure_row(spec: dict) -> dict:
     steps = [{"tokens": spec["batch"] * s, **measured_step(model, optimizer, batch(s), peak, device)}
              for s in seq_lens]
     params = list(model.parameters())
-    return {**spec, "weights": tensor_bytes(params) + tensor_bytes(model.buffers()),
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"  # CUDA: only in the child
+    return {**spec, "device_name": name, "weights": tensor_bytes(params) + tensor_bytes(model.buffers()),
             "trainable": sum(p.numel() for p in params if p.requires_grad), "steps": steps}
