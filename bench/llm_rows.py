@@ -22,6 +22,7 @@ import time
 import torch
 
 from bench import common
+from bench.variants import peft_lora_fa
 from utils import record
 
 ROWS = {
@@ -80,13 +81,7 @@ def build_row(name: str, model, targets: str, rank: int):
         from peft import LoraConfig, get_peft_model  # noqa: PLC0415
         config = LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS[targets], lora_dropout=0.0)
         model = get_peft_model(model, config)
-        if name == "peft-lorafa-opt":
-            from peft.optimizers import create_lorafa_optimizer  # noqa: PLC0415
-            optimizer = create_lorafa_optimizer(model, r=rank, lora_alpha=rank, lr=LR)
-        elif name == "peft-lora-fa":
-            for n, p in model.named_parameters():
-                if "lora_A" in n:
-                    p.requires_grad_(False)
+        optimizer = peft_lora_fa(name, model, rank, LR)
     elif name.startswith("ours-"):
         lora.add_lora(model, r=rank, lora_alpha=rank, init="random", targets=TARGETS[targets], freeze_a=True,
                       generator=torch.Generator().manual_seed(0))
