@@ -1,14 +1,14 @@
 """What each row of `bench/step.py` trains, and one timed training step of it.
 
-  floor             nothing: all weights frozen, no optimizer step (the cost every method pays)
-  head              the classification head (BERT: classifier + pooler), AdamW
-  full              every parameter, AdamW
-  peft-lora         PEFT LoRA A and B + head, AdamW
-  peft-lora-frozen-a      PEFT LoRA with every lora_A frozen: B + head, AdamW
-  peft-lorafa-opt   peft.optimizers.create_lorafa_optimizer (A frozen, projected B update) + head
-  ours-lora         lora.add_lora(freeze_a=False): A and B + head, AdamW
+  floor               nothing: all weights frozen, no optimizer step (the cost every method pays)
+  head                the classification head (BERT: classifier + pooler), AdamW
+  full                every parameter, AdamW
+  peft-lora           PEFT LoRA A and B + head, AdamW
+  peft-lora-frozen-a  PEFT LoRA with every lora_A frozen: B + head, AdamW
+  peft-lorafa-opt     peft.optimizers.create_lorafa_optimizer (A frozen, projected B update) + head
+  ours-lora           lora.add_lora(freeze_a=False): A and B + head, AdamW
   ours-lora-fa-plain  lora.add_lora(freeze_a=True) with set_fast_path(False): W_eff materialised
-  ours-lora-fa      lora.add_lora(freeze_a=True), fast low-rank path (the default)
+  ours-lora-fa        lora.add_lora(freeze_a=True), fast low-rank path (the default)
 
 Adapters: rank 4, alpha 4 (scaling 1), no dropout, B = 0 at init (ours: init="random").
 """
@@ -76,13 +76,7 @@ def build_variant(name: str, base, targets_kind: str, rank: int = 4, copy_model:
         peft_model = get_peft_model(model, config)  # wraps `model` in place; only its lora_A/B train
         for module in head_modules(model).values():  # + the head (and BERT pooler), as ours trains
             module.requires_grad_(True)
-        if name == "peft-lorafa-opt":
-            from peft.optimizers import create_lorafa_optimizer  # noqa: PLC0415
-            optimizer = create_lorafa_optimizer(peft_model, r=rank, lora_alpha=rank, lr=LR)
-        elif name == "peft-lora-frozen-a":
-            for n, p in model.named_parameters():
-                if "lora_A" in n:
-                    p.requires_grad_(False)
+        optimizer = peft_lora_fa(name, peft_model, rank, LR)
         model = peft_model
     elif name.startswith("ours-"):
         lora.add_lora(model, r=rank, lora_alpha=rank, init="random", targets=targets,
@@ -95,6 +89,19 @@ def build_variant(name: str, base, targets_kind: str, rank: int = 4, copy_model:
     if optimizer is None and name != "floor":
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
     return Variant(name, model, optimizer)
+
+
+def peft_lora_fa(name: str, peft_model, rank: int, lr: float):
+    """PEFT's two ways to freeze A: for "peft-lorafa-opt" the optimizer of peft.optimizers.create_lorafa_optimizer
+    (it freezes every lora_A itself); for "peft-lora-frozen-a" every lora_A frozen, and None (plain AdamW follows)."""
+    if name == "peft-lorafa-opt":
+        from peft.optimizers import create_lorafa_optimizer  # noqa: PLC0415
+        return create_lorafa_optimizer(peft_model, r=rank, lora_alpha=rank, lr=lr)
+    if name == "peft-lora-frozen-a":
+        for n, p in peft_model.named_parameters():
+            if "lora_A" in n:
+                p.requires_grad_(False)
+    return None
 
 
 def make_batch(vocab_size: int, batch: int, seq: int, seed: int = 0) -> dict:

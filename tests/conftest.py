@@ -7,6 +7,16 @@ from tests.runner_helpers import glue_dir, runner_env  # noqa: F401 (fixtures, s
 from tests.tiny import ARCHS, tiny_model_dir
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` are skipped where torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """``{arch: folder}`` of tiny random bare encoders (no head) for bert, roberta, mpnet, built once."""

@@ -17,6 +17,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STEP_ROWS = ["floor", "head", "full", "peft-lora", "peft-lora-frozen-a", "peft-lorafa-opt", "ours-lora",
              "ours-lora-fa-plain", "ours-lora-fa"]
+LLM_ROWS = ["full", "peft-lora", "peft-lora-frozen-a", "peft-lorafa-opt", "ours-lora-fa", "ours-lora-fa+ckpt", "floor"]
+LLM_COLUMNS = ["row", "trains", "trainable params", "weights MiB", "optimizer MiB", "grads MiB", "saved act. MiB @128",
+               "peak MiB @128", "saved B/token", "peak B/token", "step s @128", "step x ours-lora-fa"]
 INIT_ROWS = ["ours random", "ours svd (auto)", "ours svd (krylov)", "ours svd (lanczos)", "ours svd (full)",
              "ours svd (randomized)", "ours pissa (auto)", "ours milora (full)", "PEFT default", "PEFT pissa",
              "PEFT pissa_niter_4"]
@@ -144,6 +147,55 @@ def test_epoch_table(runs):
     assert text.count("(target <= 1.0 x at equal or better F1)") == 4 and "failed" not in text
     assert "ours (run_experiment, LoRA) takes" in text and "of Trainer + PEFT (lora) (median" in text
     assert text.count("grouped / plain batches") == 4 and "(target <= 0.6 x at an F1 not lower" in text
+
+
+def llm_memory(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """bench/llm_memory.py on the tiny decoder (2 layers, 64 wide), all-linear targets, r 8, 2 x 16..64 tokens."""
+    return subprocess.run([sys.executable, "bench/llm_memory.py", "--size", "tiny", "--large-sizes", "none",
+                           "--targets", "all-linear", "--ranks", "8", "--seq-lens", "16", "32", "48", "64", "--batch",
+                           "2", "--threads", "1", "--out", str(out), "--figure", str(out / "llm_memory.png"), *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def check_llm_table(out: Path, proc) -> dict[str, list[str]]:
+    """The llm_memory.md rows by name, after the checks every device shares (memory split, slopes, figure)."""
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (out / "llm_memory.md").read_text()
+    assert text.strip() == proc.stdout.strip() and "bench/llm_memory.py --size tiny" in text
+    assert "load average at start" in text and "(1 threads)" in text
+    columns, rows = table_rows(text, "row | trains")
+    assert columns == LLM_COLUMNS and [r[0] for r in rows] == LLM_ROWS
+    by = {r[0]: r for r in rows}
+    num = lambda row, col: float(by[row][col].replace(",", ""))
+    saved, slope = {r: num(r, 6) for r in LLM_ROWS}, {r: num(r, 8) for r in LLM_ROWS}
+    # frozen A: ours keeps less than PEFT LoRA with A trained, as much as PEFT with A frozen; only
+    # checkpointing keeps less than the floor
+    assert saved["ours-lora-fa"] < saved["peft-lora"] < saved["full"]
+    assert saved["ours-lora-fa"] <= saved["peft-lora-frozen-a"] and saved["ours-lora-fa+ckpt"] < saved["floor"]
+    assert min(v for r, v in saved.items() if r != "ours-lora-fa+ckpt") == saved["floor"]
+    assert all(v > 0 for v in slope.values()) and all(num(r, 7) > 0 for r in LLM_ROWS)
+    # over the floor, ours keeps x A^T alone: N x r fp32 per adapted layer (2 layers x 7 projections)
+    assert slope["ours-lora-fa"] - slope["floor"] == 2 * 7 * 8 * 4
+    assert num("floor", 2) == num("floor", 4) == num("floor", 5) == 0
+    assert num("ours-lora-fa", 2) == num("peft-lora-frozen-a", 2) == num("peft-lorafa-opt", 2) < num("peft-lora", 2)
+    assert num("ours-lora-fa", 4) > 2 * num("ours-lora-fa", 5) > 0  # AdamW: two moments per trained value
+    _, per_len = table_rows(text, "row | saved MiB @32")
+    assert all([float(c) for c in r[1:5]] == sorted(float(c) for c in r[1:5]) for r in per_len)
+    assert "peft-lora / ours-lora-fa at 128 tokens: peak" in text and "(LoRA-FA paper: up to 1.4x)" in text
+    png = out / "llm_memory.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size < 300_000
+    return text
+
+
+def test_llm_memory_table(tmp_path):
+    text = check_llm_table(tmp_path, llm_memory(tmp_path))
+    assert "GPU numbers pending" in text and ", cpu\n" in text
+
+
+@pytest.mark.cuda
+def test_llm_memory_table_cuda(tmp_path):
+    text = check_llm_table(tmp_path, llm_memory(tmp_path, "--device", "cuda"))
+    assert "GPU numbers pending" not in text and "max_memory_allocated" in text
 
 
 def test_results_files_name_paths_as_given(monkeypatch):
