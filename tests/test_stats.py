@@ -198,10 +198,10 @@ def test_quick_start_runs_are_never_averaged_with_the_grid(quickstart_logs, caps
 
     assert run_glue.main(["summary", "--log-dir", str(quickstart_logs)]) == 0
     lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
-    assert lines[0].split()[6:10] == ["variant", "metric", "n", "seeds"] and len(lines) == 5
+    assert lines[0].split()[6:10] == ["variant", "metric", "seeds", "(n)"] and len(lines) == 5
     for init in ("random", "svd"):  # the three 3-epoch runs, and apart from them the 60-step run
-        assert f"mrpc minilm lora-fa {init} 4 0.005 main f1 3 0 1 2 0.8400 ± 0.0100 0.8400 ± 0.0100" in lines
-        assert f"mrpc minilm lora-fa {init} 4 0.005 {QUICKSTART} f1 1 0 0.7000 0.7000" in lines
+        assert f"mrpc minilm lora-fa {init} 4 0.005 main f1 0 1 2 (3) 0.8400 ± 0.0100 0.8400 ± 0.0100" in lines
+        assert f"mrpc minilm lora-fa {init} 4 0.005 {QUICKSTART} f1 0 (1) 0.7000 0.7000" in lines
     table = stats.summarize(quickstart_logs).set_index(["init", "variant"])
     assert table.loc[("random", ""), "n"] == 3 and table.loc[("random", ""), "seeds"] == "0 1 2"
     assert table.loc[("random", QUICKSTART), "final_mean"] == pytest.approx(0.70)
