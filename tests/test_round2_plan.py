@@ -1,26 +1,29 @@
-"""Round 2's decisions from its logs (utils.round2_plan): the mpnet confirmation of amendment 3, and the
+"""Round 2's decisions from its logs (experiments.round2.plan): the mpnet confirmation of amendment 3, and the
 plan that the sweep reads, on synthetic logs whose answers are known by construction."""
 import dataclasses
 
 import pytest
 
+from experiments.round2 import checks as round2_checks
+from experiments.round2 import plan as round2_plan
+from experiments.round2 import protocol as round2
+from experiments.round2.figures import round2_figures
+from experiments.round2.report import round2_report
 from tests.test_round2 import _log, _mrpc_step3
-from utils import round2, round2_checks, round2_plan, sweep
+from utils import sweep
 from utils.logs import load_runs, load_summaries, write_json_atomic
-from utils.round2_figures import round2_figures
-from utils.round2_report import round2_report
 
 
 def _step3(means: dict, lr=1e-3):
     """(summaries, selected) of MRPC step 3 over all five seeds: every init at 0.82 unless `means` says."""
-    finals = {init: (means.get(init, 0.82),) * len(round2.FINAL_SEEDS) for init in round2.INITS}
+    finals = {init: (means.get(init, 0.82),) * len(round2.FINAL_SEEDS) for init in round2.COMPARED_INITS}
     return _mrpc_step3(finals, lr=lr)
 
 
 @pytest.mark.parametrize("means, other", [
     ({"eva": 0.85, "random": 0.84}, "eva"),
     ({"random": 0.86, "grad": 0.85}, "grad"),  # random on top: the best of the others
-    ({"pissa": 0.83, "milora": 0.83}, "pissa"),  # a tie goes to the first in INITS
+    ({"pissa": 0.83, "milora": 0.83}, "pissa"),  # a tie goes to the first in COMPARED_INITS
 ])
 def test_confirmation_pits_random_against_the_best_other_init(means, other):
     summaries, selected = _step3(means)
