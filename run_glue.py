@@ -27,9 +27,9 @@ import types
 import typing
 
 from lora import INITS
-from utils.config import METHODS, SVD_METHODS, RunConfig, field_help
+from utils.config import METHODS, RUN_SVD_METHODS, RunConfig, field_help
 
-CHOICES = {"method": METHODS, "init": INITS + ("none",), "svd_method": SVD_METHODS}
+CHOICES = {"method": METHODS, "init": INITS + ("none",), "svd_method": RUN_SVD_METHODS}
 SINGLE = ("data_dir", "log_dir", "ckpt_dir")  # paths: one value, not a grid axis
 
 

@@ -74,6 +74,7 @@ def check_ok(result):
     return stdout
 
 
+@pytest.mark.slow
 def test_step_table(runs):
     results, out = runs
     stdout = check_ok(results["step"])
@@ -187,6 +188,7 @@ def check_llm_table(out: Path, proc) -> dict[str, list[str]]:
     return text
 
 
+@pytest.mark.slow
 def test_llm_memory_table(tmp_path):
     text = check_llm_table(tmp_path, llm_memory(tmp_path))
     assert "GPU numbers pending" in text and ", cpu\n" in text

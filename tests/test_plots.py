@@ -178,6 +178,7 @@ def test_colours_consistent_across_figures(log_dir):
     matplotlib.pyplot.close("all")
 
 
+@pytest.mark.slow
 def test_runs_with_other_settings_are_not_averaged(log_dir, tmp_path):
     """Two extra svd runs with epochs=2 form their own variant: own figure, own table rows."""
     for seed in (0, 1):

@@ -194,6 +194,7 @@ def test_holm_is_the_step_down_of_the_whole_family():
     assert holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
 
 
+@pytest.mark.slow
 def test_plot_round2_writes_the_figures_and_rings_the_chosen_lr(round2_logs, tmp_path):
     names = {p.name for p in round2_figures.main(round2_logs, tmp_path / "imgs")}
     assert {"mrpc_lr_sensitivity.png", "mrpc_selected_lr_history.png", "round2.md"} <= names

@@ -71,6 +71,7 @@ def _write(cfg, dev, holdout, wall_s=600.0):
     write_json_atomic(_timed_log(cfg, dev, holdout, wall_s), cfg.log_path)
 
 
+@pytest.mark.slow
 def test_the_plan_adds_the_mpnet_runs_once_every_minilm_run_has_finished(tmp_path, monkeypatch):
     """MRPC's rank-4 plan (ceilings, grid, final seeds) all finished, `eva` on top: the sweep's list ends
     with the four mpnet runs, at MiniLM's chosen lr, logged next to the MiniLM folder."""
@@ -104,6 +105,7 @@ def test_the_plan_adds_the_mpnet_runs_once_every_minilm_run_has_finished(tmp_pat
 
 
 
+@pytest.mark.slow
 def test_the_plan_adds_amendment_4s_long_runs_after_the_registered_ones(tmp_path, monkeypatch):
     """CoLA's rank-4 plan all finished (every LoRA-FA init chosen at 1.7e-3): the list ends with the 12
     runs of amendment 4, at 8 epochs and the chosen lr, in a folder of their own, seed by seed; they are

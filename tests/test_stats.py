@@ -208,6 +208,7 @@ def test_quick_start_runs_are_never_averaged_with_the_grid(quickstart_logs, caps
     assert table.loc[("random", QUICKSTART), "final_mean"] == pytest.approx(0.70)
 
 
+@pytest.mark.slow
 def test_report_figures_and_tables_use_the_same_grouping(quickstart_logs, tmp_path):
     from experiments.round1 import figures as round1_figures
 
