@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the benchmarks' subprocesses on a tiny model: minutes on a shared CPU
+
 ROOT = Path(__file__).resolve().parents[1]
 STEP_ROWS = ["floor", "head", "full", "peft-lora", "peft-lora-frozen-a", "peft-lorafa-opt", "ours-lora",
              "ours-lora-fa-plain", "ours-lora-fa"]
@@ -74,7 +76,6 @@ def check_ok(result):
     return stdout
 
 
-@pytest.mark.slow
 def test_step_table(runs):
     results, out = runs
     stdout = check_ok(results["step"])
@@ -188,7 +189,6 @@ def check_llm_table(out: Path, proc) -> dict[str, list[str]]:
     return text
 
 
-@pytest.mark.slow
 def test_llm_memory_table(tmp_path):
     text = check_llm_table(tmp_path, llm_memory(tmp_path))
     assert "GPU numbers pending" in text and ", cpu\n" in text
