@@ -28,7 +28,8 @@ from utils.stats import add_variant, majority_metrics, summary_table
 
 SAVE_DPI = 130  # the PNGs under imgs/
 SHOW_DPI = 60  # a figure shown in a notebook: the notebooks are committed executed, so kept small
-SHOW_WIDTH = 640  # pixels: a written PNG shown in a notebook is scaled down to this width
+SHOW_WIDTH = 560  # pixels: a written PNG shown in a notebook is scaled down to this width...
+SHOW_COLORS = 128  # ...and to a palette of this many colours (a third of the bytes; the figures are flat colours)
 
 
 class NoRunsError(ValueError):
@@ -106,14 +107,15 @@ def show_figure(fig) -> None:
 
 
 def thumbnail(path) -> bytes:
-    """A written PNG scaled down to at most `SHOW_WIDTH` pixels wide, as PNG bytes (deterministic)."""
+    """A written PNG scaled down to at most `SHOW_WIDTH` pixels wide with `SHOW_COLORS` colours, as PNG
+    bytes (deterministic)."""
     from PIL import Image
     with Image.open(path) as im:
-        im = im.convert("RGBA")
+        im = im.convert("RGB")
         if im.width > SHOW_WIDTH:
             im = im.resize((SHOW_WIDTH, round(im.height * SHOW_WIDTH / im.width)), Image.LANCZOS)
         buf = io.BytesIO()
-        im.save(buf, format="PNG", optimize=True)
+        im.quantize(colors=SHOW_COLORS, method=Image.Quantize.MEDIANCUT).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
