@@ -4,10 +4,9 @@
     python run_glue.py --task mrpc --model minilm --init random svd --rank 4 --lr 1e-4 4e-4 --seeds 0 1 2
     python run_glue.py --task rte --init random svd --seeds 0 1 2 --shard 0/4 --resume   # shard 0 of 4
     python run_glue.py summary --log-dir logs            # mean ± std over seeds of finished runs
-    python run_glue.py plot --log-dir logs --out imgs    # figures + summary/results tables (utils.plots, utils.report)
-    python run_glue.py plot --log-dir logs/round2 --out imgs/round2 --round2   # + round 2's lr choice and comparison
+    python run_glue.py plot --log-dir logs --out imgs    # figures + summary tables (utils.plots); a round's own:
+                                                         # python -m experiments.round1.figures (round2 likewise)
     python run_glue.py geometry --task mrpc --model minilm --rank 4   # what each init's frozen A passes (utils.geometry)
-    python run_glue.py select --task mrpc --init svd --lr 1e-4 1e-3 1e-2 --log-dir logs/round2   # lr chosen on holdout
     torchrun --nproc_per_node 2 run_glue.py ...          # 2 processes (gloo on CPUs), or equally:
     accelerate launch --multi_gpu --num_processes 2 run_glue.py ...
 
@@ -28,9 +27,9 @@ import types
 import typing
 
 from lora import INITS
-from utils.config import METHODS, SVD_METHODS, RunConfig, field_help
+from utils.config import METHODS, RUN_SVD_METHODS, RunConfig, field_help
 
-CHOICES = {"method": METHODS, "init": INITS + ("none",), "svd_method": SVD_METHODS}
+CHOICES = {"method": METHODS, "init": INITS + ("none",), "svd_method": RUN_SVD_METHODS}
 SINGLE = ("data_dir", "log_dir", "ckpt_dir")  # paths: one value, not a grid axis
 
 
@@ -150,24 +149,12 @@ def cmd_summary(argv) -> int:
 
 
 def cmd_plot(argv) -> int:
-    p = argparse.ArgumentParser(prog="run_glue.py plot", description="figures and summary.md from the run logs")
-    p.add_argument("--log-dir", default="logs", help="folder of JSON run logs (default: logs)")
-    p.add_argument("--out", default="imgs", help="output folder (default: imgs)")
-    p.add_argument("--round2", action="store_true", help="also round 2's lr-sensitivity and chosen-lr figures "
-                   "and round2.md (utils.round2: README \"Round 2 protocol\")")
-    args = p.parse_args(argv)
     try:
         from utils import plots
-    except ImportError as e:  # utils.plots or matplotlib missing
-        print(f"error: plotting needs utils.plots and matplotlib ({e})", file=sys.stderr)
+    except ImportError as e:  # matplotlib missing
+        print(f"error: plotting needs matplotlib ({e})", file=sys.stderr)
         return 1
-    try:
-        written = plots.main(args.log_dir, args.out, args.round2)
-    except Exception as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    print("\n".join(str(w) for w in written or []))
-    return 0
+    return plots.cli(argv)
 
 
 def cmd_geometry(argv) -> int:
@@ -205,38 +192,11 @@ def cmd_geometry(argv) -> int:
     return 0
 
 
-def cmd_select(argv) -> int:
-    p = argparse.ArgumentParser(prog="run_glue.py select", description="the learning rate chosen on the holdout "
-                                "slice for one init (utils.selection.select_lr); prints it, or exits 1 if a run is missing")
-    p.add_argument("--log-dir", default="logs", help="folder of JSON run logs (default: logs)")
-    p.add_argument("--task", required=True)
-    p.add_argument("--init", required=True, help="adapter init (none for head/full)")
-    p.add_argument("--method", default="lora-fa")
-    p.add_argument("--lr", type=float, nargs="+", required=True, help="the candidate learning rates")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None, help="only runs of this many epochs")
-    args = p.parse_args(argv)
-    from utils.logs import load_runs
-    from utils.report import to_markdown
-    from utils.selection import select_lr
-
-    try:
-        lr, table = select_lr(load_runs(args.log_dir), args.task, args.init, args.lr, method=args.method,
-                              seed=args.seed, epochs=args.epochs)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(to_markdown(table), file=sys.stderr)
-    print(f"{lr:g}")
-    return 0
-
-
-COMMANDS = {"train": cmd_train, "summary": cmd_summary, "plot": cmd_plot, "geometry": cmd_geometry,
-            "select": cmd_select}
+COMMANDS = {"train": cmd_train, "summary": cmd_summary, "plot": cmd_plot, "geometry": cmd_geometry}
 
 
 def main(argv=None) -> int:
-    """Dispatch `[train|summary|plot|geometry|select] ...`; without a command word, train."""
+    """Dispatch `[train|summary|plot|geometry] ...`; without a command word, train."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = COMMANDS[argv.pop(0)] if argv and argv[0] in COMMANDS else cmd_train
     status = command(argv)

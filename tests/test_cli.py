@@ -3,8 +3,6 @@ import dataclasses
 import json
 import os
 import socket
-import sys
-import types
 
 import pytest
 
@@ -110,17 +108,23 @@ def test_failed_run_exits_1(tmp_path, tiny_models, glue_dir, capsys):
     assert "(no finished runs)" in out and f"not counted: {log} (failed: TrainingDiverged: training diverged" in out
 
 
-def test_plot_dispatches_to_utils_plots(monkeypatch, capsys):
-    calls = []
-    fake = types.ModuleType("utils.plots")
-    fake.main = lambda log_dir, out_dir, round2: calls.append((log_dir, out_dir, round2)) or ["figure.png"]
-    import utils
+def test_plot_writes_the_general_figures_and_no_round_report(tmp_path, capsys):
+    """`run_glue.py plot` is the general plot command: figures and summary tables, no round's report;
+    a round's own figures come from `python -m experiments.roundN.figures`, which takes the same flags."""
+    log = fake_log("mrpc", "lora-fa", "svd", 1e-4, 0)
+    write_json_atomic(log, tmp_path / "logs" / "mrpc" / f"{log['run_id']}.json")
+    assert run_glue.main(["plot", "--log-dir", str(tmp_path / "logs"), "--out", str(tmp_path / "imgs")]) == 0
+    names = {p.name for p in (tmp_path / "imgs").iterdir()}
+    assert {"summary.md", "summary.csv", "summary_final_metric.png"} <= names and "results.md" not in names
+    assert "summary.md" in capsys.readouterr().out
+    from experiments.round1 import figures as round1_figures
 
-    monkeypatch.setitem(sys.modules, "utils.plots", fake)
-    monkeypatch.setattr(utils, "plots", fake, raising=False)
-    assert run_glue.main(["plot", "--log-dir", "some/logs", "--out", "some/imgs"]) == 0
-    assert run_glue.main(["plot", "--log-dir", "r2", "--out", "i2", "--round2"]) == 0
-    assert calls == [("some/logs", "some/imgs", False), ("r2", "i2", True)] and "figure.png" in capsys.readouterr().out
+    assert round1_figures.plots.cli(["--log-dir", str(tmp_path / "logs"), "--out", str(tmp_path / "r1")],
+                                    write=round1_figures.main) == 0
+    assert "| svd " in (tmp_path / "r1" / "results.md").read_text()
+    with pytest.raises(SystemExit):  # the round flag is gone from the general command
+        run_glue.main(["plot", "--round2"])
+    assert "select" not in run_glue.COMMANDS
 
 
 # ---------------------------------------------------------------- several workers, unreadable logs
@@ -149,7 +153,7 @@ def test_plot_skips_an_unreadable_log(tmp_path, capsys):
     bad = _good_and_bad_logs(tmp_path / "logs")
     assert run_glue.main(["plot", "--log-dir", str(tmp_path / "logs"), "--out", str(tmp_path / "imgs")]) == 0
     out, err = capsys.readouterr()
-    assert "summary.md" in out and (tmp_path / "imgs" / "results.md").is_file()
+    assert "summary.md" in out and (tmp_path / "imgs" / "summary.md").is_file()
     lines = err.splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"warning: skipping {bad}: not valid JSON")  # each file read once
     assert lines[1] == "warning: skipped 1 of 2 log files (not readable run logs)"

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.tiny import write_glue
 from utils.glue import load_glue
@@ -18,6 +19,7 @@ from utils.metrics import compute_metrics
 ROOT = Path(__file__).parents[1]
 
 
+@pytest.mark.slow
 def test_two_processes_agree_and_score_each_dev_row_once(tmp_path, tiny_models):
     glue = write_glue(tmp_path / "glue", n_train=40, n_dev=21)  # 21 rows: uneven across 2 processes
     logs = tmp_path / "logs"

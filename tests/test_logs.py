@@ -220,3 +220,25 @@ def test_relpaths_rewrites_path_fields_only_once_and_skips_running_logs(tmp_path
     assert record.main(["relpaths", str(repo / "logs"), "--repo-root", str(repo)]) == 0
     assert capsys.readouterr().out.strip() == "0 rewritten, 3 unchanged, 2 running"
     assert {p.name: p.read_bytes() for p in logs_dir.iterdir()} == rewritten
+
+
+def test_committed_logs_keep_their_run_ids_and_read_auto_as_lanczos():
+    """Every committed log (all wrote svd_method "auto", which ran ARPACK Lanczos) rebuilds to a RunConfig
+    whose run id is the log's own, so reruns find and resume them; a run's "auto" is no longer accepted
+    (it would mean the library's krylov choice, a different computation)."""
+    import dataclasses
+    import json
+
+    from utils.config import RunConfig, with_legacy_defaults
+
+    root = Path(__file__).resolve().parents[1] / "logs"
+    paths = sorted(p for p in root.rglob("*.json") if not p.name.endswith(".preds.json"))
+    assert len(paths) > 250
+    for path in paths:
+        logged = json.loads(path.read_text())
+        config = with_legacy_defaults(logged["config"])
+        assert logged["config"]["svd_method"] == "auto" and config["svd_method"] == "lanczos"
+        cfg = RunConfig(**{f.name: config[f.name] for f in dataclasses.fields(RunConfig) if f.name in config})
+        assert cfg.run_id == logged["run_id"] == path.stem, path
+    with pytest.raises(ValueError, match="unknown svd_method 'auto'"):
+        RunConfig(svd_method="auto").validate()

@@ -21,6 +21,8 @@ from tests.tiny import tiny_model_dir, write_glue
 from utils import RunConfig, notebooks
 from utils.config import with_legacy_defaults
 
+pytestmark = pytest.mark.slow  # each executes notebooks or regenerates their outputs
+
 REPO = Path(__file__).resolve().parents[1]
 TASK_NOTEBOOKS = {"mrpc": "mrpc_experiment.ipynb", "rte": "rte_experiment.ipynb", "cola": "cola_experiment.ipynb"}
 NOTEBOOKS = [*TASK_NOTEBOOKS.values(), "plots_for_preso.ipynb"]

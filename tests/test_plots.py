@@ -62,7 +62,7 @@ def test_main_writes_expected_files(log_dir, tmp_path):
     assert names == sorted([
         "mrpc_minilm_r4_lr0.0001_history.png", "mrpc_minilm_r4_lr0.001_history.png",
         "rte_minilm_r4_lr0.0001_history.png", "summary_final_metric.png", "summary_best_metric.png",
-        "summary.md", "summary.csv", "results.md"])
+        "summary.md", "summary.csv"])
     assert sorted(p.name for p in written) == names
     md = (out / "summary.md").read_text()
     assert "| mrpc | minilm | lora-fa | svd | 4 | 0.0001 | f1 | 3 |" in md
@@ -178,6 +178,7 @@ def test_colours_consistent_across_figures(log_dir):
     matplotlib.pyplot.close("all")
 
 
+@pytest.mark.slow
 def test_runs_with_other_settings_are_not_averaged(log_dir, tmp_path):
     """Two extra svd runs with epochs=2 form their own variant: own figure, own table rows."""
     for seed in (0, 1):
@@ -197,7 +198,7 @@ def test_runs_with_other_settings_are_not_averaged(log_dir, tmp_path):
 def test_show_task_displays_figures_and_table(log_dir, capsys):
     table = plots.show_task(log_dir, "mrpc", lr=[1e-3], init=["random", "svd"])
     assert list(table.init) == ["random", "svd", "–"] * 2  # f1 and accuracy; head baseline kept
-    assert capsys.readouterr().out.count("Figure") == 2  # history + lr summary
+    assert capsys.readouterr().out.count("Image object") == 2  # history + lr summary, as small PNGs
     with pytest.raises(plots.NoRunsError, match="cola"):
         plots.show_task(log_dir, "cola")
 

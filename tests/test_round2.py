@@ -1,4 +1,4 @@
-"""Round 2's selection and report (utils.round2, utils.round2_report, the --round2 figures) on
+"""Round 2's selection and report (experiments.round2.protocol, experiments.round2.report, the --round2 figures) on
 synthetic logs whose chosen lrs and paired differences are known by construction."""
 import dataclasses
 import json
@@ -11,10 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from experiments.round2 import figures as round2_figures
+from experiments.round2 import plan as round2_plan
+from experiments.round2 import protocol as round2
+from experiments.round2.report import round2_report
 from tests.runner_helpers import dead_pid
-from utils import figures, plots, round2, round2_figures, round2_plan
+from utils import figures, plots
 from utils.logs import SCHEMA, load_runs, load_summaries, read_logs, write_json_atomic
-from utils.round2_report import round2_report
 from utils.stats import holm, majority_metrics, with_variant
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,7 +172,7 @@ def test_projected_hours_prices_each_unfinished_run_at_its_group_median():
 def test_the_main_family_is_the_registered_one_on_the_committed_logs():
     """Holm runs over every registered test of steps 3-4 (6 contrasts × final/best × 2 steps × 2 tasks),
     the 8 that have no p (CoLA at the small lr: zero difference on every seed) counted as p = 1."""
-    from utils.round2_report import _pairs
+    from experiments.round2.report import _pairs
     logs = read_logs(REPO / "logs" / "round2")
     summaries = with_variant(load_summaries(logs))
     pairs, _ = _pairs(summaries, round2.selected_lrs(load_runs(logs)))
@@ -191,8 +194,9 @@ def test_holm_is_the_step_down_of_the_whole_family():
     assert holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
 
 
+@pytest.mark.slow
 def test_plot_round2_writes_the_figures_and_rings_the_chosen_lr(round2_logs, tmp_path):
-    names = {p.name for p in plots.main(round2_logs, tmp_path / "imgs", round2=True)}
+    names = {p.name for p in round2_figures.main(round2_logs, tmp_path / "imgs")}
     assert {"mrpc_lr_sensitivity.png", "mrpc_selected_lr_history.png", "round2.md"} <= names
     runs = load_runs(round2_logs)
     fig = round2_figures.lr_sensitivity_figure(runs, "mrpc", round2.selected_lrs(runs), majority_metrics(round2_logs))
@@ -204,12 +208,12 @@ def test_plot_round2_writes_the_figures_and_rings_the_chosen_lr(round2_logs, tmp
 def test_show_round2_draws_one_task(round2_logs, monkeypatch):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))
-    plots.show_round2(round2_logs, "mrpc")
+    round2_figures.show(round2_logs, "mrpc")
     kinds = [type(o).__name__ for o in shown]
-    assert kinds.count("Figure") == 2 and kinds[-1] == "Markdown"
+    assert kinds.count("Image") == 2 and kinds[-1] == "Markdown"
     assert "### MRPC" in shown[-1].data and "### COLA" not in shown[-1].data
     with pytest.raises(plots.NoRunsError, match="cola"):
-        plots.show_round2(round2_logs, "cola")
+        round2_figures.show(round2_logs, "cola")
 
 
 def test_train_ready_runs_what_the_selection_allows(round2_logs, monkeypatch):
@@ -267,7 +271,7 @@ def _mrpc_step3(finals: dict, full=0.872, lr=1e-3) -> tuple[pd.DataFrame, pd.Dat
     ((0.87, 0.866, 0.87), []),  # best pissa at share (0.8687 - 0.812) / 0.06 = 0.94: the goal is met
 ])
 def test_mrpc_rank16_row_follows_amendment_2(pissa, added):
-    finals = {init: (0.84, 0.84, 0.84) if init == "random" else (0.80, 0.81, 0.82) for init in round2.INITS}
+    finals = {init: (0.84, 0.84, 0.84) if init == "random" else (0.80, 0.81, 0.82) for init in round2.COMPARED_INITS}
     summaries, selected = _mrpc_step3({**finals, "pissa": pissa})
     majority = {"mrpc": {"f1": 0.812}}
     assert round2_plan.limit_row(summaries, selected, majority) == [*round2.LIMIT_ROW, *added]
@@ -292,7 +296,7 @@ def test_series_gain_an_mrpc_rank16_row_once_its_runs_exist():
 
 
 def test_ceiling_ratio_is_the_best_inits_share_of_full_fine_tunings_gain():
-    finals = {init: (0.84, 0.85, 0.83) if init == "eva" else (0.82, 0.82, 0.82) for init in round2.INITS}
+    finals = {init: (0.84, 0.85, 0.83) if init == "eva" else (0.82, 0.82, 0.82) for init in round2.COMPARED_INITS}
     summaries, selected = _mrpc_step3(finals, full=0.872)
     best, share = round2_plan.ceiling_ratio(summaries, selected, "mrpc", 0.812)
     assert best == "eva" and share == pytest.approx((0.84 - 0.812) / (0.872 - 0.812))

@@ -1,26 +1,29 @@
-"""Round 2's decisions from its logs (utils.round2_plan): the mpnet confirmation of amendment 3, and the
+"""Round 2's decisions from its logs (experiments.round2.plan): the mpnet confirmation of amendment 3, and the
 plan that the sweep reads, on synthetic logs whose answers are known by construction."""
 import dataclasses
 
 import pytest
 
+from experiments.round2 import checks as round2_checks
+from experiments.round2 import plan as round2_plan
+from experiments.round2 import protocol as round2
+from experiments.round2.figures import round2_figures
+from experiments.round2.report import round2_report
 from tests.test_round2 import _log, _mrpc_step3
-from utils import round2, round2_checks, round2_plan, sweep
+from utils import sweep
 from utils.logs import load_runs, load_summaries, write_json_atomic
-from utils.round2_figures import round2_figures
-from utils.round2_report import round2_report
 
 
 def _step3(means: dict, lr=1e-3):
     """(summaries, selected) of MRPC step 3 over all five seeds: every init at 0.82 unless `means` says."""
-    finals = {init: (means.get(init, 0.82),) * len(round2.FINAL_SEEDS) for init in round2.INITS}
+    finals = {init: (means.get(init, 0.82),) * len(round2.FINAL_SEEDS) for init in round2.COMPARED_INITS}
     return _mrpc_step3(finals, lr=lr)
 
 
 @pytest.mark.parametrize("means, other", [
     ({"eva": 0.85, "random": 0.84}, "eva"),
     ({"random": 0.86, "grad": 0.85}, "grad"),  # random on top: the best of the others
-    ({"pissa": 0.83, "milora": 0.83}, "pissa"),  # a tie goes to the first in INITS
+    ({"pissa": 0.83, "milora": 0.83}, "pissa"),  # a tie goes to the first in COMPARED_INITS
 ])
 def test_confirmation_pits_random_against_the_best_other_init(means, other):
     summaries, selected = _step3(means)
@@ -68,6 +71,7 @@ def _write(cfg, dev, holdout, wall_s=600.0):
     write_json_atomic(_timed_log(cfg, dev, holdout, wall_s), cfg.log_path)
 
 
+@pytest.mark.slow
 def test_the_plan_adds_the_mpnet_runs_once_every_minilm_run_has_finished(tmp_path, monkeypatch):
     """MRPC's rank-4 plan (ceilings, grid, final seeds) all finished, `eva` on top: the sweep's list ends
     with the four mpnet runs, at MiniLM's chosen lr, logged next to the MiniLM folder."""
@@ -101,6 +105,7 @@ def test_the_plan_adds_the_mpnet_runs_once_every_minilm_run_has_finished(tmp_pat
 
 
 
+@pytest.mark.slow
 def test_the_plan_adds_amendment_4s_long_runs_after_the_registered_ones(tmp_path, monkeypatch):
     """CoLA's rank-4 plan all finished (every LoRA-FA init chosen at 1.7e-3): the list ends with the 12
     runs of amendment 4, at 8 epochs and the chosen lr, in a folder of their own, seed by seed; they are

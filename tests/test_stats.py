@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from experiments.round1 import report as round1
 from tests.test_plots import SEEDS, fake_log, log_dir  # noqa: F401 (fixture)
 from utils import report, stats
 from utils.logs import predictions_path, write_json_atomic
@@ -111,7 +112,7 @@ def test_compute_table_sums_logged_wall_time():
 def test_report_and_summary_of_a_one_seed_run_say_what_is_true(tmp_path):
     log = fake_log("mrpc", "lora-fa", "svd", 1e-4, 0)
     write_json_atomic(log, tmp_path / "mrpc" / f"{log['run_id']}.json")
-    md = report.report(tmp_path)
+    md = round1.report(tmp_path)
     assert "0 paired tests" not in md and "no paired tests in this report: a test needs ≥ 2 seeds" in md
     text = report.format_summary(stats.summarize(tmp_path))
     assert text.splitlines()[0].split().count("seeds") == 1 and "seeds (n)" in text.splitlines()[0]
@@ -119,7 +120,7 @@ def test_report_and_summary_of_a_one_seed_run_say_what_is_true(tmp_path):
 
 
 def test_report_has_every_section(log_dir):  # noqa: F811
-    md = report.report(log_dir)
+    md = round1.report(log_dir)
     assert "### MRPC (f1;" in md and "### RTE (accuracy;" in md
     assert md.count("Paired comparisons (same seeds)") == 2  # MRPC and RTE both have svd and random
     assert "| svd − random | 0.0001 | final | 3 |" in md and "| pissa − random | 0.001 | best | 3 |" in md
@@ -135,7 +136,7 @@ def test_report_adds_seed_contrast_to_the_holm_family(log_dir):  # noqa: F811
     for s in SEEDS:  # the original factorization, small lr only (as in the grid)
         log = fake_log("mrpc", "lora-fa", "seed", 1e-4, s)
         write_json_atomic(log, log_dir / "mrpc" / f"{log['run_id']}.json")
-    md = report.report(log_dir)
+    md = round1.report(log_dir)
     assert "| seed − random | 0.0001 | final | 3 |" in md and "| seed − random | 0.0001 | best | 3 |" in md
     assert "| seed − random | 0.001 |" not in md
     assert "adjusted over all 14 paired tests" in md
@@ -207,10 +208,11 @@ def test_quick_start_runs_are_never_averaged_with_the_grid(quickstart_logs, caps
     assert table.loc[("random", QUICKSTART), "final_mean"] == pytest.approx(0.70)
 
 
+@pytest.mark.slow
 def test_report_figures_and_tables_use_the_same_grouping(quickstart_logs, tmp_path):
-    from utils import plots
+    from experiments.round1 import figures as round1_figures
 
-    plots.main(quickstart_logs, tmp_path / "imgs")
+    round1_figures.main(quickstart_logs, tmp_path / "imgs")
     summary = (tmp_path / "imgs" / "summary.md").read_text()
     assert f"| mrpc | minilm | lora-fa | random | 4 | 0.005 | {QUICKSTART} | f1 | 1 |" in summary
     assert "| mrpc | minilm | lora-fa | random | 4 | 0.005 | main | f1 | 3 |" in summary

@@ -3,8 +3,9 @@ import dataclasses
 import sys
 
 import run_glue
-import sweep_round2
-from utils import round2, sweep
+from experiments.round2 import protocol as round2
+from experiments.round2 import sweep as sweep_round2
+from utils import sweep
 from utils.config import RunConfig, cli_args
 
 
@@ -12,7 +13,7 @@ def test_run_list_follows_the_protocol():
     runs = round2.planned_runs()
     assert len(runs) == len(set(runs)) == 12 + 60 + 2 + 8 + 48 + 24 + 30
     grid = [r for r in runs if r[1] == "lora-fa" and r[4] == 0 and r[5] == 4]
-    assert {(t, i) for t, _, i, _, _, _ in grid} == {(t, i) for t in ("mrpc", "cola") for i in round2.INITS}
+    assert {(t, i) for t, _, i, _, _, _ in grid} == {(t, i) for t in ("mrpc", "cola") for i in round2.COMPARED_INITS}
     assert sorted({r[3] for r in grid}) == sorted(round2.LORA_LRS) and min(round2.LORA_LRS) <= 1e-4
     assert max(round2.LORA_LRS) >= 3e-2 and len(round2.LORA_LRS) >= 4
     finals = [r for r in runs if r[3] == "select" and r[1] == "lora-fa" and r[5] == 4]
@@ -20,7 +21,7 @@ def test_run_list_follows_the_protocol():
     small = [r for r in runs if r[1] == "lora-fa" and r[3] == round2.SMALL_LR]
     assert {r[4] for r in small} == {0, 1, 2} and len(small) == 2 * 6 * 3
     limit = [r for r in runs if r[5] == 16]  # the rank-16 row: CoLA, every init, 3 lrs then 2 more seeds
-    assert {(r[0], r[2]) for r in limit} == {("cola", i) for i in round2.INITS} and len(limit) == 6 * (3 + 2)
+    assert {(r[0], r[2]) for r in limit} == {("cola", i) for i in round2.COMPARED_INITS} and len(limit) == 6 * (3 + 2)
     assert runs.index(limit[-1]) < runs.index(next(r for r in finals if r[4] == 3))  # before seeds 3-4
     assert {r[5] for r in runs if r[1] != "lora-fa"} == {0}
 

@@ -47,6 +47,7 @@ def _trainable(path):
 
 # ---------------------------------------------------------------- the real run
 
+@pytest.mark.slow
 @needs_real_glue
 def test_real_minilm_mrpc(tmp_path):
     torch.set_num_threads(2)  # a real model: both cores (the fixture restores the setting)

@@ -13,8 +13,8 @@ files, loading, head), `utils.adapters` (what a run trains: adapters, trainable 
 evaluation), `utils.checkpoint` (resume), `utils.grid` (grids, shards), `utils.record` (what a run
 records), `utils.logs` (JSON run logs on disk, read back as tables), `utils.locks` (one worker per
 run), `utils.geometry` (init diagnostics), `utils.stats` (statistics: means, intervals, paired
-tests), `utils.report` (markdown tables, round 1's report), `utils.round2` (round 2's runs and lr
-choice), `utils.round2_report` (its report), `utils.figures` (figures), `utils.round2_figures`
+tests), `utils.report` (markdown tables, round 1's report), `experiments.round2.protocol` (round 2's runs and lr
+choice), `experiments.round2.report` (its report), `utils.figures` (figures), `experiments.round2.figures`
 (round 2's), `utils.plots` (the `plot` command, notebook views), `utils.notebooks` (executing the
 notebooks).
 """

@@ -17,7 +17,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 import lora
-from utils.config import ADAPTER_METHODS, DATA_INITS, METHODS, RUN_SVD_AUTO, RunConfig
+from utils.config import ADAPTER_METHODS, DATA_INITS, METHODS, RunConfig
 from utils.models import head_modules, load_seeded
 
 # --- 1. Which modules get adapters ---
@@ -79,7 +79,7 @@ def adapt(model, cfg: RunConfig, data=None, loss_fn=None) -> dict:
         names = lora.add_lora(model, r=cfg.rank, lora_alpha=cfg.alpha, init=cfg.init, targets=targets,
                               freeze_a=cfg.method == "lora-fa", lora_dropout=cfg.lora_dropout,
                               generator=torch.Generator().manual_seed(cfg.seed),
-                              svd_method=RUN_SVD_AUTO if cfg.svd_method == "auto" else cfg.svd_method,
+                              svd_method=cfg.svd_method,
                               **data_args)
     n = set_trainable(model, cfg.method, train_head=cfg.train_head, train_biases=cfg.train_biases)
     return {"targets_resolved": targets, "adapted_modules": len(names), "trainable_params": n}

@@ -25,7 +25,12 @@ from utils.glue import DataNotFoundError, get_task
 
 METHODS = ("lora-fa", "lora", "head", "full")  # lora-fa: A frozen; head: classifier only
 ADAPTER_METHODS = ("lora-fa", "lora")
-RUN_SVD_AUTO = "lanczos"  # what a run's svd_method "auto" means: the solver of every committed log
+# A run names its SVD solver; "auto" is the library's choice alone (krylov, or full for small matrices).
+# Every committed log ran ARPACK Lanczos and wrote it as "auto": readers take a logged "auto" as
+# "lanczos" (`with_legacy_defaults`) and the run id hashes "lanczos" under that old spelling, so the
+# ids of committed logs are unchanged and they resume.
+RUN_SVD_METHODS = tuple(m for m in SVD_METHODS if m != "auto")
+LOGGED_SVD_AUTO = "lanczos"
 NAME_FIELDS = ("task", "model", "method", "init", "rank", "lr", "seed")  # spelled out in run_id
 PATH_FIELDS = ("data_dir", "log_dir", "ckpt_dir")  # where files are; logs record them as given (utils.record)
 RUN_CONTROL = PATH_FIELDS + ("resume", "overwrite", "keep_checkpoint", "threads")  # how and where, not what
@@ -52,7 +57,7 @@ class RunConfig:
     alpha: float | None = None  # scaling s = alpha/rank; none: lora's default (alpha=rank; 1 for seed)
     targets: list[str] | None = None  # module-name suffixes to adapt; none: Q, K, V, O of every layer
     lora_dropout: float = 0.0  # dropout on the adapter input
-    svd_method: str = "auto"  # SVD solver for svd/pissa inits: auto (= lanczos, as every logged run) krylov lanczos full randomized
+    svd_method: str = "lanczos"  # SVD solver for the SVD inits: lanczos (every logged run) krylov full randomized
     train_head: bool = True  # lora/lora-fa: also train the classification head (and BERT's pooler)
     train_biases: bool = False  # also train every bias (BitFit-style)
     # -- optimisation
@@ -94,7 +99,7 @@ class RunConfig:
         cfg = dataclasses.replace(self, task=get_task(self.task).name, **floats)
         if cfg.method not in ADAPTER_METHODS:
             cfg = dataclasses.replace(cfg, init="none", rank=0, alpha=None, targets=None,
-                                      lora_dropout=0.0, svd_method="auto")
+                                      lora_dropout=0.0, svd_method=LOGGED_SVD_AUTO)
         if cfg.init not in DATA_INITS:
             cfg = dataclasses.replace(cfg, init_batches=None)
         if cfg.targets is not None:
@@ -108,6 +113,8 @@ class RunConfig:
         rest = {k: v for k, v in dataclasses.asdict(cfg).items()
                 if k not in NAME_FIELDS + UNHASHED_FIELDS and not (k in LEGACY_DEFAULTS and v == LEGACY_DEFAULTS[k])}
         rest["model"] = cfg.model  # the short name alone could collide (two folders named "model")
+        if rest["svd_method"] == LOGGED_SVD_AUTO:  # hashed as the committed logs wrote it
+            rest["svd_method"] = "auto"
         digest = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
         return (f"{cfg.task}_{model_short_name(cfg.model)}_{cfg.method}_{cfg.init}_r{cfg.rank}"
                 f"_lr{cfg.lr:g}_s{cfg.seed}_{digest}")
@@ -137,8 +144,8 @@ class RunConfig:
         if self.method in ADAPTER_METHODS:
             need(self.init in INITS, f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
             need(isinstance(self.rank, int) and self.rank >= 1, f"rank must be an integer >= 1, got {self.rank!r}")
-            need(self.svd_method in SVD_METHODS, f"unknown svd_method {self.svd_method!r}; "
-                                                 f"choose one of {', '.join(SVD_METHODS)}")
+            need(self.svd_method in RUN_SVD_METHODS, f"unknown svd_method {self.svd_method!r}; "
+                                                     f"choose one of {', '.join(RUN_SVD_METHODS)}")
             need(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
             need(self.alpha is None or self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
         else:
@@ -171,8 +178,12 @@ class RunConfig:
 
 
 def with_legacy_defaults(config: dict) -> dict:
-    """A logged config with every field it lacks filled in as older runs ran it (LEGACY_DEFAULTS)."""
-    return {**LEGACY_DEFAULTS, **config}
+    """A logged config with every field it lacks filled in as older runs ran it (LEGACY_DEFAULTS), and a
+    logged svd_method "auto" read as the solver it ran (`LOGGED_SVD_AUTO`)."""
+    out = {**LEGACY_DEFAULTS, **config}
+    if out.get("svd_method") == "auto":
+        out["svd_method"] = LOGGED_SVD_AUTO
+    return out
 
 
 def model_short_name(model: str) -> str:

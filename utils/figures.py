@@ -1,4 +1,4 @@
-"""The figures: training histories and the dev metric against learning rate (round 2's: `utils.round2_figures`).
+"""The figures: training histories and the dev metric against learning rate (round 2's: `experiments.round2.figures`).
 
 Inputs are the tables of `utils.logs`: `load_runs` (one row per evaluation) for histories and lr
 sensitivity, `load_summaries` (one row per run) for the summary figure. `utils.plots` writes them
@@ -151,7 +151,7 @@ def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, va
 
     `df` is `load_runs` output; `model`/`rank`/`lr`/`variant` (see `add_variant`) pick the setting
     (needed only when `df` holds several). Baselines (head/full) at the same lr are drawn too.
-    `lr="each"`: every series of `df` at its own lr (e.g. `utils.round2.at_selected` rows), named in
+    `lr="each"`: every series of `df` at its own lr (e.g. `experiments.round2.protocol.at_selected` rows), named in
     its legend entry. One colour per series; lines are means over seeds with a shaded 95%
     t-interval; the train loss of an evaluation a step or two after another is pooled with it
     (`pooled_train_loss`). `majority` ({task: {metric: value}}, see `utils.stats.majority_metrics`) adds

@@ -1,17 +1,19 @@
-"""The `plot` command and the notebooks' views: every figure and report of a log folder, written to
-imgs/ or shown inline.
+"""The `plot` command and the notebooks' views: a log folder's figures and tables, written to imgs/ or
+shown inline.
 
-``python -m utils.plots --log-dir logs/round1 --out imgs`` (also ``python run_glue.py plot``) writes a
-history figure per setting, the dev metric against lr, summary.md/.csv and results.md (`utils.report`);
-``--round2`` adds round 2's lr-sensitivity and selected-lr figures and round2.md. The task notebooks
-call `show_task` (and `show_round2`), plots_for_preso.ipynb `main` and `show_files`. The figures
-themselves are `utils.figures`.
+`main` (``python run_glue.py plot --log-dir logs/round1 --out imgs``) writes a history figure per
+setting, the dev metric against lr and summary.md/.csv; a round's own figures and report are
+``python -m experiments.roundN.figures``, which call `cli` with their own writer. The task notebooks
+call `show_task`, plots_for_preso.ipynb a round's `main` and `show_files`. The figures themselves are
+`utils.figures`.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -21,30 +23,20 @@ from utils.config import ADAPTER_METHODS, model_short_name
 from utils.figures import plot_histories, select_series, summary_figure
 from utils.glue import get_task
 from utils.logs import load_runs, load_summaries, read_logs
-from utils.report import fmt_lr, format_report, format_table, to_markdown
-from utils.round2_checks import CONFIRM, LONG, check_logs
-from utils.round2_figures import round2_figures
-from utils.round2_plan import current_plan
-from utils.round2_report import round2_report
+from utils.report import fmt_lr, format_table, to_markdown
 from utils.stats import add_variant, majority_metrics, summary_table
+
+SAVE_DPI = 130  # the PNGs under imgs/
+SHOW_DPI = 60  # a figure shown in a notebook: the notebooks are committed executed, so kept small
+SHOW_WIDTH = 560  # pixels: a written PNG shown in a notebook is scaled down to this width...
+SHOW_COLORS = 128  # ...and to a palette of this many colours (a third of the bytes; the figures are flat colours)
 
 
 class NoRunsError(ValueError):
     """The log folder holds no finished runs to plot."""
 
 
-def _checks(log_dir) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-    """{check name: (runs, summaries)} of round 2's follow-up checks with a log folder next to `log_dir`
-    (`utils.round2_checks`): their finished runs."""
-    out = {}
-    for check in (LONG, CONFIRM):
-        logs = check_logs(log_dir, check)
-        if any(log["status"] == "finished" for log in logs.values()):
-            out[check.name] = (load_runs(logs), load_summaries(logs))
-    return out
-
-
-def _load(log_dir, run_ids=None):
+def load(log_dir, run_ids=None):
     """(runs, summaries, majority-class metrics) of the finished runs in `log_dir` (only `run_ids`
     if given), with variants; every log file is read once (unreadable ones skipped with a warning)."""
     log_dir = Path(log_dir)
@@ -93,95 +85,93 @@ def show_task(log_dir, task, *, config=None, grid=None, **filters) -> pd.DataFra
     Returns the formatted table of final/best dev metric per series.
     """
     from IPython.display import Markdown, display
-    runs, summaries, majority = _load(log_dir, None if config is None else grid_run_ids(config, grid or {}))
+    runs, summaries, majority = load(log_dir, None if config is None else grid_run_ids(config, grid or {}))
     runs, summaries = select_series(runs, task, **filters), select_series(summaries, task, **filters)
     if runs.empty:
         raise NoRunsError(f"no finished {get_task(task).name} runs in {log_dir} match the selection")
     for setting in _settings(runs):
-        fig = plot_histories(runs, **setting, majority=majority)
-        display(fig)
-        plt.close(fig)
-    fig = summary_figure(summaries, majority=majority)
-    display(fig)
-    plt.close(fig)
+        show_figure(plot_histories(runs, **setting, majority=majority))
+    show_figure(summary_figure(summaries, majority=majority))
     table = format_table(summary_table(summaries, metrics="all"))
     display(Markdown(to_markdown(table)))
     return table
 
 
-def show_round2(log_dir, task) -> None:
-    """Notebook view of round 2 for one task: the lr sensitivity, the histories at the chosen lrs
-    and the task's part of the round-2 report (`utils.round2_report`)."""
-    from IPython.display import Markdown, display
-    runs, summaries, majority = _load(log_dir)
-    if get_task(task).name not in set(runs["task"]):
-        raise NoRunsError(f"no finished {get_task(task).name} runs in {log_dir}")
-    checks = _checks(log_dir)
-    for fig in round2_figures(runs, summaries, majority, tasks=[task], checks=checks).values():
-        display(fig)
-        plt.close(fig)
-    display(Markdown(round2_report(runs, summaries, majority, tasks=[task], checks=checks)))
+def show_figure(fig) -> None:
+    """Display `fig` inline at `SHOW_DPI` (one small PNG in the notebook) and close it."""
+    from IPython.display import Image, display
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=SHOW_DPI, metadata={"Software": None})
+    plt.close(fig)
+    display(Image(data=buf.getvalue(), format="png"))
+
+
+def thumbnail(path) -> bytes:
+    """A written PNG scaled down to at most `SHOW_WIDTH` pixels wide with `SHOW_COLORS` colours, as PNG
+    bytes (deterministic)."""
+    from PIL import Image
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.width > SHOW_WIDTH:
+            im = im.resize((SHOW_WIDTH, round(im.height * SHOW_WIDTH / im.width)), Image.LANCZOS)
+        buf = io.BytesIO()
+        im.quantize(colors=SHOW_COLORS, method=Image.Quantize.MEDIANCUT).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
 
 
 def show_files(paths) -> None:
-    """Display written PNGs and markdown files inline (notebooks)."""
+    """Display written PNGs (scaled down: `thumbnail`; the file is the full-size figure) and markdown
+    files inline (notebooks)."""
     from IPython.display import Image, Markdown, display
     for p in map(Path, paths):
         if p.suffix == ".png":
-            display(Markdown(f"`{p}`"), Image(filename=str(p)))
+            display(Markdown(f"`{p}`"), Image(data=thumbnail(p), format="png"))
         elif p.suffix == ".md":
             display(Markdown(p.read_text()))
 
 
-def main(log_dir="logs", out_dir="imgs", round2: bool = False) -> list[Path]:
-    """Write every history figure, the summary figures, summary.md (+ .csv) and results.md (the
-    tables of `utils.report.format_report`) from `log_dir` into `out_dir`; with `round2`, also
-    `round2_figures` and round2.md (`utils.round2_report`)."""
-    runs, summaries, majority = _load(log_dir)
+def save_figure(fig, path) -> Path:
+    """Write `fig` to `path` at `SAVE_DPI` and close it."""
+    fig.savefig(path, dpi=SAVE_DPI)
+    plt.close(fig)
+    return Path(path)
+
+
+def write(data, out_dir) -> list[Path]:
+    """Every history figure, the summary figures and summary.md (+ .csv) of `data` ((runs, summaries,
+    majority) as from `load`) written into `out_dir`; returns the paths written."""
+    runs, summaries, majority = data
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    def save(fig, name):
-        fig.savefig(out / name, dpi=130)
-        plt.close(fig)
-        written.append(out / name)
-
-    for setting in _settings(runs):
-        save(plot_histories(runs, **setting, majority=majority), _file_name(**setting))
-    for which in ("final", "best"):
-        save(summary_figure(summaries, which, majority), f"summary_{which}_metric.png")
+    written = [save_figure(plot_histories(runs, **setting, majority=majority), out / _file_name(**setting))
+               for setting in _settings(runs)]
+    written += [save_figure(summary_figure(summaries, which, majority), out / f"summary_{which}_metric.png")
+                for which in ("final", "best")]
     table = summary_table(summaries, metrics="all")
     table.to_csv(out / "summary.csv", index=False)
     (out / "summary.md").write_text(
         "# Final and best dev metric per setting (mean ± std over seeds; GLUE dev split)\n\n"
         + to_markdown(format_table(table)))
-    (out / "results.md").write_text("# Results (generated by `python run_glue.py plot`)\n\n" + format_report(runs, summaries, majority))
-    written += [out / "summary.csv", out / "summary.md", out / "results.md"]
-    if round2:
-        checks = _checks(log_dir)
-        for name, fig in round2_figures(runs, summaries, majority, checks=checks).items():
-            save(fig, name)
-        report = round2_report(runs, summaries, majority, checks=checks, hours=current_plan(log_dir).hours)
-        (out / "round2.md").write_text("# Round 2 (generated by `python run_glue.py plot --round2`)\n\n" + report)
-        written.append(out / "round2.md")
-    return written
+    return written + [out / "summary.csv", out / "summary.md"]
 
 
-def cli(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--log-dir", default="logs", help="folder of JSON run logs (default: logs)")
-    parser.add_argument("--out", default="imgs", help="folder for PNGs and summary.md (default: imgs)")
-    parser.add_argument("--round2", action="store_true", help="also round 2's figures and round2.md (utils.round2)")
+def main(log_dir="logs", out_dir="imgs") -> list[Path]:
+    """`write` the finished runs of `log_dir` into `out_dir` (the `plot` command)."""
+    return write(load(log_dir), out_dir)
+
+
+def cli(argv=None, *, prog="run_glue.py plot", write: Callable[..., list[Path]] = main, log_dir="logs",
+        out_dir="imgs", description="figures and summary.md from the run logs") -> int:
+    """The plot command line: `write(log_dir, out_dir)` (default `main`; a round passes its own and its
+    folders), printing the paths written; exit 1 with one line when there is nothing to plot."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--log-dir", default=log_dir, help=f"folder of JSON run logs (default: {log_dir})")
+    parser.add_argument("--out", default=out_dir, help=f"folder for PNGs and tables (default: {out_dir})")
     args = parser.parse_args(argv)
     try:
-        paths = main(args.log_dir, args.out, args.round2)
+        paths = write(args.log_dir, args.out)
     except NoRunsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print("\n".join(str(p) for p in paths))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

@@ -1,9 +1,7 @@
-"""The Results as markdown: formatted tables of `utils.stats`' numbers, and round 1's report.
+"""Markdown for results: `utils.stats`' tables and tests formatted as strings and GitHub tables.
 
-`report(log_dir)` is round 1's (cells at each shared lr); `utils.round2_report` is round 2's
-(`utils.round2`: each init at its own selected lr). `python run_glue.py plot` writes them to
-imgs/ next to the figures. Every metric is measured on the GLUE dev split unless a column says
-holdout (the slice of train held out for choosing learning rates).
+A round's report (experiments/roundN/report.py) is made of these. Every metric is measured on the GLUE
+dev split unless a column says holdout (the slice of train held out for choosing learning rates).
 """
 from __future__ import annotations
 
@@ -13,18 +11,7 @@ import pandas as pd
 
 from utils.config import ADAPTER_METHODS
 from utils.glue import get_task
-from utils.logs import load_runs, load_summaries, read_logs
-from utils.stats import (
-    CONTRASTS,
-    holm,
-    majority_metrics,
-    paired_comparison,
-    series_order,
-    steps_to_target,
-    summary_table,
-    t_interval,
-    with_variant,
-)
+from utils.stats import holm, paired_comparison, series_order, steps_to_target, summary_table, t_interval, with_variant
 
 
 def fmt_lr(lr) -> str:
@@ -135,22 +122,17 @@ def steps_markdown(steps: pd.DataFrame, wall: bool = False) -> str:
     return to_markdown(pd.DataFrame(rows))
 
 
-def report(log_dir="logs", frac: float = 0.9) -> str:
-    """The Results tables as markdown from the finished runs in `log_dir` (see `format_report`)."""
-    logs = read_logs(log_dir, status=None)
-    return format_report(load_runs(logs), load_summaries(logs), majority_metrics(logs), frac)
-
-
-def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, frac: float = 0.9) -> str:
-    """The Results tables as markdown, per task: final/best main dev metric per series (mean ± std,
-    n, 95% CI of the final), the `CONTRASTS` on paired seeds, and steps to target.
-    `runs`/`summaries` as from `load_runs`/`load_summaries`, `baselines` from `majority_metrics`."""
+def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, contrasts, frac: float = 0.9) -> str:
+    """A report of cells (each series at each lr it ran) as markdown, per task: final/best main dev metric
+    per series (mean ± std, n, 95% CI of the final), the `contrasts` ((a, b) init pairs, a − b) on paired
+    seeds at each lr under one Holm family, and steps to target. `runs`/`summaries` as from
+    `load_runs`/`load_summaries`, `baselines` from `majority_metrics`."""
     if summaries.empty:
         return "No finished runs.\n"
     summaries = with_variant(summaries)
     if "variant" not in runs.columns:
         runs = runs.merge(summaries[["run_id", "variant"]], on="run_id")
-    pairs_all = pd.concat([paired_comparison(summaries, a, b, w) for a, b in CONTRASTS
+    pairs_all = pd.concat([paired_comparison(summaries, a, b, w) for a, b in contrasts
                            for w in ("final", "best")], ignore_index=True)
     tests = int(pairs_all["p"].notna().sum()) if not pairs_all.empty else 0
     if not pairs_all.empty:

@@ -193,15 +193,8 @@ def holdout_majority(task, fraction: float, data_dir=None) -> dict[str, float] |
     return _constant_majority(task.name, labels[held], labels[keep])
 
 
-# Round 1's paired tests (a − b), one Holm family: each SVD-based init against random, and pissa
-# against svd, which share A and B at step 0 and differ only in the base (W − W_r vs W): that contrast
-# isolates svd's start shift W_eff = W + W_r from its A. seed − random tests the original claim with
-# the original (wrong) factorization (MRPC, small lr). Round 2's family: utils.round2_report.
-CONTRASTS = (("svd", "random"), ("pissa", "random"), ("pissa", "svd"), ("seed", "random"))
-
-
-PAIRED_BY = ("task", "model", "method", "rank", "lr", "variant")  # round 1: both inits at one lr
-PAIRED_BY_SERIES = ("task", "model", "method", "rank", "variant")  # round 2: each init at its own lr
+PAIRED_BY = ("task", "model", "method", "rank", "lr", "variant")  # both inits at one lr
+PAIRED_BY_SERIES = ("task", "model", "method", "rank", "variant")  # each init at whatever lr its rows have
 
 
 def paired_comparison(summaries: pd.DataFrame, a="svd", b="random", which: str = "final", keys=PAIRED_BY,

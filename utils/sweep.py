@@ -29,23 +29,31 @@ def command(cfg: RunConfig, threads: int | None, ckpt_dir: str | None = None) ->
     return cmd + (["--threads", str(threads)] if threads else [])
 
 
-def worker(k: int, states: Callable[[], list], threads: int | None, ckpt_dir: str | None = None) -> None:
-    """Run the first ready run of `states()`, again and again. With none ready it waits while another
-    worker's run is going (its end may choose an lr and so make runs ready), and stops once nothing runs.
-    A run that fails is not retried by this worker."""
+def work(states: Callable[[], list], run: Callable[[RunConfig], object], *, poll_s: float | None = POLL_S) -> int:
+    """Run the first ready run of `states()` with `run(cfg)`, again and again; returns how many it ran.
+    With none ready it waits `poll_s` while another worker's run is going (its end may choose an lr and
+    so make runs ready) and stops once nothing runs (`poll_s` None: stops at once). A run that fails is
+    not tried again by this loop."""
     tried = set()
     while True:
         now = states()
         ready = [cfg for state, cfg in now if state == "ready" and cfg.run_id not in tried]
         if not ready:
-            if not any(state == "running" for state, _ in now):
-                return
-            time.sleep(POLL_S)
+            if poll_s is None or not any(state == "running" for state, _ in now):
+                return len(tried)
+            time.sleep(poll_s)
             continue
-        cfg = ready[0]
-        tried.add(cfg.run_id)
+        tried.add(ready[0].run_id)
+        run(ready[0])
+
+
+def worker(k: int, states: Callable[[], list], threads: int | None, ckpt_dir: str | None = None) -> None:
+    """Worker `k` of a sweep: `work` with one `run_glue.py` process per run (`command`)."""
+    def run(cfg):
         print(f"[worker {k}] {' '.join(command(cfg, threads, ckpt_dir))}", flush=True)
         subprocess.run(command(cfg, threads, ckpt_dir), check=False)
+
+    work(states, run)
 
 
 def main(argv, *, module: str, description: str, log_dir: str, model: str,

@@ -1,10 +1,10 @@
-"""Round 2's report as markdown (README "Round 2 protocol"; the runs and lr choice: `utils.round2`).
+"""Round 2's report as markdown (README "Round 2 protocol"; the runs and lr choice: `experiments.round2.protocol`).
 
 Per task: the lr selection on holdout, the ceilings and every init at its chosen lr (dev; share of
 full fine-tuning's gain over the majority class; convergence) with the ceiling ratio, RTE's gate, the
 small-lr half, their paired tests (one Holm family over every task), steps to target, and the rank-16
-row against rank 4 (its own Holm family); after them the follow-up checks' parts (`utils.round2_checks`).
-Every metric is on the GLUE dev split unless a column says holdout. Shared pieces: `utils.round2_tables`.
+row against rank 4 (its own Holm family); after them the follow-up checks' parts (`experiments.round2.checks`).
+Every metric is on the GLUE dev split unless a column says holdout. Shared pieces: `experiments.round2.tables`.
 """
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import math
 import numpy as np
 import pandas as pd
 
-from utils.glue import get_task
-from utils.report import compute_table, fmt_lr, fmt_p, format_table, paired_markdown, steps_markdown, to_markdown
-from utils.round2 import (
+from experiments.round2.checks import CONFIRM, LONG, confirm_markdown, long_markdown
+from experiments.round2.plan import ceiling_ratio
+from experiments.round2.protocol import (
     BUDGET,
+    COMPARED_INITS,
     EPOCHS,
     GOAL,
     HOLDOUT,
-    INITS,
     LIMIT_RANK,
     MAIN_TESTS,
     RANK,
@@ -32,9 +32,9 @@ from utils.round2 import (
     grid_lrs,
     selected_lrs,
 )
-from utils.round2_checks import CONFIRM, LONG, confirm_markdown, long_markdown
-from utils.round2_plan import ceiling_ratio
-from utils.round2_tables import family, series_markdown, shares, within
+from experiments.round2.tables import family, series_markdown, shares, within
+from utils.glue import get_task
+from utils.report import compute_table, fmt_lr, fmt_p, format_table, paired_markdown, steps_markdown, to_markdown
 from utils.selection import holdout_scores
 from utils.stats import (
     PAIRED_BY_SERIES,
@@ -57,7 +57,7 @@ def _pairs(summaries: pd.DataFrame, selected: pd.DataFrame) -> tuple[pd.DataFram
     adapters = summaries[summaries["method"] == "lora-fa"]
     main = adapters[adapters["rank"] == RANK]
     parts = {"selected": at_selected(main, selected), "small lr": at_small_lr(main)}
-    contrasts = [(i, "random") for i in INITS if i != "random"] + [("pissa", "svd")]
+    contrasts = [(i, "random") for i in COMPARED_INITS if i != "random"] + [("pissa", "svd")]
     frames = [paired_comparison(df, a, b, w, keys=PAIRED_BY_SERIES).assign(part=part)
               for part, df in parts.items() for a, b in contrasts for w in ("final", "best")]
     ranks = [paired_comparison(at_selected(adapters, selected), LIMIT_RANK, RANK, w, keys=RANK_PAIRED_BY, by="rank")
@@ -143,8 +143,8 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
                   tasks=None, checks: dict | None = None, hours: tuple[float, float] | None = None) -> str:
     """Round 2's tables as markdown, per task (all, or `tasks`; the Holm families span every task,
     whichever are shown). `checks`: {check name: (runs, summaries)} of the follow-up checks' folders
-    (`utils.round2_checks`), each shown after its task; `hours`: (worker-hours so far, projected total)
-    of `utils.round2_plan.current_plan`, stated at the end."""
+    (`experiments.round2.checks`), each shown after its task; `hours`: (worker-hours so far, projected total)
+    of `experiments.round2.plan.current_plan`, stated at the end."""
     checks = checks or {}
     if summaries.empty:
         return "No finished runs.\n"

@@ -22,7 +22,7 @@
 # then pissa on RTE, so a partial sweep still answers the main question with complete, paired
 # seeds on every task. Last, a one-seed lr pilot (6.), outside the paired grid.
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/../.."  # the repository root
 : "${GLUE_DIR:=../shared/glue}"; export GLUE_DIR
 : "${WORKERS:=1}"
 : "${LOG_DIR:=logs/round1}"   # e.g. an absolute path when the sweep runs from a separate git worktree

@@ -8,9 +8,9 @@ logs/round2_mpnet), so that step 2's lr selection and step 3's tables never see 
 * `CONFIRM` (amendment 3): `random` against MRPC's best other rank-4 init on all-mpnet-base-v2, each at the
   lr chosen for it on MiniLM, seed pair by seed pair while the budget allows (`confirm_runs`).
 
-`utils.round2_plan.current_plan` puts the long runs after every run registered before them, and the mpnet
+`experiments.round2.plan.current_plan` puts the long runs after every run registered before them, and the mpnet
 runs after those, once all have finished; `long_markdown` and `confirm_markdown` are their parts of
-`utils.round2_report`.
+`experiments.round2.report`.
 """
 from __future__ import annotations
 
@@ -20,12 +20,21 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from experiments.round2.protocol import (
+    BUDGET,
+    COMPARED_INITS,
+    EPOCHS,
+    FINAL_SEEDS,
+    RANK,
+    at_selected,
+    mean_finals,
+    run_config,
+)
+from experiments.round2.tables import family, series_markdown, within
 from utils.config import RunConfig
 from utils.glue import get_task
-from utils.logs import read_logs
+from utils.logs import load_runs, load_summaries, read_logs
 from utils.report import format_table, paired_markdown, to_markdown
-from utils.round2 import BUDGET, EPOCHS, FINAL_SEEDS, INITS, RANK, at_selected, mean_finals, run_config
-from utils.round2_tables import family, series_markdown, within
 from utils.stats import PAIRED_BY_SERIES, paired_comparison, summary_table
 
 
@@ -53,6 +62,17 @@ def check_logs(log_dir, check: Check) -> dict:
     """{file: log} of every log of `check` (any status; {} before its folder exists)."""
     folder = check_dir(log_dir, check)
     return read_logs(folder, status=None) if folder.is_dir() else {}
+
+
+def finished_checks(log_dir) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """{check name: (runs, summaries)} of the checks (`LONG`, `CONFIRM`) with a finished run in their
+    folder next to `log_dir`."""
+    out = {}
+    for check in (LONG, CONFIRM):
+        logs = check_logs(log_dir, check)
+        if any(log["status"] == "finished" for log in logs.values()):
+            out[check.name] = (load_runs(logs), load_summaries(logs))
+    return out
 
 
 def finished_hours(logs: dict) -> list[float]:
@@ -104,9 +124,9 @@ def confirm_inits(summaries: pd.DataFrame, selected: pd.DataFrame) -> tuple[str,
     """("random", the best other rank-4 init on `CONFIRM.task` by mean final dev metric at its chosen lr over
     all of step 3's `FINAL_SEEDS`); None until every init has them all."""
     means = mean_finals(summaries, selected, CONFIRM.task, FINAL_SEEDS)
-    if not set(INITS) <= set(means):
+    if not set(COMPARED_INITS) <= set(means):
         return None
-    return "random", max((i for i in INITS if i != "random"), key=lambda init: means[init])
+    return "random", max((i for i in COMPARED_INITS if i != "random"), key=lambda init: means[init])
 
 
 def confirm_runs(summaries: pd.DataFrame, selected: pd.DataFrame, confirm_logs: dict, spent: float, *,
@@ -143,7 +163,7 @@ def confirm_markdown(confirm: pd.DataFrame) -> str:
     table = format_table(summary_table(confirm)).drop(columns=["task", "metric"])
     out = [f"\n### {t.name.upper()} on {CONFIRM.model} (amendment 3: `random` against the best other init, "
            f"each at its MiniLM lr; dev)\n", to_markdown(table)]
-    other = [i for i in INITS if i != "random" and i in set(confirm["init"])]
+    other = [i for i in COMPARED_INITS if i != "random" and i in set(confirm["init"])]
     pairs = family([paired_comparison(confirm, other[0], "random", w, keys=PAIRED_BY_SERIES)
                     for w in ("final", "best")] if other else [])
     if not pairs.empty:

@@ -1,5 +1,5 @@
-"""Round 2's table pieces that its report (`utils.round2_report`) and its follow-up checks
-(`utils.round2_checks`) share: a family of paired tests, the share of full fine-tuning's gain, and the
+"""Round 2's table pieces that its report (`experiments.round2.report`) and its follow-up checks
+(`experiments.round2.checks`) share: a family of paired tests, the share of full fine-tuning's gain, and the
 table of every series at its chosen lr.
 """
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 
 import pandas as pd
 
+from experiments.round2.protocol import at_selected, convergence
 from utils.report import format_table, to_markdown
-from utils.round2 import at_selected, convergence
 from utils.stats import holm, series_order, summary_table
 
 

@@ -9,11 +9,11 @@
 The rank-16 row (amendment 2): every init at rank `LIMIT_RANK` on `LIMIT_TASKS`, lr chosen over
 `LIMIT_LRS` (seed 0) as in step 2, then seeds `LIMIT_SEEDS`: is rank what holds LoRA-FA below full
 fine-tuning? On MRPC only `random` and the best rank-4 init, if that one stays below `GOAL`
-(`utils.round2_plan.limit_row`).
+(`experiments.round2.plan.limit_row`).
 A series is (task, method, init, rank): rank 0 for the ceilings, `RANK` for steps 2-4.
 
-`utils.round2_plan` decides from the logs what runs next (the rank-16 row on MRPC, and the follow-up
-checks of `utils.round2_checks`) and `sweep_round2.py` runs it; `utils.round2_report` reads the results back.
+`experiments.round2.plan` decides from the logs what runs next (the rank-16 row on MRPC, and the follow-up
+checks of `experiments.round2.checks`) and `experiments.round2.sweep` runs it; `experiments.round2.report` reads the results back.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from utils.selection import choose_lr, epoch_change, holdout_scores, missing_lrs
 
 LORA_LRS = (1e-4, 4e-4, 1.7e-3, 7e-3, 3e-2)  # the per-init selection grid (step 2)
 GRID_LRS = {"full": (2e-5, 5e-5, 1e-4), "head": (1e-3, 5e-3, 2e-2), "lora-fa": LORA_LRS}  # steps 1 and 2
-INITS = ("random", "svd", "pissa", "milora", "eva", "grad")
+COMPARED_INITS = ("random", "svd", "pissa", "milora", "eva", "grad")
 TASKS = ("mrpc", "cola")  # RTE: ceilings only (its LoRA-FA grid did not fit the budget)
 RTE_GATE = 0.05  # step 1: RTE is worth LoRA-FA runs only if full FT's final holdout accuracy beats the majority by this
 EPOCHS = {"mrpc": 6, "cola": 4, "rte": 6}
@@ -42,10 +42,13 @@ RANK = 4  # steps 2-4
 LIMIT_RANK, LIMIT_TASKS = 16, ("cola",)  # the rank-16 row
 LIMIT_LRS = (4e-4, 1.7e-3, 7e-3)  # the middle of LORA_LRS: at its ends no init passed dev MCC 0.046 on CoLA at rank 4
 LIMIT_SEEDS = (1, 2)  # beyond the selection run's seed 0
-LIMIT_ROW = tuple((t, init) for t in LIMIT_TASKS for init in INITS)  # (task, init) always in the rank-16 row
+LIMIT_ROW = tuple((t, init) for t in LIMIT_TASKS for init in COMPARED_INITS)  # (task, init) always in the rank-16 row
 MAIN_TESTS = 48  # the registered main family: 6 contrasts (5 inits − random, pissa − svd) × final/best × steps 3-4 × 2 tasks
 BUDGET = 40  # worker-hours on this machine for the whole round (step 5)
 GOAL = 0.9  # the issue's goal: this share of full fine-tuning's final dev gain over the majority class
+# results.md's paired tests of cells (both inits at one lr), as first written: round 1's contrasts. The
+# registered comparison, each init at its own lr, is round2.md's (`experiments.round2.report`).
+CELL_CONTRASTS = (("svd", "random"), ("pissa", "random"), ("pissa", "svd"), ("seed", "random"))
 SELECT = "select"  # in `planned_runs`: the lr chosen for this (task, method, init)
 CONVERGED = {"mrpc": 0.005, "cola": 0.01, "rte": 0.01}  # step 3's rule: last vs previous epoch on holdout
 
@@ -59,20 +62,20 @@ def planned_runs(limit=None) -> list[tuple]:
     for task in ("cola", "mrpc"):  # 1. ceilings, seed 0: the lr grids
         out += [(task, m, "none", lr, 0, 0) for m in ("full", "head") for lr in GRID_LRS[m]]
     for task in ("cola", "mrpc"):  # 2. LoRA-FA lr per init, seed 0
-        out += [(task, "lora-fa", init, lr, 0, RANK) for init in INITS for lr in LORA_LRS]
+        out += [(task, "lora-fa", init, lr, 0, RANK) for init in COMPARED_INITS for lr in LORA_LRS]
     out += [("rte", m, "none", (SELECT, "mrpc"), 0, 0) for m in ("full", "head")]  # 1. RTE at MRPC's lrs
     for task in ("mrpc", "cola"):  # 1. ceiling seeds
         out += [(task, m, "none", SELECT, s, 0) for s in CEILING_SEEDS[1:] for m in ("full", "head")]
     for task in ("mrpc", "cola"):  # 3. final comparison at the selected lrs, 3 seeds first
-        out += [(task, "lora-fa", init, SELECT, s, RANK) for s in FINAL_SEEDS[1:3] for init in INITS]
+        out += [(task, "lora-fa", init, SELECT, s, RANK) for s in FINAL_SEEDS[1:3] for init in COMPARED_INITS]
     for task in ("mrpc", "cola"):  # 4. the small-lr half
-        out += [(task, "lora-fa", init, SMALL_LR, s, RANK) for s in SMALL_LR_SEEDS for init in INITS]
+        out += [(task, "lora-fa", init, SMALL_LR, s, RANK) for s in SMALL_LR_SEEDS for init in COMPARED_INITS]
     for task in dict.fromkeys(t for t, _ in limit):  # the rank-16 row: its lr grid, then its seeds
         inits = [init for t, init in limit if t == task]
         out += [(task, "lora-fa", init, lr, 0, LIMIT_RANK) for init in inits for lr in LIMIT_LRS]
         out += [(task, "lora-fa", init, SELECT, s, LIMIT_RANK) for s in LIMIT_SEEDS for init in inits]
     for task in ("mrpc", "cola"):  # 3. the final comparison's seeds 3 and 4
-        out += [(task, "lora-fa", init, SELECT, s, RANK) for s in FINAL_SEEDS[3:] for init in INITS]
+        out += [(task, "lora-fa", init, SELECT, s, RANK) for s in FINAL_SEEDS[3:] for init in COMPARED_INITS]
     return out
 
 
@@ -97,9 +100,9 @@ def series(runs: pd.DataFrame | None = None) -> list[tuple[str, str, str, int]]:
     limit = list(LIMIT_ROW)
     if runs is not None and len(runs):
         r16 = runs[(runs["method"] == "lora-fa") & (runs["rank"] == LIMIT_RANK)]
-        limit += sorted(set(zip(r16["task"], r16["init"])) - set(limit), key=lambda k: (k[0], INITS.index(k[1])))
+        limit += sorted(set(zip(r16["task"], r16["init"])) - set(limit), key=lambda k: (k[0], COMPARED_INITS.index(k[1])))
     return [(t, m, "none", 0) for t in TASKS for m in ("full", "head")] + \
-        [(t, "lora-fa", init, RANK) for t in TASKS for init in INITS] + \
+        [(t, "lora-fa", init, RANK) for t in TASKS for init in COMPARED_INITS] + \
         [(t, "lora-fa", init, LIMIT_RANK) for t, init in limit]
 
 

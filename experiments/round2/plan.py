@@ -2,10 +2,10 @@
 
 * `ceiling_ratio`: the best rank-4 init and its share of full fine-tuning's gain: the goal's measure.
 * `limit_row`: MRPC's rank-16 runs (amendment 2), once step 3's seeds 0-2 say the goal is not met.
-* `current_plan`: the registered runs in their order, then the follow-up checks (`utils.round2_checks`):
+* `current_plan`: the registered runs in their order, then the follow-up checks (`experiments.round2.checks`):
   CoLA at 8 epochs (amendment 4), then, once every MiniLM run has finished, the mpnet confirmation
   (amendment 3) as far as the budget allows.
-* `run_states`, `train_ready`, `progress`: the plan against the logs, for `sweep_round2.py` and the notebooks.
+* `run_states`, `train_ready`, `progress`: the plan against the logs, for `experiments.round2.sweep` and the notebooks.
 """
 from __future__ import annotations
 
@@ -15,22 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from utils.config import RunConfig
-from utils.locks import lock_held
-from utils.logs import load_runs, load_summaries, read_logs
-from utils.round2 import (
-    FINAL_SEEDS,
-    GOAL,
-    INITS,
-    LIMIT_ROW,
-    SELECT,
-    mean_finals,
-    planned_runs,
-    projected_hours,
-    run_config,
-    selected_lrs,
-)
-from utils.round2_checks import (
+from experiments.round2.checks import (
     CONFIRM,
     CONFIRM_HOURS,
     LONG,
@@ -41,21 +26,37 @@ from utils.round2_checks import (
     long_fallback_hours,
     long_runs,
 )
+from experiments.round2.protocol import (
+    COMPARED_INITS,
+    FINAL_SEEDS,
+    GOAL,
+    LIMIT_ROW,
+    SELECT,
+    mean_finals,
+    planned_runs,
+    projected_hours,
+    run_config,
+    selected_lrs,
+)
+from utils.config import RunConfig
+from utils.locks import lock_held
+from utils.logs import load_runs, load_summaries, read_logs
 from utils.stats import majority_metrics
+from utils.sweep import work
 
 
 def ceiling_ratio(summaries: pd.DataFrame, selected: pd.DataFrame, task: str, m0: float,
                   seeds=None) -> tuple[str | None, float]:
     """(the best rank-4 init, its share of full fine-tuning's gain over the majority class `m0`):
 
-        best  = argmax over `INITS` of the mean final dev main metric at the chosen lr (ties: INITS order)
+        best  = argmax over `COMPARED_INITS` of the mean final dev main metric at the chosen lr (ties: COMPARED_INITS order)
         share = (best's mean − m0) / (full fine-tuning's mean at its chosen lr − m0)
 
     over `seeds` as in `mean_finals`; (None, nan) until every init and full fine-tuning have them."""
     means = mean_finals(summaries, selected, task, seeds)
-    if "none" not in means or not set(INITS) <= set(means):
+    if "none" not in means or not set(COMPARED_INITS) <= set(means):
         return None, np.nan
-    best = max(INITS, key=lambda init: means[init])
+    best = max(COMPARED_INITS, key=lambda init: means[init])
     return best, float((means[best] - m0) / (means["none"] - m0))
 
 
@@ -140,17 +141,10 @@ def run_states(log_dir, *, model="minilm", data_dir=None, tasks=None, plan=None)
 
 def train_ready(log_dir, *, model="minilm", data_dir=None, tasks=None) -> int:
     """Train every ready run of `tasks` (all, if None) in the planned order, in this process, until
-    none is ready; a run whose lr is chosen from others becomes ready once they have finished.
-    Returns how many runs it trained (0 when everything has finished: then it only reads logs)."""
+    none is ready (`utils.sweep.work`); a run whose lr is chosen from others becomes ready once they
+    have finished. Returns how many runs it trained (0 when everything has finished: then it only reads logs)."""
     from utils.train import run_experiment  # lazy: the training stack
-    tried = set()
-    while True:
-        ready = [c for state, c in run_states(log_dir, model=model, data_dir=data_dir, tasks=tasks)
-                 if state == "ready" and c.run_id not in tried]
-        if not ready:
-            return len(tried)
-        tried.add(ready[0].run_id)
-        run_experiment(ready[0])
+    return work(lambda: run_states(log_dir, model=model, data_dir=data_dir, tasks=tasks), run_experiment, poll_s=None)
 
 
 def progress(states) -> str:
@@ -158,4 +152,4 @@ def progress(states) -> str:
     lock files are not part of the record) and wait for a chosen lr."""
     kinds = [s if s == "finished" else "waiting" if s.startswith("waiting") else "startable" for s, _ in states]
     return (f"{kinds.count('finished')} of {len(kinds)} planned runs finished, {kinds.count('startable')} "
-            f"can start, {kinds.count('waiting')} wait for their chosen lr (`python sweep_round2.py --list`)")
+            f"can start, {kinds.count('waiting')} wait for their chosen lr (`python -m experiments.round2.sweep --list`)")
