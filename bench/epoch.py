@@ -18,9 +18,13 @@ shuffled batches). Both evaluate on dev at every epoch end.
 
 * ours:    utils.run_experiment(RunConfig(method="lora-fa", init="random", ...)); --ours-methods
            lora-fa,lora adds our LoRA (A trained), the like-for-like row for PEFT LoRA
-* trainer: peft.get_peft_model(LoraConfig(...)) (A trained for PEFT method `lora`, frozen
-           for `lora-fa`; --peft-methods runs each) + transformers.Trainer(use_cpu=True,
-           bf16=...), save_strategy "no", then trainer.evaluate().
+* trainer: peft.get_peft_model(LoraConfig(...)) + transformers.Trainer(use_cpu=True, bf16=...),
+           save_strategy "no", then trainer.evaluate(); --peft-methods runs each of
+             lora        PEFT LoRA, A and B trained, torch AdamW
+             lora-fa     PEFT LoRA with every lora_A frozen ("PEFT LoRA, A frozen"), torch AdamW
+             lorafa-opt  PEFT's own LoRA-FA: the Trainer given peft.optimizers.create_lorafa_optimizer
+                         (it freezes lora_A and projects B's gradient) through optimizers=(opt, None),
+                         so the Trainer builds the same linear warm-up schedule on it
 
 Every run is a fresh subprocess of this script (`--worker ours|trainer --dtype ...`), so its
 peak RSS (VmHWM) is its own; each round (per seed, per grouping) runs ours (each --ours-methods) then the Trainer (each
@@ -47,9 +51,10 @@ from bench import common  # noqa: E402
 from bench.epoch_workers import RANK, WARMUP, run_worker, warm_token_cache  # noqa: E402
 from utils.config import ADAPTER_METHODS  # noqa: E402
 
-LABELS = {"lora-fa": "LoRA-FA", "lora": "LoRA"}  # ADAPTER_METHODS: A frozen or trained, for ours and for PEFT
+LABELS = {"lora-fa": "LoRA-FA", "lora": "LoRA"}  # ADAPTER_METHODS: A frozen or trained, for ours
 # PEFT's rows: its LoRA with lora_A frozen is not PEFT's own LoRA-FA (peft.optimizers.create_lorafa_optimizer)
-PEFT_LABELS = {"lora-fa": "lora, A frozen", "lora": "lora"}
+PEFT_LABELS = {"lora-fa": "PEFT LoRA, A frozen", "lora": "PEFT LoRA", "lorafa-opt": "PEFT create_lorafa_optimizer"}
+PEFT_METHODS = tuple(PEFT_LABELS)
 
 
 def default_data_dir() -> str | None:
@@ -112,7 +117,7 @@ def table(args, reports: list[dict]) -> str:
     of the same dtype, seed and grouping; then the target lines: ours vs Trainer per grouping (median
     of the per-seed ratios), and grouped vs plain batches per runner (paired over seeds)."""
     names = ({f"ours-{m}": f"ours (run_experiment, {LABELS[m]})" for m in ADAPTER_METHODS}
-             | {f"trainer-{m}": f"Trainer + PEFT ({PEFT_LABELS[m]})" for m in ADAPTER_METHODS})
+             | {f"trainer-{m}": f"Trainer + {label}" for m, label in PEFT_LABELS.items()})
     ok_runs = sorted((r for r in reports if "error" not in r),
                      key=lambda r: (list(names).index(r["runner"]), r["dtype"], not r["grouped"], r["seed"]))
     rows, lines = [], []
@@ -120,7 +125,8 @@ def table(args, reports: list[dict]) -> str:
         ref, m = _like_for_like(ok_runs, r), r["metrics"]
         rows.append([names[r["runner"]], r["dtype"], "yes" if r["grouped"] else "no", r["seed"], r["steps"],
                      r["trainable"], r["train_eval_s"], r["train_eval_s"] / ref["train_eval_s"] if ref else None,
-                     r["process_s"], r["peak_rss_mib"], r.get("padding"), m.get("accuracy"), m.get("f1")])
+                     r["process_s"], r["peak_rss_mib"], r.get("padding"), m.get("accuracy"), m.get("f1"),
+                     r.get("dev_loss"), r.get("optimizer")])
     for dtype, group in itertools.product(args.dtypes, args.grouping):
         for r_name in [k for k in names if k.startswith("ours")]:
             runs = [r for r in ok_runs if (r["runner"], r["dtype"], r["grouped"]) == (r_name, dtype, group)]
@@ -140,7 +146,7 @@ def table(args, reports: list[dict]) -> str:
             lines.append(_grouping_line(names[r_name], dtype, pairs))
     lines += [f"- {r['runner']}/{r['dtype']} seed {r['seed']} failed: {r['error']}" for r in reports if "error" in r]
     columns = ["runner", "dtype", "grouped", "seed", "steps", "trainable params", "train+eval s", "x Trainer",
-               "process s", "peak RSS MiB", "padding eff.", "dev accuracy", "dev F1"]
+               "process s", "peak RSS MiB", "padding eff.", "dev accuracy", "dev F1", "dev loss", "optimizer"]
     return "\n".join([common.markdown_table(columns, rows), "", *lines, ""])
 
 
@@ -159,9 +165,10 @@ def parse_args(argv=None):
     p.add_argument("--max-steps", type=int, default=None, help="stop after N steps (smoke runs)")
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
     p.add_argument("--repeats", type=int, default=1, help="runs per (runner, dtype), alternating")
-    p.add_argument("--peft-methods", default="lora,lora-fa", help="comma-separated PEFT references: lora, lora-fa")
+    p.add_argument("--peft-methods", default="lora,lora-fa", help="comma-separated PEFT references: lora, lora-fa "
+                   "(PEFT LoRA with A frozen), lorafa-opt (PEFT's create_lorafa_optimizer)")
     p.add_argument("--ours-methods", default="lora-fa", help="comma-separated runs of ours: lora-fa, lora")
-    p.add_argument("--method", choices=ADAPTER_METHODS, default="lora-fa", help=argparse.SUPPRESS)  # worker mode
+    p.add_argument("--method", choices=PEFT_METHODS, default="lora-fa", help=argparse.SUPPRESS)  # worker mode
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in the workers (0: default)")
     p.add_argument("--out", default=str(common.RESULTS), help="folder for epoch_<dtypes>.md")
     p.add_argument("--worker", choices=["ours", "trainer"], help=argparse.SUPPRESS)
@@ -179,10 +186,10 @@ def parse_args(argv=None):
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if set(args.dtypes) - {"fp32", "bf16"}:
         p.error(f"--dtypes takes fp32 and/or bf16, got {args.dtypes}")
-    for flag in ("peft_methods", "ours_methods"):
+    for flag, allowed in (("peft_methods", PEFT_METHODS), ("ours_methods", ADAPTER_METHODS)):
         methods = [m.strip() for m in getattr(args, flag).split(",") if m.strip()]
-        if not methods or set(methods) - set(ADAPTER_METHODS):
-            p.error(f"--{flag.replace('_', '-')} takes {' and/or '.join(ADAPTER_METHODS)}, got {methods}")
+        if not methods or set(methods) - set(allowed):
+            p.error(f"--{flag.replace('_', '-')} takes {', '.join(allowed)}, got {methods}")
         setattr(args, flag, methods)
     return args
 

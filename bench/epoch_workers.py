@@ -29,12 +29,15 @@ def worker_ours(args, tmp: Path) -> dict:
     log = run_experiment(cfg, progress=False)
     s = log["summary"]
     return {"train_eval_s": s["train_time_s"] + s["eval_time_s"], "steps": s["steps"],
-            "metrics": {k: v for k, v in s["final"].items() if k != "dev_loss"},
+            "metrics": {k: v for k, v in s["final"].items() if k != "dev_loss"}, "dev_loss": s["final"].get("dev_loss"),
+            "optimizer": "AdamW",  # utils.adapters.make_optimizer: torch.optim.AdamW
             "trainable": log["config"]["trainable_params"], "padding": s["padding_efficiency"]}
 
 
 def worker_trainer(args, tmp: Path) -> dict:
-    """transformers.Trainer + PEFT LoRA on the same model, data and schedule."""
+    """transformers.Trainer + PEFT LoRA on the same model, data and schedule: A trained (--method lora), A frozen
+    (lora-fa) or PEFT's LoRA-FA optimizer (lorafa-opt: create_lorafa_optimizer at the same lr and weight decay;
+    it freezes lora_A itself; the Trainer puts its linear warm-up schedule on it)."""
     from peft import LoraConfig, get_peft_model  # noqa: PLC0415
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed  # noqa: PLC0415
 
@@ -55,6 +58,10 @@ def worker_trainer(args, tmp: Path) -> dict:
         for n, p in model.named_parameters():
             if "lora_A" in n:
                 p.requires_grad_(False)
+    optimizer = None
+    if args.method == "lorafa-opt":
+        from peft.optimizers import create_lorafa_optimizer  # noqa: PLC0415
+        optimizer = create_lorafa_optimizer(peft_model, r=RANK, lora_alpha=RANK, lr=args.lr, weight_decay=WEIGHT_DECAY)
     tokens = tokenize_glue(load_glue(task, args.data_dir), tokenizer, min(args.max_length, tokenizer.model_max_length))
 
     def metrics(pred):
@@ -69,7 +76,8 @@ def worker_trainer(args, tmp: Path) -> dict:
         report_to="none", disable_tqdm=True, dataloader_pin_memory=False, label_names=["labels"],
         train_sampling_strategy="group_by_length" if args.group else "random")
     trainer = Trainer(model=peft_model, args=targs, train_dataset=tokens["train"], eval_dataset=tokens["dev"],
-                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=metrics)
+                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=metrics,
+                      optimizers=(optimizer, None))
     t0 = time.perf_counter()
     out = trainer.train()
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]
@@ -77,6 +85,8 @@ def worker_trainer(args, tmp: Path) -> dict:
     elapsed = time.perf_counter() - t0
     return {"train_eval_s": elapsed, "steps": out.global_step,
             "metrics": {k.removeprefix("eval_"): v for k, v in result.items() if k[5:] in task.metrics},
+            "dev_loss": result.get("eval_loss"),
+            "optimizer": type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__,  # unwrapped
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "padding": None}
 
 

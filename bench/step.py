@@ -5,6 +5,8 @@
     python bench/step.py --all                    # fp32/bf16 x attention/all-linear, one file
     python bench/step.py --dtype fp32 --targets attention all-linear   # any subset of those
     python bench/step.py --model tiny --steps 2 --warmup 1 --no-rss --out /tmp/x   # smoke run
+    python bench/step.py --variants floor,peft-lora-frozen-a,ours-lora-fa,ours-lora-fa-compiled --threads 1
+                                                  # the compiled row (compiles during the warm-up rounds)
 
 Every variant starts from the same model (one load, deep copies), gets the same random
 batch (batch x seq token ids, all attended, random labels), runs in train() mode with
@@ -39,7 +41,7 @@ def rss_child(args) -> dict:
     """`--only VARIANT --rss`: build that one variant, run 2 steps (optimizer state exists after the
     first), report ru_maxrss and the rise of VmHWM during the steps."""
     base = common.load_model(args.model, seq=args.seq, seed=args.seed)
-    v = build_variant(args.only, base, args.targets[0], copy_model=False)
+    v = build_variant(args.only, base, args.targets[0], copy_model=False, compile_backend=args.compile_backend)
     batch = make_batch(base.config.vocab_size, args.batch, args.seq, args.seed)
     load_peak = record.peak_rss_mib(since_reset=True)  # VmHWM: loading's peak
     record.reset_peak_rss()
@@ -57,7 +59,8 @@ def measure_rss(args, dtype: str, targets: str) -> dict:
     for name in args.variants:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--only", name, "--rss", "--model", args.model,
                "--batch", str(args.batch), "--seq", str(args.seq), "--dtype", dtype, "--targets", targets,
-               "--warmup", str(args.warmup), "--seed", str(args.seed), "--threads", str(args.threads)]
+               "--warmup", str(args.warmup), "--seed", str(args.seed), "--threads", str(args.threads),
+               "--compile-backend", args.compile_backend]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
@@ -70,11 +73,13 @@ def measure_rss(args, dtype: str, targets: str) -> dict:
 
 def run_config(args, base, dtype: str, targets: str) -> str:
     """Build every variant, time them interleaved, measure memory; return the markdown section."""
-    variants = [build_variant(n, base, targets) for n in args.variants]
+    variants = [build_variant(n, base, targets, compile_backend=args.compile_backend) for n in args.variants]
     batch = make_batch(base.config.vocab_size, args.batch, args.seq, args.seed)
+    first = {}  # wall seconds of each variant's first step (the compiled row: compilation included)
     for r in range(args.warmup):
         for v in variants:
-            train_step(v, batch, dtype, args.seed + r)
+            wall, _ = train_step(v, batch, dtype, args.seed + r)
+            first.setdefault(v.name, wall)
         print(f"  [{dtype}/{targets}] warm-up {r + 1}/{args.warmup}, RSS of this process "
               f"{record.rss_now_mib():.0f} MiB", file=sys.stderr, flush=True)
     saved = {v.name: saved_bytes(v, batch, dtype, args.seed) for v in variants}
@@ -111,7 +116,21 @@ def run_config(args, base, dtype: str, targets: str) -> str:
     adapted = len(lora.adapted_modules(by["ours-lora-fa"].model)) if "ours-lora-fa" in by else 0
     h_mib = adapted * args.batch * args.seq * 4 * (2 if dtype == "bf16" else 4) / 2**20  # rank 4
     section += targets_report(by, saved, targets, h_mib)
+    section += compiled_report(by, first, args.compile_backend)
     return "\n".join(section)
+
+
+def compiled_report(by: dict, first: dict, backend: str) -> list[str]:
+    """The compiled row against the same model eager: step-time ratio, and what its first step cost."""
+    comp, eager = by.get("ours-lora-fa-compiled"), by.get("ours-lora-fa")
+    if not comp:
+        return []
+    line = (f"- ours-lora-fa-compiled (torch.compile fullgraph=True, backend {backend}, no graph break): first "
+            f"step {first.get(comp.name, float('nan')):.1f} s (compilation; a warm-up step, not timed)")
+    if eager:
+        line += (f"; timed steps {common.paired_ratio(comp.times, eager.times):.3f} x ours-lora-fa wall, "
+                 f"{common.paired_ratio(comp.cpu, eager.cpu):.3f} x CPU")
+    return [line, ""]
 
 
 def targets_report(by: dict, saved: dict, targets: str, predicted_h_mib: float = float("nan")) -> list[str]:
@@ -154,7 +173,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=12, help="timed rounds (use >= 10 for real numbers)")
     p.add_argument("--warmup", type=int, default=3)
     common.add_run_args(p, VARIANTS, "folder for step_<model>_<dtypes>.md")
+    p.set_defaults(variants=",".join(v for v in VARIANTS if not v.endswith("-compiled")))  # compiling: opt-in
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of ours-lora-fa-compiled")
     p.add_argument("--only", choices=list(VARIANTS), help=argparse.SUPPRESS)
     p.add_argument("--rss", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -190,7 +211,9 @@ def legend() -> str:
         "- peft-lora: PEFT LoRA (A, B) + head; peft-lora-frozen-a: the same with lora_A frozen; peft-lorafa-opt: "
         "peft.optimizers.create_lorafa_optimizer (A frozen, projected B gradient, its own AdamW) + head",
         "- ours-lora: lora.add_lora(freeze_a=False) + head; ours-lora-fa-plain: freeze_a=True with "
-        "set_fast_path(False) (W_eff materialised); ours-lora-fa: freeze_a=True, fast path",
+        "set_fast_path(False) (W_eff materialised); ours-lora-fa: freeze_a=True, fast path; ours-lora-fa-compiled: "
+        "that model in torch.compile(fullgraph=True), optimizer step eager, compiled during the warm-up rounds "
+        "(not timed); its dropout draws from the compiled RNG, not the eager seed stream",
         f"- step ms: wall-clock median over rounds; x {REFERENCE} / x floor: median of per-round ratios "
         "(interleaved); CPU ms and its ratios: the same for the process CPU time of each step",
         "- saved MiB: storages autograd saves during one forward, each counted once; activations: "

@@ -9,6 +9,10 @@
   ours-lora           lora.add_lora(freeze_a=False): A and B + head, AdamW
   ours-lora-fa-plain  lora.add_lora(freeze_a=True) with set_fast_path(False): W_eff materialised
   ours-lora-fa        lora.add_lora(freeze_a=True), fast low-rank path (the default)
+  ours-lora-fa-compiled  ours-lora-fa wrapped in torch.compile(fullgraph=True) (a graph break raises);
+                      the optimizer step stays eager; compilation happens in the warm-up steps. The
+                      word-embedding lookup runs eager and the model gets inputs_embeds that require grad
+                      (the other rows' forward hook calls requires_grad_ inside the graph, which fullgraph refuses)
 
 Adapters: rank 4, alpha 4 (scaling 1), no dropout, B = 0 at init (ours: init="random").
 """
@@ -33,6 +37,7 @@ VARIANTS = {
     "ours-lora": "ours A, B + head",
     "ours-lora-fa-plain": "ours B + head, W_eff materialised",
     "ours-lora-fa": "ours B + head, fast path",
+    "ours-lora-fa-compiled": "ours B + head, fast path, torch.compile(fullgraph=True)",
 }
 LR = 1e-4
 
@@ -44,6 +49,7 @@ class Variant:
     optimizer: torch.optim.Optimizer | None
     times: list[float] = field(default_factory=list)  # wall seconds per timed step
     cpu: list[float] = field(default_factory=list)  # process CPU seconds per timed step
+    embed: object = None  # input_ids -> inputs_embeds that require grad (the compiled row), else None
 
     @property
     def trainable(self) -> int:
@@ -55,15 +61,17 @@ def lora_targets(model, kind: str) -> list[str]:
     return default_targets(model) if kind == "attention" else all_linear_targets(model)
 
 
-def build_variant(name: str, base, targets_kind: str, rank: int = 4, copy_model: bool = True) -> Variant:
-    """A model (deep copy of `base`) and optimizer set up to train what `name` trains (see VARIANTS)."""
+def build_variant(name: str, base, targets_kind: str, rank: int = 4, copy_model: bool = True,
+                  compile_backend: str = "inductor") -> Variant:
+    """A model (deep copy of `base`) and optimizer set up to train what `name` trains (see VARIANTS);
+    `compile_backend`: torch.compile's backend for the -compiled row (tests use "aot_eager")."""
     import lora  # noqa: PLC0415
     from utils.adapters import set_trainable  # noqa: PLC0415
     from utils.models import head_modules  # noqa: PLC0415
 
     model = copy.deepcopy(base) if copy_model else base
     model.train()
-    common.make_embeddings_output_require_grad(model)
+    hook = common.make_embeddings_output_require_grad(model)
     targets = lora_targets(model, targets_kind)
     optimizer = None
     if name == "floor":
@@ -78,7 +86,7 @@ def build_variant(name: str, base, targets_kind: str, rank: int = 4, copy_model:
             module.requires_grad_(True)
         optimizer = peft_lora_fa(name, peft_model, rank, LR)
         model = peft_model
-    elif name.startswith("ours-"):
+    elif name.startswith("ours-"):  # ours-lora, ours-lora-fa(-plain, -compiled)
         lora.add_lora(model, r=rank, lora_alpha=rank, init="random", targets=targets,
                       freeze_a=name != "ours-lora", generator=torch.Generator().manual_seed(0))
         set_trainable(model, "lora")
@@ -88,7 +96,13 @@ def build_variant(name: str, base, targets_kind: str, rank: int = 4, copy_model:
         raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
     if optimizer is None and name != "floor":
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
-    return Variant(name, model, optimizer)
+    embed = None
+    if name.endswith("-compiled"):  # the same parameters: the optimizer above steps them
+        hook.remove()
+        lookup = model.get_input_embeddings()
+        embed = lambda ids: lookup(ids).detach().requires_grad_(True)  # noqa: E731
+        model = torch.compile(model, fullgraph=True, backend=compile_backend)
+    return Variant(name, model, optimizer, embed=embed)
 
 
 def peft_lora_fa(name: str, peft_model, rank: int, lr: float):
@@ -119,6 +133,8 @@ def autocast(dtype: str):
 
 
 def forward(v: Variant, batch: dict, dtype: str):
+    if v.embed is not None:
+        batch = {k: t for k, t in batch.items() if k != "input_ids"} | {"inputs_embeds": v.embed(batch["input_ids"])}
     with autocast(dtype):
         return v.model(**batch).loss
 

@@ -19,6 +19,8 @@ pytestmark = pytest.mark.slow  # the benchmarks' subprocesses on a tiny model: m
 ROOT = Path(__file__).resolve().parents[1]
 STEP_ROWS = ["floor", "head", "full", "peft-lora", "peft-lora-frozen-a", "peft-lorafa-opt", "ours-lora",
              "ours-lora-fa-plain", "ours-lora-fa"]
+EPOCH_COLUMNS = ["runner", "dtype", "grouped", "seed", "steps", "trainable params", "train+eval s", "x Trainer",
+                 "process s", "peak RSS MiB", "padding eff.", "dev accuracy", "dev F1", "dev loss", "optimizer"]
 LLM_ROWS = ["full", "peft-lora", "peft-lora-frozen-a", "peft-lorafa-opt", "ours-lora-fa", "ours-lora-fa+ckpt", "floor"]
 LLM_COLUMNS = ["row", "trains", "trainable params", "weights MiB", "optimizer MiB", "grads MiB", "saved act. MiB @128",
                "peak MiB @128", "saved B/token", "peak B/token", "step s @128", "step x ours-lora-fa"]
@@ -51,11 +53,17 @@ def runs(tmp_path_factory):
     commands = {
         "step": [py, "bench/step.py", "--model", "tiny", "--all", "--steps", "2", "--warmup", "1",
                  "--batch", "4", "--seq", "16", "--no-rss", "--threads", "1", "--out", str(out / "step")],
+        "step-compiled": [py, "bench/step.py", "--model", "tiny", "--variants", "floor,ours-lora-fa,ours-lora-fa-compiled",
+                          "--compile-backend", "aot_eager", "--steps", "2", "--warmup", "1", "--batch", "4", "--seq", "16",
+                          "--no-rss", "--threads", "1", "--out", str(out / "step-compiled")],
         "step-rss": [py, "bench/step.py", "--model", "tiny", "--only", "ours-lora-fa", "--rss",
                      "--batch", "4", "--seq", "16", "--threads", "1"],
         "epoch": [py, "bench/epoch.py", "--model", str(model_dir), "--data-dir", str(glue_dir), "--max-steps", "2",
                   "--batch", "4", "--max-length", "32", "--dtypes", "bf16", "--ours-methods", "lora-fa,lora",
                   "--grouping", "on,off", "--threads", "1", "--out", str(out / "epoch")],
+        "epoch-opt": [py, "bench/epoch.py", "--model", str(model_dir), "--data-dir", str(glue_dir), "--max-steps", "2",
+                      "--batch", "4", "--max-length", "32", "--dtypes", "fp32", "--peft-methods", "lora-fa,lorafa-opt",
+                      "--threads", "1", "--out", str(out / "epoch-opt")],
         "init": [py, "bench/init.py", "--model", "tiny", "--repeats", "1", "--threads", "1,2",
                  "--out", str(out / "init"), "--data-model", str(model_dir), "--data-dir", str(glue_dir),
                  "--init-batches", "2", "--batch", "4", "--max-length", "32"],
@@ -99,6 +107,30 @@ def test_step_table(runs):
     assert text.count("(target <= 1.0)") == 4 and text.count("(target <= 1.1)") == 4 and "LoRA-FA / LoRA saved bytes" in text
 
 
+def test_step_compiled_row(runs):
+    """ours-lora-fa in torch.compile(fullgraph=True) (aot_eager here: no C++ build): a row like the eager one's,
+    and the line with its first (compiling) step and its ratio to the eager row."""
+    results, out = runs
+    stdout = check_ok(results["step-compiled"])
+    text = (out / "step-compiled" / "step_tiny_fp32.md").read_text()
+    assert text.strip() == stdout.strip() and "--variants floor,ours-lora-fa,ours-lora-fa-compiled" in text
+    _, rows = table_rows(text, "variant")
+    assert [r[0] for r in rows] == ["floor", "ours-lora-fa", "ours-lora-fa-compiled"]
+    by = {r[0]: r for r in rows}
+    assert by["ours-lora-fa-compiled"][2] == by["ours-lora-fa"][2] != "0"  # the same trainable parameters
+    assert all(float(by["ours-lora-fa-compiled"][k]) > 0 for k in (3, 7, 10, 11))
+    line = next(ln for ln in text.splitlines() if ln.startswith("- ours-lora-fa-compiled"))
+    assert "fullgraph=True, backend aot_eager, no graph break): first step" in line and "x ours-lora-fa wall" in line
+    assert "ours-lora-fa-compiled: that model in torch.compile(fullgraph=True)" in text  # the legend
+
+
+def test_step_default_rows_leave_compiling_out():
+    from bench.step import parse_args
+
+    assert parse_args([]).variants == STEP_ROWS
+    assert parse_args(["--variants", "ours-lora-fa-compiled"]).variants == ["ours-lora-fa-compiled"]
+
+
 def test_step_rss_child(runs):
     results, _ = runs
     stdout = check_ok(results["step-rss"])
@@ -135,10 +167,10 @@ def test_epoch_table(runs):
     check_ok(results["epoch"])
     text = (out / "epoch" / "epoch_bf16.md").read_text()
     columns, rows = table_rows(text, "runner")
-    assert columns == ["runner", "dtype", "grouped", "seed", "steps", "trainable params", "train+eval s", "x Trainer",
-                       "process s", "peak RSS MiB", "padding eff.", "dev accuracy", "dev F1"]
+    assert columns == EPOCH_COLUMNS
     assert [r[0] for r in rows[::2]] == ["ours (run_experiment, LoRA-FA)", "ours (run_experiment, LoRA)",
-                                         "Trainer + PEFT (lora, A frozen)", "Trainer + PEFT (lora)"]
+                                         "Trainer + PEFT LoRA, A frozen", "Trainer + PEFT LoRA"]
+    assert {r[14] for r in rows} == {"AdamW"} and all(float(r[13]) > 0 for r in rows)
     assert [r[2] for r in rows] == ["yes", "no"] * 4 and all(r[1] == "bf16" and r[4] == "2" for r in rows)
     trainable = [int(r[5].replace(",", "")) for r in rows[::2]]
     # A frozen vs trained: ours and PEFT train as many parameters, method for method; LoRA trains rank*in more
@@ -147,8 +179,34 @@ def test_epoch_table(runs):
     assert 0 < float(rows[0][10]) <= 1 and rows[4][10] == "n/a"  # padding efficiency: ours only
     assert all(0 <= float(r[11]) <= 1 for r in rows)
     assert text.count("(target <= 1.0 x at equal or better F1)") == 4 and "failed" not in text
-    assert "ours (run_experiment, LoRA) takes" in text and "of Trainer + PEFT (lora) (median" in text
+    assert "ours (run_experiment, LoRA) takes" in text and "of Trainer + PEFT LoRA (median" in text
     assert text.count("grouped / plain batches") == 4 and "(target <= 0.6 x at an F1 not lower" in text
+
+
+def test_epoch_lorafa_optimizer_row(runs):
+    """--peft-methods lorafa-opt: the Trainer runs with PEFT's create_lorafa_optimizer (it freezes lora_A: as many
+    trainable parameters as PEFT LoRA with A frozen), labelled apart from that row, timed against it."""
+    results, out = runs
+    check_ok(results["epoch-opt"])
+    text = (out / "epoch-opt" / "epoch_fp32.md").read_text()
+    columns, rows = table_rows(text, "runner")
+    assert columns == EPOCH_COLUMNS
+    assert [r[0] for r in rows] == ["ours (run_experiment, LoRA-FA)", "Trainer + PEFT LoRA, A frozen",
+                                    "Trainer + PEFT create_lorafa_optimizer"]
+    assert [r[14] for r in rows] == ["AdamW", "AdamW", "LoraFAOptimizer"]
+    assert rows[0][5] == rows[1][5] == rows[2][5] and all(r[4] == "2" for r in rows)
+    assert float(rows[1][7]) == 1.0 and float(rows[2][7]) > 0  # x Trainer: against PEFT LoRA with A frozen
+    assert "PEFT LoRA-FA" not in text and "failed" not in text
+
+
+def test_epoch_peft_methods_are_checked():
+    from bench.epoch import parse_args
+
+    assert parse_args(["--peft-methods", "lorafa-opt,lora"]).peft_methods == ["lorafa-opt", "lora"]
+    with pytest.raises(SystemExit):
+        parse_args(["--peft-methods", "lorafa"])
+    with pytest.raises(SystemExit):
+        parse_args(["--ours-methods", "lorafa-opt"])  # PEFT's optimizer is not a method of ours
 
 
 def llm_memory(out: Path, *extra: str) -> subprocess.CompletedProcess:
