@@ -108,6 +108,7 @@ def test_failed_run_exits_1(tmp_path, tiny_models, glue_dir, capsys):
     assert "(no finished runs)" in out and f"not counted: {log} (failed: TrainingDiverged: training diverged" in out
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores
 def test_plot_writes_the_general_figures_and_no_round_report(tmp_path, capsys):
     """`run_glue.py plot` is the general plot command: figures and summary tables, no round's report;
     a round's own figures come from `python -m experiments.roundN.figures`, which takes the same flags."""

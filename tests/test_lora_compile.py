@@ -14,6 +14,7 @@ import lora
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores
 @pytest.mark.parametrize("freeze_a", [True, False])
 def test_fullgraph_compile_matches_eager(freeze_a):
     for lora_dropout in (0.0, 0.3):

@@ -277,6 +277,7 @@ def test_mpnet_missing_packages_message(monkeypatch, tmp_path):
     assert not (tmp_path / "mpnet").exists()
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores
 @pytest.mark.skipif(not mpnet_installed(), reason=f"optional: {M.MPNET_PIP}")
 def test_mpnet_alias():
     folder = M.resolve_model("mpnet")  # unzips once into the cache, then reuses it

@@ -55,6 +55,7 @@ def log_dir(tmp_path):
     return root
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores
 def test_main_writes_expected_files(log_dir, tmp_path):
     out = tmp_path / "imgs"
     written = plots.main(log_dir, out)

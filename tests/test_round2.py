@@ -205,6 +205,7 @@ def test_plot_round2_writes_the_figures_and_rings_the_chosen_lr(round2_logs, tmp
     figures.plt.close(fig)
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores
 def test_show_round2_draws_one_task(round2_logs, monkeypatch):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))
