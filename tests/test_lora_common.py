@@ -114,6 +114,15 @@ def perturb_B(model, seed=5, scale=0.05):
             p.lora_B.add_(scale * torch.randn(p.lora_B.shape, generator=g, dtype=torch.float64).to(p.lora_B))
 
 
+
+def trained_tiny_model(r, targets, init="pissa"):
+    """A tiny BERT with adapters on `targets`, its B moved off init as training would (`perturb_B`), and
+    token ids to run it on: (model, ids)."""
+    model = tiny_model()
+    lora.add_lora(model, r=r, init=init, targets=targets)
+    perturb_B(model)
+    return model, token_ids()
+
 # -- checks of the helpers -------------------------------------------------------------------------
 @pytest.mark.parametrize("shape", [(7, 5), (5, 7), (6, 6)])
 def test_spectral_matrix_has_the_prescribed_singular_values(shape):

@@ -21,6 +21,7 @@ from tests.test_lora_common import (
     spectral_matrix,
     tiny_model,
     token_ids,
+    trained_tiny_model,
     truncation,
 )
 
@@ -240,10 +241,7 @@ def test_lora_fa_linear_bf16_autocast_keeps_dtypes():
 
 
 def test_fast_path_float32_bert():
-    model = tiny_model()
-    lora.add_lora(model, r=4, init="pissa", targets=ENCODER)
-    perturb_B(model)
-    ids = token_ids()
+    model, ids = trained_tiny_model(4, ENCODER)
     with torch.no_grad():
         fast = hidden(model, ids)
         lora.set_fast_path(model, False)

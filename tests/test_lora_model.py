@@ -9,7 +9,18 @@ from torch.nn.utils import parametrize
 
 import lora
 from tests import test_lora_common as common
-from tests.test_lora_common import ATTN, ENCODER, INITS, adapter, base_weight, hidden, perturb_B, tiny_model, token_ids
+from tests.test_lora_common import (
+    ATTN,
+    ENCODER,
+    INITS,
+    adapter,
+    base_weight,
+    hidden,
+    perturb_B,
+    tiny_model,
+    token_ids,
+    trained_tiny_model,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # small matrices: one thread is faster
 
@@ -261,10 +272,7 @@ def test_bf16_pissa_keeps_the_output():
 # -- copies ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("finish", [lora.merge_lora, lora.remove_lora])
 def test_a_deep_copy_is_independent_of_the_original(finish):
-    model = tiny_model()
-    lora.add_lora(model, r=2, init="pissa", targets=ATTN)
-    perturb_B(model)
-    ids = token_ids()
+    model, ids = trained_tiny_model(2, ATTN)
     with torch.no_grad():
         before = hidden(model, ids)
         twin = copy.deepcopy(model)

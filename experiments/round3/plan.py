@@ -145,7 +145,7 @@ def run_states(log_dir, *, model=MODEL, data_dir=None) -> list[tuple[str, RunCon
         configs.append(cfg)
     spent = float(summaries["wall_time_s"].sum()) / 3600 if len(summaries) else 0.0
     states = budget_states(entries, hours_per_run(summaries), spent)
-    return [(s, None if s == "over budget" and c is None else c) for s, c in zip(states, configs)]
+    return list(zip(states, configs))
 
 
 def footer(log_dir, *, model=MODEL, data_dir=None, states) -> str:
