@@ -35,6 +35,7 @@ def test_commands_give_the_runs_they_stand_for(tmp_path):
         base, grid = run_glue.split_args(run_glue.train_parser().parse_args(cmd[2:]))
         assert not grid and base.canonical().run_id == cfg.run_id and base.threads == 1
         assert base.ckpt_dir == str(tmp_path / "ckpt")  # outside the worktree; not part of the run id
+        assert base.resume and base.checkpoint_minutes == sweep.CHECKPOINT_MINUTES
         assert cfg.holdout == 0.1 and cfg.group_by_length and cfg.epochs == round2.EPOCHS[task]
 
 

@@ -117,6 +117,33 @@ def test_resume_gives_the_same_run(tmp_path, tiny_models, glue_dir, overrides):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
+def test_timed_checkpoints_resume_mid_epoch(tmp_path, tiny_models, glue_dir, monkeypatch):
+    """checkpoint_minutes=0 saves after every optimizer step; a run killed right after a step that was no
+    evaluation resumes from that step (not the last evaluation) to the uninterrupted run's numbers."""
+    settings = dict(grad_accum=2, eval_every=5, max_steps=9, keep_checkpoint=True)
+    ref = run_experiment(tiny_run_config(tmp_path / "a", tiny_models["bert"], glue_dir, **settings), progress=False)
+    cut = tiny_run_config(tmp_path / "b", tiny_models["bert"], glue_dir, checkpoint_minutes=0, **settings)
+    save, saved = ckpt.save_checkpoint, []
+
+    def save_then_kill(run_dir, step, **kw):
+        out = save(run_dir, step, **kw)
+        saved.append(step)
+        if step == 8:  # two steps into epoch 2 (evaluations at step 5 and at the epoch's end, step 6)
+            raise Stop("killed after the step-8 checkpoint")
+        return out
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_kill)
+    with pytest.raises(Stop):
+        run_experiment(cut, progress=False)
+    assert saved == [1, 2, 3, 4, 5, 6, 7, 8] and [h["step"] for h in read_log(cut.log_path)["history"]] == [5, 6]
+    monkeypatch.setattr(ckpt, "save_checkpoint", save)
+    resumed = run_experiment(dataclasses.replace(cut, resume=True), progress=False)
+    assert resumed["resumed_from_step"] == 8 and resumed["summary"]["final"] == ref["summary"]["final"]
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "time_s"} for h in hs]  # noqa: E731
+    assert strip(resumed["history"]) == strip(ref["history"]) and resumed["train_loss"] == ref["train_loss"]
+    assert cut.run_id == ref["run_id"]  # how often a run checkpoints is not part of what it computes
+
+
 def test_checkpoint_is_pickle_free_and_loads_with_lora(tmp_path, tiny_models, glue_dir):
     cfg = tiny_run_config(tmp_path, tiny_models["bert"], glue_dir, keep_checkpoint=True, max_steps=4)
     run_experiment(cfg, progress=False)

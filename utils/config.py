@@ -33,8 +33,8 @@ RUN_SVD_METHODS = tuple(m for m in SVD_METHODS if m != "auto")
 LOGGED_SVD_AUTO = "lanczos"
 NAME_FIELDS = ("task", "model", "method", "init", "rank", "lr", "seed")  # spelled out in run_id
 PATH_FIELDS = ("data_dir", "log_dir", "ckpt_dir")  # where files are; logs record them as given (utils.record)
-RUN_CONTROL = PATH_FIELDS + ("resume", "overwrite", "keep_checkpoint", "threads")  # how and where, not what
-UNHASHED_FIELDS = PATH_FIELDS + ("resume", "overwrite", "keep_checkpoint",
+RUN_CONTROL = PATH_FIELDS + ("resume", "overwrite", "keep_checkpoint", "checkpoint_minutes", "threads")  # how and where, not what
+UNHASHED_FIELDS = PATH_FIELDS + ("resume", "overwrite", "keep_checkpoint", "checkpoint_minutes",
                                  "eval_batch_size", "log_every", "threads")  # never change what a run computes
 # Fields added after the first logs were written, with the value every older run used. A field
 # at its legacy value is left out of the run id's hash, so the ids of committed logs stay valid,
@@ -88,6 +88,7 @@ class RunConfig:
     resume: bool = False  # continue from the run's last checkpoint, if there is one
     overwrite: bool = False  # rerun a run whose log says finished (default: skip it)
     keep_checkpoint: bool = False  # keep the last checkpoint when the run finishes
+    checkpoint_minutes: float | None = None  # also checkpoint (no evaluation) once this long after the last save
     threads: int | None = None  # torch intra-op threads; none: torch's default
 
     # ------------------------------------------------------------------ derived
@@ -159,6 +160,8 @@ class RunConfig:
         for name in ("batch_size", "grad_accum", "log_every"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         need(self.eval_every is None or self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
+        need(self.checkpoint_minutes is None or self.checkpoint_minutes >= 0,
+             f"checkpoint_minutes must be >= 0 (0: after every optimizer step), got {self.checkpoint_minutes}")
         need(self.eval_batch_size is None or self.eval_batch_size >= 1,
              f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         need(self.max_length >= 8, f"max_length must be >= 8, got {self.max_length}")

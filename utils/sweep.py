@@ -18,12 +18,15 @@ from collections.abc import Callable
 from utils.config import RunConfig, cli_args
 
 POLL_S = 60  # how often an idle worker looks again while another worker's run is going
+CHECKPOINT_MINUTES = 10  # a run also checkpoints this often, so a killed worker loses at most that much
 
 
 def command(cfg: RunConfig, threads: int | None, ckpt_dir: str | None = None) -> list[str]:
     """The `run_glue.py` command line of one run: its settings (`cli_args`), resumable, no progress bars,
-    checkpoints under `ckpt_dir` if given (a folder outside the sweep's worktree survives its removal)."""
-    cmd = [sys.executable, "run_glue.py", *cli_args(cfg), "--resume", "--no-progress", "--log-dir", cfg.log_dir]
+    checkpoints every `CHECKPOINT_MINUTES` and under `ckpt_dir` if given (a folder outside the sweep's
+    worktree survives its removal)."""
+    cmd = [sys.executable, "run_glue.py", *cli_args(cfg), "--resume", "--no-progress", "--log-dir", cfg.log_dir,
+           "--checkpoint-minutes", str(CHECKPOINT_MINUTES)]
     cmd += ["--data-dir", cfg.data_dir] if cfg.data_dir else []
     cmd += ["--ckpt-dir", ckpt_dir] if ckpt_dir else []
     return cmd + (["--threads", str(threads)] if threads else [])

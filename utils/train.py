@@ -3,9 +3,10 @@
 Read top to bottom: the model is built (seeded first, so the new classification head is
 reproducible), adapters are added, data is tokenised (cached), then `_train` runs AdamW
 with linear warm-up/decay, gradient clipping, gradient accumulation and optional bf16
-autocast. After every evaluation the log is rewritten (status "running") and a checkpoint
-saved, so a killed run resumes (`resume=True`) to the same final numbers. HF Accelerate
-runs the same code on a CPU, a GPU, or several processes (`torchrun` / `accelerate launch`).
+autocast. After every evaluation the log is rewritten (status "running") and a checkpoint saved
+(also every `checkpoint_minutes` in between), so a killed run resumes (`resume=True`) to the same
+final numbers. HF Accelerate runs the same code on a CPU, a GPU, or several processes (`torchrun` /
+`accelerate launch`).
 """
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ class Run:
     steps_per_epoch: int = 0  # optimizer steps per epoch
     total: int = 0  # optimizer steps of the whole run
     t0: float = field(default_factory=time.time)  # start of this attempt
+    last_save: float = field(default_factory=time.time)  # when the last checkpoint was written (or t0)
 
     def write_log(self):
         if self.acc.is_main_process:
@@ -239,6 +241,11 @@ def _train(run: Run, pos: Position, progress: bool, on_eval) -> None:
                     on_eval(run.log)
                 model.train()
                 t_train = time.time()
+            elif _checkpoint_due(run, pos):
+                pos.timers["train"] += time.time() - t_train
+                t_train = time.time()
+                pos.epoch, pos.batch = epoch, b + 1
+                _save(run, pos)
             if pos.step >= run.total:
                 bar.close()
                 return
@@ -265,11 +272,26 @@ def _evaluate_and_save(run: Run, pos: Position) -> None:
     run.write_log()
     if run.acc.is_main_process:
         record.save_predictions(predictions_path(run.cfg.log_path), pos.step, preds)
+    _save(run, pos)
+
+
+def _checkpoint_due(run: Run, pos: Position) -> bool:
+    """Whether `cfg.checkpoint_minutes` have passed since the last save (the main process's clock decides
+    for all, so every process saves at the same step)."""
+    if run.cfg.checkpoint_minutes is None:
+        return False
+    due = torch.tensor(float(time.time() - run.last_save >= 60 * run.cfg.checkpoint_minutes), device=run.acc.device)
+    return bool(run.acc.reduce(due, "max")) if run.acc.num_processes > 1 else bool(due)
+
+
+def _save(run: Run, pos: Position) -> None:
+    """Checkpoint the run where `pos` stands (parameters, optimizer, schedule, RNG, history so far)."""
     state = {**dataclasses.asdict(pos), "elapsed": run.elapsed(pos), "run_id": run.cfg.run_id,
              "processes": run.acc.num_processes, "history": run.log["history"],
              "train_loss": run.log["train_loss"]}
     ckpt.save_checkpoint(run.cfg.ckpt_path, pos.step, model=run.model, optimizer=run.optimizer,
                          scheduler=run.scheduler, state=state, accelerator=run.acc)
+    run.last_save = time.time()
 
 
 def _finish(run: Run, pos: Position, progress: bool) -> None:
