@@ -135,6 +135,7 @@ def _inputs_with_padding(model, name, batches):
     return seen
 
 
+@pytest.mark.slow
 def test_eva_on_minilm():
     path = minilm.get_model_path()
     torch.manual_seed(0)
@@ -178,6 +179,7 @@ def test_grad_loss_fn_matters_and_one_pass_per_batch():
     assert any(torch.linalg.svdvals(a.double() @ b.double().T).min() < 0.99 for a, b in zip(*A.values()))
 
 
+@pytest.mark.slow
 def test_grad_on_minilm():
     path = minilm.get_model_path()
     torch.manual_seed(0)

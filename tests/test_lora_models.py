@@ -38,6 +38,7 @@ def test_minilm_targets_adapt_24_layers(model):
     assert all(base_weight(model.get_submodule(n)).shape == (384, 384) for n in names)
 
 
+@pytest.mark.slow
 def test_minilm_svd_init_matches_float64_truncation(model):
     r = 8  # auto -> Lanczos (8r <= 384)
     names = lora.add_lora(model, r=r, init="svd", targets=TARGETS)

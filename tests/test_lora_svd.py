@@ -143,6 +143,7 @@ def test_float32_and_bf16_inputs_are_solved_in_float64():
         check_triplets(Wd.double(), U, S, V, 4, tol=1e-7)
 
 
+@pytest.mark.slow
 def test_real_minilm_attention_weights():
     """The 24 attention matrices of all-MiniLM-L6-v2 (384 x 384, flat spectra): every one
     converges by Krylov itself and lands within 1e-7 of the float64 W_r."""

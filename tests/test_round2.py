@@ -169,6 +169,7 @@ def test_projected_hours_prices_each_unfinished_run_at_its_group_median():
     assert spent == pytest.approx(6900 / 3600) and total == pytest.approx((6900 + 4 * 900 + 1800) / 3600)
 
 
+@pytest.mark.slow
 def test_the_main_family_is_the_registered_one_on_the_committed_logs():
     """Holm runs over every registered test of steps 3-4 (6 contrasts × final/best × 2 steps × 2 tasks),
     the 8 that have no p (CoLA at the small lr: zero difference on every seed) counted as p = 1."""
@@ -308,6 +309,7 @@ def test_ceiling_ratio_is_the_best_inits_share_of_full_fine_tunings_gain():
     assert round2_plan.ceiling_ratio(without_grad, selected, "mrpc", 0.812)[0] is None
 
 
+@pytest.mark.slow
 def test_report_states_the_ceiling_ratio_once_every_init_has_runs(round2_logs):
     md = round2_report(load_runs(round2_logs), load_summaries(round2_logs), {"mrpc": {"f1": 0.812}})
     assert "Ceiling ratio" not in md  # pissa, milora, eva and grad have no runs
