@@ -71,6 +71,14 @@ def fmt_p(p: float) -> str:
     return "–" if pd.isna(p) else ("<0.001" if p < 0.0005 else f"{p:.3f}")
 
 
+def shares(chosen: pd.DataFrame, m0: float) -> list[str]:
+    """Each row's share of full fine-tuning's gain over the majority class `m0`, (final − m0) / (full
+    fine-tuning's final − m0), as text; "–" without a full fine-tuning row or gain. `chosen`: `summary_table`."""
+    full = chosen.loc[chosen["method"] == "full", "final_mean"]
+    gain = full.iloc[0] - m0 if len(full) else math.nan
+    return ["–" if pd.isna(gain) or gain <= 0 else f"{(m - m0) / gain:.2f}" for m in chosen["final_mean"]]
+
+
 def compute_table(summaries: pd.DataFrame) -> pd.DataFrame:
     """Wall time of the finished runs per task and method: runs, median and range per run in
     minutes, and total hours (each run's own logged wall clock, summed; runs that shared the CPU

@@ -32,9 +32,18 @@ from experiments.round2.protocol import (
     grid_lrs,
     selected_lrs,
 )
-from experiments.round2.tables import family, series_markdown, shares, within
+from experiments.round2.tables import family, series_markdown, within
 from utils.glue import get_task
-from utils.report import compute_table, fmt_lr, fmt_p, format_table, paired_markdown, steps_markdown, to_markdown
+from utils.report import (
+    compute_table,
+    fmt_lr,
+    fmt_p,
+    format_table,
+    paired_markdown,
+    shares,
+    steps_markdown,
+    to_markdown,
+)
 from utils.selection import holdout_scores
 from utils.stats import (
     PAIRED_BY_SERIES,

@@ -1,15 +1,12 @@
 """Round 2's table pieces that its report (`experiments.round2.report`) and its follow-up checks
-(`experiments.round2.checks`) share: a family of paired tests, the share of full fine-tuning's gain, and the
-table of every series at its chosen lr.
+(`experiments.round2.checks`) share: a family of paired tests and the table of every series at its chosen lr.
 """
 from __future__ import annotations
-
-import math
 
 import pandas as pd
 
 from experiments.round2.protocol import at_selected, convergence
-from utils.report import format_table, to_markdown
+from utils.report import format_table, shares, to_markdown
 from utils.stats import holm, series_order, summary_table
 
 
@@ -31,14 +28,6 @@ def within(frames: list[pd.DataFrame], label: str) -> list[pd.DataFrame]:
     "<init> <label.format(a)>", e.g. "random r16" with `label` "r{}"."""
     return [f.assign(**{side: [f"{i} {label.format(v)}" for i, v in zip(f["init"], f[side])] for side in "ab"})
             if not f.empty else f for f in frames]
-
-
-def shares(chosen: pd.DataFrame, m0: float) -> list[str]:
-    """Each row's share of full fine-tuning's gain over the majority class `m0`, (final − m0) / (full
-    fine-tuning's final − m0), as text; "–" without a full fine-tuning row or gain. `chosen`: `summary_table`."""
-    full = chosen.loc[chosen["method"] == "full", "final_mean"]
-    gain = full.iloc[0] - m0 if len(full) else math.nan
-    return ["–" if pd.isna(gain) or gain <= 0 else f"{(m - m0) / gain:.2f}" for m in chosen["final_mean"]]
 
 
 def series_markdown(summaries: pd.DataFrame, runs: pd.DataFrame, selected: pd.DataFrame, m0: float) -> str:
