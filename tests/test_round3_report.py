@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from matplotlib.collections import PathCollection
 from scipy import stats
 
 from experiments.round3 import plan
@@ -91,3 +92,26 @@ def test_the_report_shows_the_choice_the_gate_and_the_family(round3_logs, glue_d
 def test_no_finished_run_says_so(tmp_path):
     text = r3.round3_report(tmp_path / "none", data_dir=tmp_path)
     assert text.startswith("No finished round-3 run yet.") and "worker-hours logged (budget 80)" in text
+
+
+def test_figures_and_page_are_written_from_the_logs(round3_logs, tmp_path):
+    from experiments.round3 import figures
+
+    written = figures.main(round3_logs, tmp_path / "imgs")
+    assert sorted(p.name for p in written) == ["cola_chosen_lr_history.png", "cola_comparison.png", "round3.md",
+                                               "summary.png"]
+    page = (tmp_path / "imgs" / "round3.md").read_text()
+    assert "COLA: svd − random" in page and all(p.stat().st_size > 10_000 for p in written if p.suffix == ".png")
+    summaries = load_summaries(read_logs(round3_logs))
+    chosen = plan.chosen_lrs(load_runs(read_logs(round3_logs)))
+    ax = figures.comparison_figure(summaries, chosen, "cola", {"cola": {"mcc": 0.0}}).axes[0]
+    dots = [c.get_offsets()[:, 1] for c in ax.collections if isinstance(c, PathCollection)]  # the scatters
+    assert [sorted(d) for d in dots] == [sorted(DEV[i]) for i in ("none", "random", "svd", "pissa")]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["full FT", "random", "svd", "pissa"]
+
+
+def test_figures_without_runs_write_only_the_status_page(tmp_path):
+    from experiments.round3 import figures
+
+    written = figures.main(tmp_path / "none", tmp_path / "imgs")
+    assert [p.name for p in written] == ["round3.md"] and "No finished round-3 run yet" in written[0].read_text()

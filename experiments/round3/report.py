@@ -147,8 +147,9 @@ def gate_sentence(runs: pd.DataFrame, chosen: dict, task: str, data_dir=None) ->
             f"{GATE:+.2f}): it {verdict}.")
 
 
-def round3_report(log_dir="logs/round3", data_dir=None) -> str:
-    """Round 3's tables as markdown, from the finished logs in `log_dir` (see the module docstring)."""
+def round3_report(log_dir="logs/round3", data_dir=None, tasks=TASKS) -> str:
+    """Round 3's tables as markdown, from the finished logs in `log_dir` (see the module docstring): the
+    sections of `tasks`, then the whole family and the compute of every task."""
     logs = read_logs(log_dir) if Path(log_dir).is_dir() else {}
     states = run_states(log_dir, data_dir=data_dir)
     status = f"Progress: {footer(log_dir, data_dir=data_dir, states=states)}."
@@ -163,7 +164,7 @@ def round3_report(log_dir="logs/round3", data_dir=None) -> str:
            "mean ± std over seeds, 95 % t-interval; share of full FT = (final − majority) / (full FT's mean final − "
            f"majority). Paired: a − b on the seeds both series finished, two-sided paired t-test, Holm over the "
            f"m = {len(FAMILY)} registered tests (a test without pairs counts as p = 1). {status}\n"]
-    for task in TASKS:
+    for task in tasks:
         t = get_task(task)
         if not (summaries["task"] == t.name).any():
             continue
