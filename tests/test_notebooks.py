@@ -152,10 +152,11 @@ def executed(tmp_path_factory):
     logs, imgs = tmp / "logs", tmp / "imgs"
     tiny = dict(model=str(model), inits=["random", "svd"], ranks=[2], lrs=[1e-2], seeds=[0], epochs=1,
                 max_steps=2, batch_size=4, max_length=32, data_dir=str(glue), log_dir=str(logs),
-                bf16=False, eval_every=1, round2_log_dir=str(tmp / "round2"))
+                bf16=False, eval_every=1, round2_log_dir=str(tmp / "round2"), round3_log_dir=str(tmp / "round3"))
     out = {}
     for name in NOTEBOOKS:
-        params = tiny if name in TASK_NOTEBOOKS.values() else dict(log_dir=str(logs), out_dir=str(imgs), round2_log_dir="")
+        params = tiny if name in TASK_NOTEBOOKS.values() else dict(log_dir=str(logs), out_dir=str(imgs), round2_log_dir="",
+                                                                         round3_log_dir="")
         out[name] = papermill.execute_notebook(
             str(REPO / name), str(tmp / f"out_{name}"), parameters=params, kernel_name="python3",
             cwd=str(REPO), progress_bar=False, execution_timeout=600)
@@ -173,6 +174,7 @@ def test_task_notebooks_run_and_plot(executed):
         assert any("| svd |" in t and "| random |" in t for t in tables)
         printed = "".join(o.get("text", "") for o in _outputs(nb, None))
         assert f"round 2, {task}: 0 of " in printed  # an empty round-2 folder: progress, no figures
+        assert any(t.startswith("No finished round-3 run yet. Progress: 0 of 102") for t in tables)  # round 3 too
 
 
 def test_plots_for_preso_writes_figures(executed):

@@ -81,6 +81,7 @@ def test_the_report_shows_the_choice_the_gate_and_the_family(round3_logs, glue_d
     text = r3.round3_report(round3_logs, data_dir=glue_dir)
     assert "**0.450 (0.440)**" in text  # random's chosen lr: holdout score (final dev), in bold
     assert "| 0.410 (0.300) |" in text and "**0.410 (0.430)**" in text  # pissa's tie went to the smaller lr
+    assert "16 of 102 planned runs finished" in text
     assert "m = 9" in text and "Gate: full fine-tuning at lr 5e-05" in text and "dev majority class 0.000" in text
     assert "No pairs yet (p = 1 in the Holm step): COLA grad − random, RTE svd − random" in text
     series = text.split("Every series")[1].split("The registered")[0]
@@ -91,7 +92,8 @@ def test_the_report_shows_the_choice_the_gate_and_the_family(round3_logs, glue_d
 
 def test_no_finished_run_says_so(tmp_path):
     text = r3.round3_report(tmp_path / "none", data_dir=tmp_path)
-    assert text.startswith("No finished round-3 run yet.") and "worker-hours logged (budget 80)" in text
+    assert text.startswith("No finished round-3 run yet.") and "0 of 102 planned runs finished" in text
+    assert "0.0 worker-hours logged (budget 80)" in text
 
 
 def test_figures_and_page_are_written_from_the_logs(round3_logs, tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.round3.plan import (
+    BUDGET,
     CONVERGED,
     EPOCHS,
     FAMILY,
@@ -30,7 +31,6 @@ from experiments.round3.plan import (
     RANK,
     TASKS,
     chosen_lrs,
-    footer,
     gate,
     run_states,
 )
@@ -147,12 +147,23 @@ def gate_sentence(runs: pd.DataFrame, chosen: dict, task: str, data_dir=None) ->
             f"{GATE:+.2f}): it {verdict}.")
 
 
+def progress(log_dir, data_dir=None) -> str:
+    """How far the plan is, from the finished logs alone (never from locks or running logs, so a committed
+    page regenerates the same anywhere): runs finished, cut by the budget, gated, still to run; hours."""
+    kinds = [s.split(":")[0] for s, _ in run_states(log_dir, data_dir=data_dir)]
+    logs = read_logs(log_dir) if Path(log_dir).is_dir() else {}
+    hours = sum(log["summary"]["wall_time_s"] for log in logs.values()) / 3600
+    done, cut, gated = kinds.count("finished"), kinds.count("over budget"), kinds.count("gated")
+    return (f"Progress: {done} of {len(kinds)} planned runs finished, {cut} cut by the budget rule as it stands"
+            f"{f', {gated} gated out' if gated else ''}, {len(kinds) - done - cut - gated} to run; {hours:.1f} "
+            f"worker-hours logged (budget {BUDGET:g}).")
+
+
 def round3_report(log_dir="logs/round3", data_dir=None, tasks=TASKS) -> str:
     """Round 3's tables as markdown, from the finished logs in `log_dir` (see the module docstring): the
     sections of `tasks`, then the whole family and the compute of every task."""
     logs = read_logs(log_dir) if Path(log_dir).is_dir() else {}
-    states = run_states(log_dir, data_dir=data_dir)
-    status = f"Progress: {footer(log_dir, data_dir=data_dir, states=states)}."
+    status = progress(log_dir, data_dir)
     if not logs:
         return f"No finished round-3 run yet. {status}\n"
     runs, summaries = load_runs(logs), load_summaries(logs)
