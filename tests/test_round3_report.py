@@ -117,3 +117,11 @@ def test_figures_without_runs_write_only_the_status_page(tmp_path):
 
     written = figures.main(tmp_path / "none", tmp_path / "imgs")
     assert [p.name for p in written] == ["round3.md"] and "No finished round-3 run yet" in written[0].read_text()
+
+
+def test_the_cut_is_named_by_series_and_seed():
+    runs = plan.planned_runs()
+    kinds = ["over budget" if (r[0], r[2]) == ("mrpc", "grad") and r[4] >= 1 or (r[0], r[2], r[4]) == ("rte", "svd", 0)
+             else "ready" for r in runs]
+    assert r3.named_cut(kinds) == "RTE svd seed 0 (3 runs); MRPC grad seeds 1, 2, 3, 4"  # rte's 3-lr grid: 3 runs
+    assert r3.named_cut(["ready"] * len(runs)) == ""

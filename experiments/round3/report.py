@@ -32,6 +32,7 @@ from experiments.round3.plan import (
     TASKS,
     chosen_lrs,
     gate,
+    planned_runs,
     run_states,
 )
 from utils.glue import get_task
@@ -156,7 +157,18 @@ def progress(log_dir, data_dir=None) -> str:
     done, cut, gated = kinds.count("finished"), kinds.count("over budget"), kinds.count("gated")
     return (f"Progress: {done} of {len(kinds)} planned runs finished, {cut} cut by the budget rule as it stands"
             f"{f', {gated} gated out' if gated else ''}, {len(kinds) - done - cut - gated} to run; {hours:.1f} "
-            f"worker-hours logged (budget {BUDGET:g}).")
+            f"worker-hours logged (budget {BUDGET:g}). Cut as it stands: {named_cut(kinds) or 'none'}.")
+
+
+def named_cut(kinds: list[str]) -> str:
+    """The runs `kinds` (states in `planned_runs` order) marks "over budget", named by series and seed."""
+    seeds: dict[tuple, list] = {}
+    for (task, method, init, _, seed), kind in zip(planned_runs(), kinds):
+        if kind == "over budget":
+            seeds.setdefault((task, method, init), []).append(seed)
+    return "; ".join(f"{task.upper()} {_label(method, init)} seed{'s' if len(set(s)) > 1 else ''} "
+                     + ", ".join(map(str, sorted(set(s)))) + ("" if len(s) == len(set(s)) else f" ({len(s)} runs)")
+                     for (task, method, init), s in seeds.items())
 
 
 def round3_report(log_dir="logs/round3", data_dir=None, tasks=TASKS) -> str:
