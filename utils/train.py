@@ -276,8 +276,8 @@ def _evaluate_and_save(run: Run, pos: Position) -> None:
 
 
 def _checkpoint_due(run: Run, pos: Position) -> bool:
-    """Whether `cfg.checkpoint_minutes` have passed since the last save (the main process's clock decides
-    for all, so every process saves at the same step)."""
+    """Whether `cfg.checkpoint_minutes` have passed since the last save. Under several processes the flag
+    is all-reduced (max: one process due makes all due), so every process saves at the same step."""
     if run.cfg.checkpoint_minutes is None:
         return False
     due = torch.tensor(float(time.time() - run.last_save >= 60 * run.cfg.checkpoint_minutes), device=run.acc.device)
