@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.round3.plan import INITS, MODEL, RANK, TASKS, chosen_lrs
-from experiments.round3.report import SERIES, at_chosen, family_tests, round3_report
+from experiments.round3.report import SERIES, at_chosen, family_tests, label, round3_report
 from utils import plots
 from utils.figures import STYLE, legend_below, majority_line, metric_label, plot_histories, plt, series_style
 from utils.glue import get_task
@@ -26,10 +26,6 @@ from utils.report import fmt_p
 from utils.stats import t_interval
 
 TITLE = f"{MODEL} (stand-in for RoBERTa-base) · LoRA-FA rank {RANK} · each series at its holdout-chosen lr"
-
-
-def _label(method: str, init: str) -> str:
-    return "full FT" if method == "full" else init
 
 
 @plt.rc_context(STYLE)
@@ -52,7 +48,7 @@ def comparison_figure(summaries: pd.DataFrame, chosen: dict, task, majority=None
                     markersize=18, capsize=5, lw=1.8, zorder=4)
         ax.annotate(f"n={n}", (k + 0.28, mean), xytext=(8, -3), textcoords="offset points", fontsize=8, color="#444444")
     line = majority_line(ax, majority, task, metric)
-    ax.set_xticks(range(len(series)), [_label(*s) for s in series])
+    ax.set_xticks(range(len(series)), [label(*s) for s in series])
     ax.set_xlim(-0.6, len(series) - 0.2)
     ax.set(ylabel=f"dev {metric_label(metric)}, final epoch", title=f"{task.folder} · {TITLE}")
     ax.title.set_fontsize(10)

@@ -44,7 +44,8 @@ from utils.stats import PAIRED_BY_SERIES, holdout_majority, holm, majority_metri
 SERIES = [("full", "none")] + [("lora-fa", i) for i in INITS]  # in the order of every table
 
 
-def _label(method: str, init: str) -> str:
+def label(method: str, init: str) -> str:
+    """A series' name in tables and figures."""
     return "full FT" if method == "full" else init
 
 
@@ -84,7 +85,7 @@ def selection_markdown(runs: pd.DataFrame, task: str, chosen: dict) -> str:
         grid = FULL_LRS if method == "full" else LORA_LRS
         scores = holdout_scores(runs, task, init, method=method, epochs=EPOCHS, rank=RANK if method != "full" else 0)
         lr = chosen.get((task, method, init))
-        row = {"series": _label(method, init)}
+        row = {"series": label(method, init)}
         for g in grid:
             hit = scores[np.isclose(scores["lr"], g)] if len(scores) else scores
             cell = "" if hit.empty else f"{hit['score'].iloc[0]:.3f} ({hit['final_dev'].iloc[0]:.3f})"
@@ -106,7 +107,7 @@ def series_markdown(summaries: pd.DataFrame, runs: pd.DataFrame, chosen: dict, t
     order = sorted(range(len(table)), key=lambda k: SERIES.index((table["method"].iloc[k], table["init"].iloc[k])))
     table = table.iloc[order].reset_index(drop=True)
     f = format_table(table).drop(columns=["task", "metric", "model", "rank", "variant"], errors="ignore")
-    f.insert(0, "series", [_label(m, i) for m, i in zip(table["method"], table["init"])])
+    f.insert(0, "series", [label(m, i) for m, i in zip(table["method"], table["init"])])
     f = f.drop(columns=["method", "init"])
     f["seeds"] = [" ".join(map(str, sorted(mine[(mine["method"] == m) & (mine["init"] == i)]["seed"])))
                   for m, i in zip(table["method"], table["init"])]
@@ -166,7 +167,7 @@ def named_cut(kinds: list[str]) -> str:
     for (task, method, init, _, seed), kind in zip(planned_runs(), kinds):
         if kind == "over budget":
             seeds.setdefault((task, method, init), []).append(seed)
-    return "; ".join(f"{task.upper()} {_label(method, init)} seed{'s' if len(set(s)) > 1 else ''} "
+    return "; ".join(f"{task.upper()} {label(method, init)} seed{'s' if len(set(s)) > 1 else ''} "
                      + ", ".join(map(str, sorted(set(s)))) + ("" if len(s) == len(set(s)) else f" ({len(s)} runs)")
                      for (task, method, init), s in seeds.items())
 
