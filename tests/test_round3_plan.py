@@ -18,16 +18,21 @@ def test_every_run_has_the_protocols_settings():
 def test_the_order_is_phase_by_phase_and_task_by_task():
     runs = plan.planned_runs()
     assert runs[:2] == [("cola", "full", "none", 2e-5, 0), ("cola", "full", "none", 5e-5, 0)]
-    # every series: its lr grid at seed 0, then seeds 1-2 (phases 1-2) and 3-4 (phase 3) at its chosen lr
+    # every series: its lr grid at seed 0, then seeds 1-2 (phases 1-3) and 3-4 (phase 4) at its chosen lr
     for task in plan.TASKS:
         for method, init, grid in [("full", "none", plan.FULL_LRS)] + [("lora-fa", i, plan.LORA_LRS) for i in plan.INITS]:
             mine = [r for r in runs if r[:3] == (task, method, init)]
             assert [r[3] for r in mine[:len(grid)]] == list(grid) and {r[4] for r in mine[:len(grid)]} == {0}
             assert [r[4] for r in mine[len(grid):]] == [1, 2, 3, 4] and {r[3] for r in mine[len(grid):]} == {plan.SELECT}
-    where = {key: i for i, key in enumerate((r[0], r[2], r[4]) for r in runs)}
-    last_primary = max(i for (t, init, s), i in where.items() if init in plan.PRIMARY + ("none",) and s < 3)
-    first_secondary = min(i for (t, init, s), i in where.items() if init in plan.SECONDARY)
-    assert last_primary < first_secondary  # phase 1 (random, svd, full) of all three tasks comes first
+    def at(pick):  # the positions of the runs `pick` selects
+        return [i for i, r in enumerate(runs) if pick(r)]
+
+    primary, full_grid = at(lambda r: r[2] in plan.PRIMARY and r[4] < 3), at(lambda r: r[1] == "full" and r[4] == 0)
+    secondary = at(lambda r: r[2] in plan.SECONDARY and r[4] < 3)
+    full_seeds = at(lambda r: r[1] == "full" and r[4] in (1, 2))
+    assert max(primary + full_grid) < min(secondary)  # phase 1 (full FT's grid, random, svd) of all tasks first
+    assert max(secondary) < min(full_seeds)  # full FT's seeds 1-2 after LoRA-FA's seeds 0-2 (phase 3)
+    assert max(full_seeds) < min(at(lambda r: r[4] == 3))  # and before any seed 3 (phase 4)
     assert list(dict.fromkeys(r[0] for r in runs)) == ["cola", "rte", "mrpc"]
     assert len(runs) == 3 * (2 + 4 * 3) + 3 * 5 * 4  # the grids, then four more seeds of 5 series
 

@@ -186,7 +186,8 @@ def round3_report(log_dir="logs/round3", data_dir=None, tasks=TASKS) -> str:
            f"attention projections, {EPOCHS} epochs. Selection on the holdout slice ({HOLDOUT:.0%} of train, seed 0): "
            "cells are holdout score (final dev), the chosen lr in bold. Everything else is GLUE dev, final epoch: "
            "mean ± std over seeds, 95 % t-interval; share of full FT = (final − majority) / (full FT's mean final − "
-           f"majority). Paired: a − b on the seeds both series finished, two-sided paired t-test, Holm over the "
+           "majority), over the seeds full FT has finished (its seeds 1-2 run in phase 3). Paired: a − b on the "
+           "seeds both series finished, two-sided paired t-test, Holm over the "
            f"m = {len(FAMILY)} registered tests (a test without pairs counts as p = 1). {status}\n"]
     for task in tasks:
         t = get_task(task)
