@@ -25,7 +25,7 @@ from .inits import (
     top_r_svds,
 )
 from .io import atomic_write, copy_state, export_peft, load_lora, read_lora, save_lora
-from .layers import LoRAFAParametrization, LoRAParametrization
+from .layers import MERGE_MODES, LoRAFAParametrization, LoRAParametrization, merge_is_cheaper
 from .model import (
     adapted_modules,
     add_lora,
@@ -46,6 +46,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DATA_INITS",
     "INITS",
+    "MERGE_MODES",
     "SVD_METHODS",
     "LoRAFAParametrization",
     "LoRAParametrization",
@@ -72,6 +73,7 @@ __all__ = [
     "load_lora",
     "lora_config",
     "mark_only_lora_trainable",
+    "merge_is_cheaper",
     "matches_suffix",
     "merge_lora",
     "read_lora",

@@ -19,10 +19,11 @@ it computes with the base W and adds the low-rank term,
 so W_eff (out × in) is never built and the full weight gradient is never computed. With A
 (and W) frozen the whole layer is one autograd Function, `LoRAFALinear`: it keeps only
 x Aᵀ (N × r) for the adapter, never x (N × in), which is what makes LoRA-FA save memory;
-its GEMMs use a transient W_eff (out × in, rebuilt, never saved), so the adapter adds only
-two thin passes (x Aᵀ and gᵀ h) to the frozen layer's cost.
+for many rows (N) its GEMMs use a transient W_eff (out × in, rebuilt, never saved), for few
+rows (an LLM's short batch against wide layers) it adds the rank-r term separately instead:
+`merge_is_cheaper` decides per call from the shapes alone.
 `lora.set_fast_path(model, False)` switches to the plain parametrization (W_eff
-materialised), e.g. to compare the two.
+materialised), e.g. to compare the two; `merge="always"/"never"` fixes the route.
 """
 import math
 
@@ -66,6 +67,7 @@ class LoRAParametrization(nn.Module):
         self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.enabled = True  # False: the layer computes with its base weight
         self.fast = True  # the layer's forward uses W and the low-rank term, not W_eff
+        self.merge = "auto"  # LoRA-FA's fast path: W_eff GEMM or separate rank-r term (`MERGE_MODES`)
 
     # -- the math ---------------------------------------------------------------------------
     def delta_B(self):
@@ -133,6 +135,19 @@ class LoRAFAParametrization(LoRAParametrization):
     freeze_a = True
 
 
+MERGE_MODES = ("auto", "always", "never")
+
+
+def merge_is_cheaper(n, in_features, out_features):
+    """Whether LoRAFALinear should use one GEMM with a transient W_eff = W + s·ΔB·A for N = `n` rows.
+
+    Per forward + backward, merging builds W_eff twice: 2 · 2·r·in·out flops (and two (out, in)
+    passes); the separate rank-r term costs h ΔBᵀ, g ΔB and (g ΔB) A: 2·N·r·(2·out + in) flops.
+    Merge when N ≥ 2·in·out / (in + 2·out). Measured on a 2-core CPU (`bench/fused_layer.py`), this
+    threshold sits where the two routes cross, within the timing noise."""
+    return n * (in_features + 2 * out_features) >= 2 * in_features * out_features
+
+
 class LoRAFALinear(torch.autograd.Function):
     """y = x Wᵀ + b + s·(x_d Aᵀ) ΔBᵀ for frozen W and A, with the backward written out.
 
@@ -140,31 +155,31 @@ class LoRAFALinear(torch.autograd.Function):
     A (r, in), ΔB (out, r) (`delta_B`), s = `scaling`; N = the product of the leading dims. Saved
     for backward: h = x_d Aᵀ (N, r), W, A and ΔB, never x and never an (out, in) W_eff. With
     g = dL/dy (N, out):
-        dL/dx = g W_eff = g (W + s·ΔB A) when x_d is x, else g W and dL/dx_d = s·(g ΔB) A,
+        dL/dx = g W_eff = g W + s·(g ΔB) A when x_d is x, else g W and dL/dx_d = s·(g ΔB) A,
         dL/dΔB = s·gᵀ h (out, r),   dL/db = Σ_N g.
-    Without dropout both GEMMs use W_eff, rebuilt in forward and backward (out × in, cheap next
-    to the N × in / N × out passes a separate low-rank term would add).
+    `merge` (only without dropout): both GEMMs use W_eff, rebuilt in forward and backward, instead
+    of adding the rank-r terms separately (`merge_is_cheaper` says which is faster for the shapes).
     Computed in the autocast dtype if autocast is on (as F.linear would), else in x's dtype,
     with autocast off inside, so the backward sees the forward's dtypes.
     """
 
     @staticmethod
-    def forward(ctx, x, xd, W, b, A, delta_B, scaling):
+    def forward(ctx, x, xd, W, b, A, delta_B, scaling, merge):
         dev = x.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         same = xd is None  # no dropout: x_d is x (passed as None: autograd.Function inputs must be distinct)
+        merge = merge and same
         with torch.autocast(dev, enabled=False):
             W_, A_, dB_ = W.to(dt), A.to(dt), delta_B.to(dt)  # (out, in), (r, in), (out, r)
             x2 = x.reshape(-1, x.shape[-1]).to(dt)  # (N, in)
-            # without dropout, one GEMM with the transient W_eff = W + s·ΔB·A (out, in): cheaper
-            # than a rank-r update of the (N, out) output; W_eff is not kept for backward
-            M = torch.addmm(W_, dB_, A_, alpha=scaling) if same else W_  # (out, in)
+            # merged: one GEMM with the transient W_eff = W + s·ΔB·A (out, in), not kept for backward
+            M = torch.addmm(W_, dB_, A_, alpha=scaling) if merge else W_  # (out, in)
             y = x2 @ M.T if b is None else torch.addmm(b.to(dt), x2, M.T)  # (N, out)
             h = (x2 if same else xd.reshape(-1, xd.shape[-1]).to(dt)) @ A_.T  # (N, r)
-            if not same:
+            if not merge:
                 y.addmm_(h, dB_.T, alpha=scaling)
         ctx.save_for_backward(h, W_, A_, dB_)
-        ctx.same, ctx.scaling = same, scaling
+        ctx.same, ctx.merge, ctx.scaling = same, merge, scaling
         ctx.x_meta = (x.shape, x.dtype)
         ctx.b_dtype, ctx.dB_dtype = (None if b is None else b.dtype), delta_B.dtype
         return y.view(*x.shape[:-1], W.shape[0])
@@ -176,8 +191,10 @@ class LoRAFALinear(torch.autograd.Function):
         need = ctx.needs_input_grad
         g2 = g.reshape(-1, g.shape[-1]).to(h.dtype)  # (N, out)
         gx = gxd = gb = g_dB = None
-        if need[0]:  # without dropout: g·W_eff, W_eff rebuilt (out, in), one GEMM
-            gx = g2 @ (torch.addmm(W, dB, A, alpha=ctx.scaling) if ctx.same else W)  # (N, in)
+        if need[0]:  # without dropout: g·W_eff, merged (W_eff rebuilt, one GEMM) or g W + s·(g ΔB) A
+            gx = g2 @ (torch.addmm(W, dB, A, alpha=ctx.scaling) if ctx.merge else W)  # (N, in)
+            if ctx.same and not ctx.merge:
+                gx.addmm_(g2 @ dB, A, alpha=ctx.scaling)
             gx = gx.to(ctx.x_meta[1]).view(ctx.x_meta[0])
         if need[1] and not ctx.same:  # x_d has x's shape and dtype
             gxd = ((g2 @ dB) @ A).mul_(ctx.scaling).to(ctx.x_meta[1]).view(ctx.x_meta[0])  # (..., in)
@@ -185,7 +202,7 @@ class LoRAFALinear(torch.autograd.Function):
             gb = g2.sum(0).to(ctx.b_dtype)  # (out,)
         if need[5]:
             g_dB = (g2.T @ h).mul_(ctx.scaling).to(ctx.dB_dtype)  # (out, r)
-        return gx, gxd, None, gb, None, g_dB, None
+        return gx, gxd, None, gb, None, g_dB, None, None
 
 
 # -- fast path: the adapted nn.Linear's forward --------------------------------------------------
@@ -208,4 +225,5 @@ def adapted_linear_forward(self, x):
     if p.lora_A.requires_grad or W.requires_grad:  # plain LoRA (or W unfrozen): autograd does it
         return F.linear(x, W, self.bias) + p.lowrank(x)
     xd = p.lora_dropout(x) if p.training and isinstance(p.lora_dropout, nn.Dropout) else None
-    return LoRAFALinear.apply(x, xd, W, self.bias, p.lora_A, p.delta_B(), p.scaling)
+    merge = p.merge == "always" or p.merge == "auto" and merge_is_cheaper(x.numel() // x.shape[-1], *W.shape[::-1])
+    return LoRAFALinear.apply(x, xd, W, self.bias, p.lora_A, p.delta_B(), p.scaling, merge)

@@ -15,7 +15,7 @@ from torch.nn.utils import parametrize
 
 from .calibrate import calibration_stats
 from .inits import DATA_INITS, INITS, SPECTRAL_INITS, top_r_svds
-from .layers import LoRAFAParametrization, LoRAParametrization, adapted_linear_forward
+from .layers import MERGE_MODES, LoRAFAParametrization, LoRAParametrization, adapted_linear_forward
 from .targets import find_modules_to_save, find_targets, is_fan_in_fan_out, weight_oi
 
 
@@ -169,10 +169,16 @@ def disable_lora(model):
         p.enabled = False
 
 
-def set_fast_path(model, enabled=True):
-    """Use the low-rank forward (default) or the plain materialised W_eff inside forward."""
+def set_fast_path(model, enabled=True, *, merge="auto"):
+    """Use the low-rank forward (default) or the plain materialised W_eff inside forward.
+
+    merge (LoRA-FA's fast path): "auto" picks per call, from the shapes, between one GEMM with a
+    transient W_eff and a separate rank-r term (`lora.layers.merge_is_cheaper`); "always" / "never"
+    fix the route (the results agree to rounding; the speed differs)."""
+    if merge not in MERGE_MODES:
+        raise ValueError(f"set_fast_path: merge={merge!r}; choose one of {', '.join(MERGE_MODES)}")
     for _, _, p in adapted_modules(model):
-        p.fast = bool(enabled)
+        p.fast, p.merge = bool(enabled), merge
 
 
 def get_lora_params(model):

@@ -274,3 +274,23 @@ def test_results_files_name_paths_as_given(monkeypatch):
     monkeypatch.delenv("GLUE_DIR")
     monkeypatch.setattr("utils.glue.SHARED_GLUE", ROOT / "no_shared_glue")
     assert common.data_dir_as_given(None) == "hub:nyu-mll/glue"
+
+
+def test_fused_layer_table(tmp_path):
+    """bench/fused_layer.py on two tiny shapes: every (shape, N) row, N* by hand, and `auto` taking the
+    route the rule names (N* = 2·64·96 / (64 + 192) = 48; 96x32: 2·96·32 / 160 = 38.4 -> 38)."""
+    proc = subprocess.run([sys.executable, "bench/fused_layer.py", "--shapes", "64x96", "96x32", "--rows", "8", "300",
+                           "--repeats", "1", "--threads", "1", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "fused_layer.md").read_text()
+    columns, rows = table_rows(text, "layer in->out")
+    assert columns == ["layer in->out", "N rows", "N*", "merged ms", "split ms", "merged / split", "auto takes",
+                       "auto / best"]
+    assert [(r[0], r[1], r[2], r[6]) for r in rows] == [
+        ("64->96", "8", "48", "split"), ("64->96", "300", "48", "merged"),
+        ("96->32", "8", "38", "split"), ("96->32", "300", "38", "merged")]
+    assert all(float(r[7]) >= 1.0 for r in rows) and "Load average" in text
+    bad = subprocess.run([sys.executable, "bench/fused_layer.py", "--shapes", "64by96"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--shapes takes IN x OUT pairs" in bad.stderr

@@ -4,6 +4,8 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -191,11 +193,14 @@ def test_fast_path_equals_plain_parametrization(init, freeze_a):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
-@pytest.mark.parametrize("with_bias, with_dropout", [(True, False), (False, False), (True, True)])
-def test_lora_fa_linear_matches_autograd_and_gradcheck(with_bias, with_dropout):
+@pytest.mark.parametrize("with_bias, with_dropout, merge", [(True, False, True), (True, False, False),
+                                                            (False, False, True), (False, False, False),
+                                                            (True, True, False)])
+def test_lora_fa_linear_matches_autograd_and_gradcheck(with_bias, with_dropout, merge):
     """The fused LoRA-FA layer against the same math as plain autograd ops (float64), and
-    torch.autograd.gradcheck of its hand-written backward (W and A frozen: no gradient).
-    With dropout, x_d is a different tensor and gets its own gradient."""
+    torch.autograd.gradcheck of its hand-written backward (W and A frozen: no gradient), on both
+    routes (merged W_eff GEMM, separate rank-r term). With dropout, x_d is a different tensor and
+    gets its own gradient."""
     from lora.layers import LoRAFALinear
 
     gen = torch.Generator().manual_seed(0)
@@ -208,7 +213,7 @@ def test_lora_fa_linear_matches_autograd_and_gradcheck(with_bias, with_dropout):
     G = torch.randn(2, 3, 5, dtype=torch.float64, generator=gen)
 
     def fused(x_, b_, d):
-        return LoRAFALinear.apply(x_, x_ * mask if with_dropout else x_, W, b_, A, d, 0.75)
+        return LoRAFALinear.apply(x_, x_ * mask if with_dropout else None, W, b_, A, d, 0.75, merge)
 
     def reference(x_, b_, d):
         xd = x_ * mask if with_dropout else x_
@@ -223,7 +228,8 @@ def test_lora_fa_linear_matches_autograd_and_gradcheck(with_bias, with_dropout):
     assert torch.autograd.gradcheck(fused, (x, b, D))
 
 
-def test_lora_fa_linear_bf16_autocast_keeps_dtypes():
+@pytest.mark.parametrize("merge", [True, False])
+def test_lora_fa_linear_bf16_autocast_keeps_dtypes(merge):
     from lora.layers import LoRAFALinear
 
     gen = torch.Generator().manual_seed(1)
@@ -231,13 +237,47 @@ def test_lora_fa_linear_bf16_autocast_keeps_dtypes():
     A, D = torch.randn(2, 8, generator=gen), torch.randn(6, 2, generator=gen).requires_grad_()
     W, b = torch.randn(6, 8, generator=gen), torch.randn(6, generator=gen)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = LoRAFALinear.apply(x, x, W, b, A, D, 2.0)
+        y = LoRAFALinear.apply(x, None, W, b, A, D, 2.0, merge)
         y_ref = F.linear(x, W, b)  # what the frozen layer alone gives under autocast
     assert y.dtype == y_ref.dtype == torch.bfloat16
     y.float().sum().backward()
     assert x.grad.dtype == D.grad.dtype == torch.float32
     ref = torch.ones(4, 6) @ (W + 2.0 * D.detach() @ A)  # dL/dx for L = sum(y), in float32
     torch.testing.assert_close(x.grad, ref, atol=0.05 * ref.abs().max().item(), rtol=0)
+
+
+def test_merge_rule_by_hand():
+    from lora.layers import merge_is_cheaper
+
+    # N* = 2·in·out / (in + 2·out): 2·768·768 / 2304 = 512; 2·2048·5632 / 13312 = 1733.0
+    assert not merge_is_cheaper(511, 768, 768) and merge_is_cheaper(512, 768, 768)
+    assert not merge_is_cheaper(1732, 2048, 5632) and merge_is_cheaper(1733, 2048, 5632)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 40), d_in=st.integers(1, 24), d_out=st.integers(1, 24), r=st.integers(1, 6))
+def test_merge_modes_agree_and_auto_follows_the_rule(n, d_in, d_out, r):
+    """set_fast_path(merge=...): "always" and "never" give the same output and gradients (float64),
+    "auto" takes the route `merge_is_cheaper` names; a bad mode is refused by name."""
+    from lora.layers import merge_is_cheaper
+
+    gen = torch.Generator().manual_seed(n * 1000 + d_in * 10 + d_out)
+    lin = nn.Linear(d_in, d_out, dtype=torch.float64)
+    lora.add_lora(lin, r=min(r, d_in, d_out), lora_alpha=2.0, init="random", freeze_a=True)
+    with torch.no_grad():
+        lin.parametrizations.weight[0].lora_B.normal_(generator=gen)
+    x = torch.randn(n, d_in, dtype=torch.float64, generator=gen, requires_grad=True)
+    out = {}
+    for mode in lora.layers.MERGE_MODES:
+        lora.set_fast_path(lin, merge=mode)
+        y = lin(x)
+        out[mode] = (y, *torch.autograd.grad(y.square().sum(), [x, *lora.get_lora_params(lin)]))
+    for a, b in zip(out["always"], out["never"]):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    auto = out["always" if merge_is_cheaper(n, d_in, d_out) else "never"]
+    assert all(torch.equal(a, b) for a, b in zip(out["auto"], auto))  # bit for bit: the same route
+    with pytest.raises(ValueError, match="merge='sometimes'"):
+        lora.set_fast_path(lin, merge="sometimes")
 
 
 def test_fast_path_float32_bert():
