@@ -12,8 +12,9 @@ optimizer state exists) it runs one measured step per sequence length, shortest 
 saved activations (what autograd packs during the forward, each storage once, parameters and buffers
 excluded: `bench.common.saved_tensor_bytes`), gradient bytes after backward, optimizer-state bytes
 after the step, the peak (CPU: RSS high-water above the process's RSS before the model was built;
-CUDA: torch.cuda.max_memory_allocated) and the step's wall time. Bytes per token: least-squares slope
-of saved activations (and of the peak) against batch x seq tokens.
+CUDA: torch.cuda.max_memory_allocated). Then --timed-steps plain steps at the longest length (no hooks,
+no peak reset): the step time is their median (the measured step's own time when --timed-steps is 0).
+Bytes per token: least-squares slope of saved activations (and of the peak) against batch x seq tokens.
 """
 from __future__ import annotations
 
@@ -64,6 +65,11 @@ def slope(steps: list[dict], key: str) -> float:
     return float(np.polyfit([s["tokens"] for s in steps], [s[key] for s in steps], 1)[0])
 
 
+def step_seconds(result: dict) -> float:
+    """A row's step time at the longest length: the median of its plain timed steps, else its measured step's."""
+    return common.median(result["timed"]) if result.get("timed") else result["steps"][-1]["seconds"]
+
+
 def ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("nan")  # nan, not an error, where an in-process peak rounds to 0
 
@@ -83,7 +89,8 @@ def measure_all(args) -> dict:
             key = (size, row) if row in ADAPTER_FREE else (size, row, targets, rank)
             if key not in shared:
                 spec = {"size": size, "row": row, "targets": targets, "rank": rank, "batch": args.batch,
-                        "seq_lens": args.seq_lens, "seed": args.seed, "dtype": args.dtype, "device": args.device}
+                        "seq_lens": args.seq_lens, "seed": args.seed, "dtype": args.dtype, "device": args.device,
+                        "timed_steps": args.timed_steps}
                 shared[key] = run_child(spec)
                 peak = shared[key]["steps"][-1]["peak"] / MIB
                 print(f"  [{size} {targets} r{rank}] {row}: peak {peak:.0f} MiB, load {common.load_average()}",
@@ -100,8 +107,8 @@ def section_text(size: str, targets: str, rank: int, by: dict, args) -> str:
         last = r["steps"][-1]
         summary.append([row, ROWS[row], r["trainable"], r["weights"] / MIB, last["optimizer"] / MIB,
                         last["grads"] / MIB, last["saved"] / MIB, last["peak"] / MIB, slope(r["steps"], "saved"),
-                        slope(r["steps"], "peak"), last["seconds"],
-                        ratio(last["seconds"], ours["steps"][-1]["seconds"]) if ours else None])
+                        slope(r["steps"], "peak"), step_seconds(r),
+                        ratio(step_seconds(r), step_seconds(ours)) if ours else None])
         per_len.append([row, *[s["saved"] / MIB for s in r["steps"]], *[s["peak"] / MIB for s in r["steps"]]])
     t = tokens[-1]
     columns = ["row", "trains", "trainable params", "weights MiB", "optimizer MiB", "grads MiB",
@@ -130,7 +137,7 @@ def ratio_lines(by: dict) -> list[str]:
         lines.append(f"- {other} / ours-lora-fa at {b['tokens']} tokens: peak {ratio(a['peak'], b['peak']):.3f}x"
                      f"{paper}, saved activations {ratio(a['saved'], b['saved']):.3f}x, activation slope "
                      f"{ratio(slope(by[other]['steps'], 'saved'), slope(ours['steps'], 'saved')):.3f}x, "
-                     f"step time {ratio(a['seconds'], b['seconds']):.2f}x")
+                     f"step time {ratio(step_seconds(by[other]), step_seconds(ours)):.2f}x")
     return lines + [""]
 
 
@@ -173,8 +180,9 @@ def legend(args) -> str:
         "- weights: parameter + buffer bytes; optimizer: bytes in optimizer.state after the step; grads: .grad "
         "bytes after backward; saved act.: what autograd packs in the forward (saved_tensors_hooks), each "
         f"storage once, parameters excluded; peak: {peak}",
-        "- B/token: least-squares slope over the sequence lengths; step s: one step's wall time (a single "
-        "measurement per length on a shared machine: noisy; the memory columns are the result)",
+        "- B/token: least-squares slope over the sequence lengths; step s: " + (
+            f"median wall time of {args.timed_steps} plain steps (no hooks) at the longest length, after the "
+            "measured ones" if args.timed_steps else "the measured step's wall time (one step, with the hooks)"),
     ])
 
 
@@ -190,6 +198,8 @@ def parse_args(argv=None):
     p.add_argument("--targets", nargs="+", choices=list(TARGETS), default=["attention", "all-linear"])
     p.add_argument("--ranks", nargs="+", type=int, default=[8, 64])
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    p.add_argument("--timed-steps", type=int, default=3, help="plain steps at the longest length whose median "
+                   "is the step time (0: the measured step's own time)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--figure", default=str(FIGURE), help="PNG path ('none': no figure)")
@@ -197,8 +207,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.large_sizes = [s for s in args.large_sizes if s != "none"]
     unknown = set(args.large_sizes) - set(SIZES)
-    if unknown or len(args.seq_lens) < 2:
-        p.error(f"unknown sizes {sorted(unknown)}" if unknown else "--seq-lens needs >= 2 lengths for a slope")
+    if unknown or len(args.seq_lens) < 2 or args.timed_steps < 0:
+        p.error(f"unknown sizes {sorted(unknown)}" if unknown else "--timed-steps must be >= 0"
+                if args.timed_steps < 0 else "--seq-lens needs >= 2 lengths for a slope")
     return args
 
 

@@ -149,9 +149,23 @@ def measured_step(model, optimizer, batch: dict, peak: PeakMemory, device: str) 
             "optimizer": optimizer_bytes(optimizer), "peak": peak.peak()}
 
 
+def timed_step(model, optimizer, batch: dict, device: str) -> float:
+    """Wall seconds of one plain training step (no hooks, no peak reset): what a user's step costs."""
+    sync(device)
+    t0 = time.perf_counter()
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)
+    model(**batch).loss.backward()
+    if optimizer is not None:
+        optimizer.step()
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def measure_row(spec: dict) -> dict:
     """Build spec's model and row, run a warm-up step (optimizer state exists after it), then one measured
-    step per sequence length (shortest first); returns the parameter counts and a list of steps."""
+    step per sequence length (shortest first), then spec["timed_steps"] plain steps at the longest length;
+    returns the parameter counts, the list of measured steps and the plain steps' seconds ("timed")."""
     import peft  # noqa: F401, PLC0415
     from transformers import LlamaForCausalLM  # noqa: F401, PLC0415
 
@@ -172,7 +186,8 @@ def measure_row(spec: dict) -> dict:
     measured_step(model, optimizer, batch(min(32, seq_lens[0])), peak, device)  # warm-up
     steps = [{"tokens": spec["batch"] * s, **measured_step(model, optimizer, batch(s), peak, device)}
              for s in seq_lens]
+    timed = [timed_step(model, optimizer, batch(seq_lens[-1]), device) for _ in range(spec.get("timed_steps", 0))]
     params = list(model.parameters())
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"  # CUDA: only in the child
     return {**spec, "device_name": name, "weights": tensor_bytes(params) + tensor_bytes(model.buffers()),
-            "trainable": sum(p.numel() for p in params if p.requires_grad), "steps": steps}
+            "trainable": sum(p.numel() for p in params if p.requires_grad), "steps": steps, "timed": timed}

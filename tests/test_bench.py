@@ -242,6 +242,8 @@ def check_llm_table(out: Path, proc) -> dict[str, list[str]]:
     _, per_len = table_rows(text, "row | saved MiB @32")
     assert all([float(c) for c in r[1:5]] == sorted(float(c) for c in r[1:5]) for r in per_len)
     assert "peft-lora / ours-lora-fa at 128 tokens: peak" in text and "(LoRA-FA paper: up to 1.4x)" in text
+    assert "step s: median wall time of 3 plain steps (no hooks) at the longest length" in text
+    assert all(num(r, 10) > 0 for r in LLM_ROWS) and num("ours-lora-fa", 11) == 1
     png = out / "llm_memory.png"
     assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size < 300_000
     return text
