@@ -22,17 +22,17 @@ CHOSEN = {"none": 5e-5, "random": 1.7e-3, "svd": 4e-4, "pissa": 4e-4}  # pissa: 
 DEV = {"none": [0.58, 0.57, 0.59], "random": [0.44, 0.47, 0.46], "svd": [0.48, 0.47], "pissa": [0.43]}
 
 
-def _log(method, init, lr, seed, dev, holdout):
-    """A finished round-3 log: one evaluation per epoch, dev and holdout MCC ending at `dev`, `holdout`."""
-    cfg = plan.run_config("cola", method, init, lr, seed)
+def _log(method, init, lr, seed, dev, holdout, task="cola", metric="mcc"):
+    """A finished round-3 log: one evaluation per epoch, dev and holdout `metric` ending at `dev`, `holdout`."""
+    cfg = plan.run_config(task, method, init, lr, seed)
     history = [{"step": 10 * e, "epoch": float(e), "train_loss": 0.6 - 0.05 * e, "lr": lr, "dev_loss": 0.5,
-                "metrics": {"mcc": dev - 0.01 * (plan.EPOCHS - e)},
-                "holdout": {"mcc": holdout - 0.002 * (plan.EPOCHS - e), "loss": 0.5}, "time_s": 60.0 * e}
+                "metrics": {metric: dev - 0.01 * (plan.EPOCHS - e)},
+                "holdout": {metric: holdout - 0.002 * (plan.EPOCHS - e), "loss": 0.5}, "time_s": 60.0 * e}
                for e in range(1, plan.EPOCHS + 1)]
     return {"schema": SCHEMA, "run_id": cfg.run_id, "status": "finished", "error": None,
-            "config": {**dataclasses.asdict(cfg), "main_metric": "mcc"}, "env": {}, "history": history,
-            "train_loss": [], "summary": {"final": {"mcc": dev, "dev_loss": 0.5},
-                                          "best": {"mcc": {"value": dev, "step": 60}},
+            "config": {**dataclasses.asdict(cfg), "main_metric": metric}, "env": {}, "history": history,
+            "train_loss": [], "summary": {"final": {metric: dev, "dev_loss": 0.5},
+                                          "best": {metric: {"value": dev, "step": 60}},
                                           "holdout": {"final": dict(history[-1]["holdout"])}, "steps": 60,
                                           "wall_time_s": 3600.0, "peak_rss_mb": 1.0, "trainable_params": 10}}
 
@@ -110,6 +110,16 @@ def test_figures_and_page_are_written_from_the_logs(round3_logs, tmp_path):
     dots = [c.get_offsets()[:, 1] for c in ax.collections if isinstance(c, PathCollection)]  # the scatters
     assert [sorted(d) for d in dots] == [sorted(DEV[i]) for i in ("none", "random", "svd", "pissa")]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["full FT", "random", "svd", "pissa"]
+
+
+def test_a_task_where_only_full_fine_tuning_has_finished(round3_logs, glue_dir, tmp_path):  # noqa: F811
+    from experiments.round3 import figures
+
+    log = _log("full", "none", 2e-5, 0, 0.66, 0.70, task="rte", metric="accuracy")
+    write_json_atomic(log, round3_logs / "rte" / f"{log['run_id']}.json")
+    rte = r3.round3_report(round3_logs, data_dir=glue_dir).split("### RTE")[1].split("###")[0]
+    assert "0.700 (0.660)" in rte and "pissa − svd" not in rte  # its lr grid so far; nothing to pair yet
+    assert "round3.md" in [p.name for p in figures.main(round3_logs, tmp_path / "imgs")]
 
 
 def test_figures_without_runs_write_only_the_status_page(tmp_path):

@@ -42,6 +42,7 @@ def test_paired_comparison_pairs_by_seed_and_skips_unpaired():
     row = stats.paired_comparison(df).iloc[0]
     assert row["n"] == 2 and row["diff"] == pytest.approx(0.2) and row["mean_b"] == pytest.approx(0.65)
     assert stats.paired_comparison(df[df["init"] == "svd"]).empty
+    assert stats.paired_comparison(df.iloc[:0]).empty  # no rows at all (no series chosen yet): empty, no error
 
 
 def test_fmt_p_never_prints_zero():

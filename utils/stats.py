@@ -205,6 +205,8 @@ def paired_comparison(summaries: pd.DataFrame, a="svd", b="random", which: str =
     the mean paired difference a − b with its 95% t-interval, the two-sided paired t-test p-value
     (NaN for n < 2) and how many seeds `a` won. `by="rank"` compares rank `a` with rank `b` instead
     (then `keys` holds "init" and not "rank")."""
+    if summaries.empty:  # e.g. no series at a chosen lr yet: nothing to pair
+        return pd.DataFrame()
     df = with_variant(summaries)
     df = df[df["method"].isin(ADAPTER_METHODS) & df[by].isin([a, b])]
     keys, rows = list(keys), []

@@ -93,7 +93,7 @@ def selection_markdown(runs: pd.DataFrame, task: str, chosen: dict) -> str:
         row["chosen lr"] = "–" if lr is None else fmt_lr(lr)
         if len(scores):
             rows.append(row)
-    return to_markdown(pd.DataFrame(rows, columns=columns).fillna("")) if rows else ""
+    return to_markdown(pd.DataFrame(rows, columns=columns, dtype=object).fillna("")) if rows else ""
 
 
 def series_markdown(summaries: pd.DataFrame, runs: pd.DataFrame, chosen: dict, task: str, m0: float) -> str:
