@@ -87,7 +87,7 @@ def build_row(name: str, model, targets: str, rank: int):
                       generator=torch.Generator().manual_seed(0))
         lora.mark_only_lora_trainable(model)  # base frozen whether or not add_lora freezes it itself
         if name == "ours-lora-fa+ckpt":
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     elif name not in ROWS:
         raise ValueError(f"unknown row {name!r}; choose from {', '.join(ROWS)}")
     if optimizer is None and name != "floor":
