@@ -109,9 +109,12 @@ def add_variant(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def with_variant(df: pd.DataFrame) -> pd.DataFrame:
-    """`df` (runs or summaries) with the "variant" column, computed once per run if missing."""
-    if "variant" in df.columns or df.empty:
+    """`df` (runs or summaries) with the "variant" column, computed once per run if missing (an empty
+    `df` gets an empty one, so grouping by it gives no groups rather than a KeyError)."""
+    if "variant" in df.columns:
         return df
+    if df.empty:
+        return df.assign(variant=pd.Series(index=df.index, dtype=object))
     variant = add_variant(df.drop_duplicates("run_id")).set_index("run_id")["variant"]
     return df.assign(variant=df["run_id"].map(variant))
 
@@ -205,8 +208,6 @@ def paired_comparison(summaries: pd.DataFrame, a="svd", b="random", which: str =
     the mean paired difference a − b with its 95% t-interval, the two-sided paired t-test p-value
     (NaN for n < 2) and how many seeds `a` won. `by="rank"` compares rank `a` with rank `b` instead
     (then `keys` holds "init" and not "rank")."""
-    if summaries.empty:  # e.g. no series at a chosen lr yet: nothing to pair
-        return pd.DataFrame()
     df = with_variant(summaries)
     df = df[df["method"].isin(ADAPTER_METHODS) & df[by].isin([a, b])]
     keys, rows = list(keys), []
