@@ -114,7 +114,6 @@ def perturb_B(model, seed=5, scale=0.05):
             p.lora_B.add_(scale * torch.randn(p.lora_B.shape, generator=g, dtype=torch.float64).to(p.lora_B))
 
 
-
 def trained_tiny_model(r, targets, init="pissa"):
     """A tiny BERT with adapters on `targets`, its B moved off init as training would (`perturb_B`), and
     token ids to run it on: (model, ids)."""
@@ -122,6 +121,23 @@ def trained_tiny_model(r, targets, init="pissa"):
     lora.add_lora(model, r=r, init=init, targets=targets)
     perturb_B(model)
     return model, token_ids()
+
+
+def square_or_not(init):
+    return (6, 6) if init == "seed" else (5, 7)  # seed only handles square weights
+
+
+def adapted_linear(init, freeze_a=True, alpha=3.0, r=2, seed=0):
+    """A float64 Linear with a prescribed spectrum, adapted with `init`, its bias trainable: (lin, W)."""
+    out_f, in_f = square_or_not(init)
+    W, _ = spectral_matrix(out_f, in_f, seed=seed)
+    lin = linear_with(W)
+    lora.add_lora(lin, r=r, lora_alpha=alpha, init=init, freeze_a=freeze_a,
+                  generator=torch.Generator().manual_seed(seed))
+    assert not lin.bias.requires_grad  # add_lora froze it (the base)
+    lin.bias.requires_grad_(True)  # trained, to check its gradient too
+    return lin, W
+
 
 # -- checks of the helpers -------------------------------------------------------------------------
 @pytest.mark.parametrize("shape", [(7, 5), (5, 7), (6, 6)])
