@@ -1,6 +1,7 @@
 """utils.stats: the paired test, steps to target, majority baselines and the report, against hand
 computations (synthetic logs and tables in tmp_path)."""
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -12,7 +13,8 @@ from hypothesis import strategies as st
 from experiments.round1 import report as round1
 from tests.test_plots import SEEDS, fake_log, log_dir  # noqa: F401 (fixture)
 from utils import report, stats
-from utils.logs import predictions_path, write_json_atomic
+from utils.config import RunConfig
+from utils.logs import load_summaries, predictions_path, write_json_atomic
 from utils.record import save_predictions
 
 
@@ -272,3 +274,27 @@ def test_select_lr_uses_the_last_epoch_on_holdout_only():
         select_lr(runs, "mrpc", "random", [1e-3])
     with pytest.raises(ValueError, match="3 epochs"):
         select_lr(runs, "mrpc", "svd", [1e-3], epochs=3)
+
+
+def _fake_log(seed, init, f1, best, status="finished"):
+    cfg = RunConfig(init=init, seed=seed)
+    return {"schema": 1, "run_id": cfg.run_id, "status": status, "error": None, "env": {},
+            "config": {**dataclasses.asdict(cfg), "main_metric": "f1"}, "history": [], "train_loss": [],
+            "summary": {"final": {"f1": f1, "dev_loss": 0.5}, "best": {"f1": {"value": best, "step": 10}}}}
+
+
+def test_summarize_mean_and_std_over_seeds(tmp_path):
+    logs = [_fake_log(0, "svd", 0.80, 0.82), _fake_log(1, "svd", 0.84, 0.86), _fake_log(0, "random", 0.70, 0.71),
+            _fake_log(1, "random", 0.1, 0.1, status="failed")]
+    df = stats.summarize(logs)
+    assert list(df["init"]) == ["random", "svd"] and list(df["n"]) == [1, 2]
+    svd = df[df["init"] == "svd"].iloc[0]
+    assert svd["final_mean"] == pytest.approx(0.82) and svd["final_std"] == pytest.approx(np.std([0.8, 0.84], ddof=1))
+    assert svd["best_mean"] == pytest.approx(0.84) and svd["seeds"] == "0 1"
+    text = report.format_summary(df)
+    assert "0.8200 ± 0.0283" in text and "0.7000" in text
+    for log in logs:  # the same from a log folder
+        (tmp_path / f"{log['run_id']}.json").write_text(json.dumps(log))
+    pd_from_dir = stats.summarize(str(tmp_path))
+    assert pd_from_dir.equals(stats.summarize(load_summaries(tmp_path)))
+    assert list(pd_from_dir["final_mean"]) == pytest.approx(list(df["final_mean"]))

@@ -1,12 +1,16 @@
-"""The sweep: commands that are exactly the runs they stand for, the worker loop, and round 2's run list."""
+"""The sweep: grids and shards, commands that are exactly the runs they stand for, the worker loop, and
+round 2's run list."""
 import dataclasses
 import sys
+
+import pytest
 
 import run_glue
 from experiments.round2 import protocol as round2
 from experiments.round2 import sweep as sweep_round2
 from utils import sweep
 from utils.config import RunConfig, cli_args
+from utils.grid import expand_grid, parse_shard, select_shard
 
 
 def test_run_list_follows_the_protocol():
@@ -74,3 +78,19 @@ def test_an_idle_worker_waits_for_the_runs_that_others_are_running(monkeypatch):
     sweep.worker(0, lambda: next(seen), 1)
     assert slept == [sweep.POLL_S] and len(ran) == 1 and ran[0][ran[0].index("--lr") + 1] == "0.0004"
     assert next(seen, None) is None  # it looked a third time, found nothing running, and stopped
+
+
+def test_grid_expansion_and_shards():
+    base = RunConfig(method="lora-fa")
+    grid = {"init": ["random", "svd"], "lr": [1e-4, 4e-4], "seed": [0, 1, 2], "method": ["lora-fa", "head"]}
+    configs = expand_grid(base, grid)
+    assert len(configs) == 2 * 2 * 3 + 2 * 3  # head runs have no init: 6, not 12
+    assert len({c.run_id for c in configs}) == len(configs)
+    shards = [select_shard(configs, f"{i}/5") for i in range(5)]
+    assert sorted(c.run_id for s in shards for c in s) == sorted(c.run_id for c in configs)
+    assert parse_shard((2, 8)) == (2, 8)
+    for bad in ("8/8", "x/3", "1/0"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
+    with pytest.raises(ValueError, match="unknown field"):
+        expand_grid(base, {"learning_rate": [1e-3]})

@@ -1,4 +1,4 @@
-"""Tests for the run loop (utils.train), its data (utils.data), checkpoints, configs and grids.
+"""Tests for the run loop (utils.train): resume, checkpoints, failures, methods, configs and run ids.
 
 Tiny random models on tiny GLUE-format folders (both tests/tiny.py),
 plus one short real run: MiniLM on the real MRPC data in ../shared/glue.
@@ -18,16 +18,11 @@ from sklearn.metrics import accuracy_score, f1_score
 import lora
 from tests.runner_helpers import REAL_GLUE, needs_real_glue, tiny_run_config
 from utils import checkpoint as ckpt
-from utils.adapters import build_model, linear_schedule, make_optimizer
+from utils.adapters import build_model, make_optimizer
 from utils.config import RunConfig
-from utils.data import EpochSampler, tokenize_glue, train_loader
-from utils.evaluate import example_losses
 from utils.glue import DataNotFoundError, get_task, load_glue
-from utils.grid import expand_grid, parse_shard, select_shard
-from utils.logs import load_predictions, load_runs, load_summaries, predictions_path, read_log
+from utils.logs import load_predictions, load_runs, predictions_path, read_log
 from utils.models import head_modules, load_model_and_tokenizer
-from utils.report import format_summary
-from utils.stats import summarize
 from utils.train import TrainingDiverged, run_experiment
 
 
@@ -292,103 +287,3 @@ def test_run_id():
     head = RunConfig(method="head")
     assert dataclasses.replace(head, init="svd", rank=8).run_id == head.run_id
     assert a.log_path.as_posix().endswith(f"logs/mrpc/{a.run_id}.json")
-
-
-# ---------------------------------------------------------------- data
-
-def test_tokenised_data_is_cached_and_padded_per_batch(tmp_path, tiny_models, glue_dir, monkeypatch):
-    monkeypatch.setenv("LORA_FA_CACHE", str(tmp_path))
-    _, tok = load_model_and_tokenizer(str(tiny_models["bert"]), 2)
-    glue = load_glue("mrpc", glue_dir)
-    first = tokenize_glue(glue, tok, 24)
-    assert set(first) == {"train", "dev"} and len(first["dev"]) == 21
-    assert set(first["train"].column_names) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
-    assert max(len(x) for x in first["train"]["input_ids"]) <= 24
-    monkeypatch.setattr(type(tok), "__call__", lambda *a, **k: pytest.fail("tokenised again"))
-    second = tokenize_glue(glue, tok, 24)  # from the cache
-    assert list(second["train"]["input_ids"]) == list(first["train"]["input_ids"])
-    monkeypatch.undo()
-    monkeypatch.setenv("LORA_FA_CACHE", str(tmp_path))
-    assert len(list((tmp_path / "tokenized").iterdir())) == 1
-    tokenize_glue(glue, tok, 16)  # another max_length: another entry
-    assert len(list((tmp_path / "tokenized").iterdir())) == 2
-    loader, sampler = train_loader(first["train"], tok, 4, seed=0)
-    sampler.set_epoch(0)
-    for batch in loader:
-        lengths = batch["attention_mask"].sum(1)
-        assert batch["input_ids"].shape[1] == lengths.max()  # padded to the batch's longest row only
-
-
-def test_epoch_order_depends_on_seed_and_epoch_only():
-    a, b = EpochSampler(50, seed=1), EpochSampler(50, seed=1)
-    a.set_epoch(3), b.set_epoch(3)
-    assert list(a) == list(b) and sorted(a) == list(range(50))
-    b.set_epoch(4)
-    assert list(a) != list(b) and list(a) != list(EpochSampler(50, seed=2))
-
-
-def test_linear_schedule_matches_transformers():
-    from transformers import get_linear_schedule_with_warmup
-
-    def lrs(make):
-        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-        sched = make(opt, 7, 50)
-        out = []
-        for _ in range(55):
-            out.append(sched.get_last_lr()[0])
-            opt.step()
-            sched.step()
-        return out
-
-    assert lrs(linear_schedule) == lrs(get_linear_schedule_with_warmup)
-
-
-# ---------------------------------------------------------------- grids and summaries
-
-def test_grid_expansion_and_shards():
-    base = RunConfig(method="lora-fa")
-    grid = {"init": ["random", "svd"], "lr": [1e-4, 4e-4], "seed": [0, 1, 2], "method": ["lora-fa", "head"]}
-    configs = expand_grid(base, grid)
-    assert len(configs) == 2 * 2 * 3 + 2 * 3  # head runs have no init: 6, not 12
-    assert len({c.run_id for c in configs}) == len(configs)
-    shards = [select_shard(configs, f"{i}/5") for i in range(5)]
-    assert sorted(c.run_id for s in shards for c in s) == sorted(c.run_id for c in configs)
-    assert parse_shard((2, 8)) == (2, 8)
-    for bad in ("8/8", "x/3", "1/0"):
-        with pytest.raises(ValueError, match="shard"):
-            parse_shard(bad)
-    with pytest.raises(ValueError, match="unknown field"):
-        expand_grid(base, {"learning_rate": [1e-3]})
-
-
-def _fake_log(seed, init, f1, best, status="finished"):
-    cfg = RunConfig(init=init, seed=seed)
-    return {"schema": 1, "run_id": cfg.run_id, "status": status, "error": None, "env": {},
-            "config": {**dataclasses.asdict(cfg), "main_metric": "f1"}, "history": [], "train_loss": [],
-            "summary": {"final": {"f1": f1, "dev_loss": 0.5}, "best": {"f1": {"value": best, "step": 10}}}}
-
-
-def test_summarize_mean_and_std_over_seeds(tmp_path):
-    logs = [_fake_log(0, "svd", 0.80, 0.82), _fake_log(1, "svd", 0.84, 0.86), _fake_log(0, "random", 0.70, 0.71),
-            _fake_log(1, "random", 0.1, 0.1, status="failed")]
-    df = summarize(logs)
-    assert list(df["init"]) == ["random", "svd"] and list(df["n"]) == [1, 2]
-    svd = df[df["init"] == "svd"].iloc[0]
-    assert svd["final_mean"] == pytest.approx(0.82) and svd["final_std"] == pytest.approx(np.std([0.8, 0.84], ddof=1))
-    assert svd["best_mean"] == pytest.approx(0.84) and svd["seeds"] == "0 1"
-    text = format_summary(df)
-    assert "0.8200 ± 0.0283" in text and "0.7000" in text
-    for log in logs:  # the same from a log folder
-        (tmp_path / f"{log['run_id']}.json").write_text(json.dumps(log))
-    pd_from_dir = summarize(str(tmp_path))
-    assert pd_from_dir.equals(summarize(load_summaries(tmp_path)))
-    assert list(pd_from_dir["final_mean"]) == pytest.approx(list(df["final_mean"]))
-
-
-def test_example_losses_match_torch_means():
-    logits, labels = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
-    task = get_task("mnli")
-    assert example_losses(logits, labels, task).mean() == pytest.approx(F.cross_entropy(logits, labels).item())
-    reg = get_task("stsb")
-    out, y = torch.randn(5, 1), torch.rand(5) * 5
-    assert example_losses(out, y, reg).mean() == pytest.approx(F.mse_loss(out.squeeze(-1), y).item())
