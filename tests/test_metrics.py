@@ -36,6 +36,7 @@ def test_correlations_match_scipy(pairs):
         assert r["spearman"] == pytest.approx(spearmanr(pred, gold)[0], abs=1e-9)
 
 
+@pytest.mark.filterwarnings("ignore:A single label was found:UserWarning")  # scikit-learn's, on the reference
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 1)), min_size=1, max_size=30))
 def test_classification_metrics_match_sklearn(pairs):
