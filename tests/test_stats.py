@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from scipy import stats as scipy_stats
 
 from experiments.round1 import report as round1
 from tests.test_plots import SEEDS, fake_log, log_dir  # noqa: F401 (fixture)
@@ -45,6 +46,20 @@ def test_paired_comparison_pairs_by_seed_and_skips_unpaired():
     assert row["n"] == 2 and row["diff"] == pytest.approx(0.2) and row["mean_b"] == pytest.approx(0.65)
     assert stats.paired_comparison(df[df["init"] == "svd"]).empty
     assert stats.paired_comparison(df.iloc[:0]).empty  # no rows at all (no series chosen yet): empty, no error
+
+
+def test_a_difference_equal_on_every_seed_has_no_p_however_it_rounds():
+    """3 more RTE dev examples right on every seed: the spread of the differences is zero, t is undefined,
+    and p is NaN whether the floats round to an exact zero spread or (as here) to 1e-17."""
+    svd, random = [150 / 277, 160 / 277, 170 / 277], [147 / 277, 157 / 277, 167 / 277]
+    diff = np.subtract(svd, random)
+    assert 0 < diff.std(ddof=1) < 1e-15  # the floats do not round to an exact zero spread
+    for a, b in ((svd, random), ([0.8, 0.9, 0.7], [0.7, 0.8, 0.6]), ([0.5, 0.6], [0.5, 0.6])):
+        row = stats.paired_comparison(_summaries(a, b)).iloc[0]
+        assert math.isnan(row["p"]) and row["wins"] in (0, len(a))
+    assert row["diff"] == 0 and stats.holm([row["p"], 0.01], m=2)[1] == pytest.approx(0.02)
+    tiny = stats.paired_comparison(_summaries([0.80, 0.81, 0.83], [0.80, 0.80, 0.80])).iloc[0]
+    assert tiny["p"] == pytest.approx(scipy_stats.ttest_rel([0.80, 0.81, 0.83], [0.8] * 3).pvalue)  # real spread: a p
 
 
 def test_fmt_p_never_prints_zero():

@@ -188,7 +188,8 @@ def round3_report(log_dir="logs/round3", data_dir=None, tasks=TASKS) -> str:
            "mean ± std over seeds, 95 % t-interval; share of full FT = (final − majority) / (full FT's mean final − "
            "majority), over the seeds full FT has finished (its seeds 1-2 run in phase 3). Paired: a − b on the "
            "seeds both series finished, two-sided paired t-test, Holm over the "
-           f"m = {len(FAMILY)} registered tests (a test without pairs counts as p = 1). {status}\n"]
+           f"m = {len(FAMILY)} registered tests (a test without pairs counts as p = 1; so does one whose difference "
+           f"is the same on every seed, its p shown as –). {status}\n"]
     for task in tasks:
         t = get_task(task)
         if not (summaries["task"] == t.name).any():
