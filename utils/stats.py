@@ -223,7 +223,7 @@ def paired_comparison(summaries: pd.DataFrame, a="svd", b="random", which: str =
         if a not in wide or b not in wide or wide.empty:
             continue
         diff = wide[a] - wide[b]
-        mean, std, n, half = t_interval(diff)
+        mean, _, n, half = t_interval(diff)
         spread = float(diff.max() - diff.min())
         p = float(stats.ttest_rel(wide[a], wide[b]).pvalue) if n >= 2 and spread > SAME_DIFF else math.nan
         rows.append(dict(zip(keys, key), a=a, b=b, metric=metric, which=which, n=n, mean_a=float(wide[a].mean()),
