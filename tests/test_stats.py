@@ -14,7 +14,6 @@ from scipy import stats as scipy_stats
 from experiments.round1 import report as round1
 from tests.test_plots import SEEDS, fake_log, log_dir  # noqa: F401 (fixture)
 from utils import report, stats
-from utils.config import RunConfig
 from utils.logs import load_summaries, predictions_path, write_json_atomic
 from utils.record import save_predictions
 
@@ -291,16 +290,16 @@ def test_select_lr_uses_the_last_epoch_on_holdout_only():
         select_lr(runs, "mrpc", "svd", [1e-3], epochs=3)
 
 
-def _fake_log(seed, init, f1, best, status="finished"):
-    cfg = RunConfig(init=init, seed=seed)
-    return {"schema": 1, "run_id": cfg.run_id, "status": status, "error": None, "env": {},
-            "config": {**dataclasses.asdict(cfg), "main_metric": "f1"}, "history": [], "train_loss": [],
-            "summary": {"final": {"f1": f1, "dev_loss": 0.5}, "best": {"f1": {"value": best, "step": 10}}}}
+def _f1_log(seed, init, f1, best, status="finished"):
+    """`fake_log`'s MRPC run with the given final and best dev F1 and status."""
+    log = fake_log("mrpc", "lora-fa", init, 1e-4, seed)
+    log["summary"]["final"]["f1"], log["summary"]["best"]["f1"]["value"], log["status"] = f1, best, status
+    return log
 
 
 def test_summarize_mean_and_std_over_seeds(tmp_path):
-    logs = [_fake_log(0, "svd", 0.80, 0.82), _fake_log(1, "svd", 0.84, 0.86), _fake_log(0, "random", 0.70, 0.71),
-            _fake_log(1, "random", 0.1, 0.1, status="failed")]
+    logs = [_f1_log(0, "svd", 0.80, 0.82), _f1_log(1, "svd", 0.84, 0.86), _f1_log(0, "random", 0.70, 0.71),
+            _f1_log(1, "random", 0.1, 0.1, status="failed")]
     df = stats.summarize(logs)
     assert list(df["init"]) == ["random", "svd"] and list(df["n"]) == [1, 2]
     svd = df[df["init"] == "svd"].iloc[0]
