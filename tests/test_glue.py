@@ -299,6 +299,7 @@ def test_task_table():
     assert TASKS["mnli"].label_names == ("entailment", "neutral", "contradiction")
     assert TASKS["stsb"].num_labels == 1 and TASKS["stsb"].label_map is None
     assert TASKS["mnli"].dev_splits == ("dev_matched", "dev_mismatched")
+    assert [t.title for t in TASKS.values()] == ["CoLA", "SST-2", "MRPC", "QQP", "STS-B", "MNLI", "QNLI", "RTE", "WNLI"]
 
 
 def test_get_task():

@@ -113,7 +113,7 @@ def test_report_pairs_each_init_at_its_own_lr_and_holm_counts_the_family(round2_
     glance = md[md.index("### At a glance"):md.index("### MRPC")]
     p_holm = next(ln for ln in md.splitlines() if ln.startswith("| svd − random | final | 3 |")).split("|")[6].strip()
     assert f"| svd | 0.0017 | 0.837 ± 0.012 (3) | {(0.83667 - 0.812) / 0.058:.2f} | {diffs.mean():+.3f} ({p_holm}) |" in glance
-    assert f"| random | 0.007 | 0.850 ± 0.010 (3) | {share:.2f} |  |" in glance and "COLA" not in glance
+    assert f"| random | 0.007 | 0.850 ± 0.010 (3) | {share:.2f} |  |" in glance and "CoLA" not in glance
 
 
 R16_PEAK = {"random": 1.7e-3, "svd": 4e-4}  # rank 16's holdout peaks, not rank 4's (7e-3, 1.7e-3)
@@ -213,7 +213,7 @@ def test_show_round2_draws_one_task(round2_logs, monkeypatch):
     round2_figures.show(round2_logs, "mrpc")
     kinds = [type(o).__name__ for o in shown]
     assert kinds.count("Image") == 2 and kinds[-1] == "Markdown"
-    assert "### MRPC" in shown[-1].data and "### COLA" not in shown[-1].data
+    assert "### MRPC" in shown[-1].data and "### CoLA" not in shown[-1].data
     with pytest.raises(plots.NoRunsError, match="cola"):
         round2_figures.show(round2_logs, "cola")
 

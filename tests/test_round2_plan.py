@@ -142,7 +142,7 @@ def test_the_plan_adds_amendment_4s_long_runs_after_the_registered_ones(tmp_path
     folder = tmp_path / "round2_long"
     md = round2_report(load_runs(log_dir), load_summaries(log_dir), {"cola": {"mcc": 0.0}},
                        checks={"long": (load_runs(folder), load_summaries(folder))})
-    part = md[md.index("COLA trained for 8 epochs"):]
+    part = md[md.index("CoLA trained for 8 epochs"):]
     assert "Holm over the 14 tests of this family only" in part
     assert "| random (8 epochs) − random (4 epochs) | final | 3 | +0.060 (+0.035, +0.085) |" in part
     assert "| svd − random | final | 3 | -0.020 (-0.045, +0.005) |" in part

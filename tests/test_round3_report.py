@@ -83,7 +83,7 @@ def test_the_report_shows_the_choice_the_gate_and_the_family(round3_logs, glue_d
     assert "| 0.410 (0.300) |" in text and "**0.410 (0.430)**" in text  # pissa's tie went to the smaller lr
     assert "16 of 102 planned runs finished" in text
     assert "m = 9" in text and "Gate: full fine-tuning at lr 5e-05" in text and "dev majority class 0.000" in text
-    assert "No pairs yet (p = 1 in the Holm step): COLA grad − random, RTE svd − random" in text
+    assert "No pairs yet (p = 1 in the Holm step): CoLA grad − random, RTE svd − random" in text
     series = text.split("Every series")[1].split("The registered")[0]
     assert "| svd | 0.0004 | 2 | 0.475 ± 0.007 |" in series and "| 0 1 |" in series  # seeds 0 and 1
     # share of full FT's gain over the dev majority class (MCC 0): random's mean / full FT's mean
@@ -103,7 +103,7 @@ def test_figures_and_page_are_written_from_the_logs(round3_logs, tmp_path):
     assert sorted(p.name for p in written) == ["cola_chosen_lr_history.png", "cola_comparison.png", "round3.md",
                                                "summary.png"]
     page = (tmp_path / "imgs" / "round3.md").read_text()
-    assert "COLA: svd − random" in page and all(p.stat().st_size > 10_000 for p in written if p.suffix == ".png")
+    assert "CoLA: svd − random" in page and all(p.stat().st_size > 10_000 for p in written if p.suffix == ".png")
     summaries = load_summaries(read_logs(round3_logs))
     chosen = plan.chosen_lrs(load_runs(read_logs(round3_logs)))
     ax = figures.comparison_figure(summaries, chosen, "cola", {"cola": {"mcc": 0.0}}).axes[0]

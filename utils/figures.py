@@ -200,7 +200,7 @@ def plot_histories(df: pd.DataFrame, task, *, model=None, rank=None, lr=None, va
         f"mean over {_n_text(ns)} seeds, band = 95% CI (cut at the axes where wider)"
     variant = f" · {s['variant']}" if s["variant"] else ""
     lrs = "each at its own lr" if each else f"lr {fmt_lr(s['lr'])}"
-    fig.suptitle(f"{task.folder} (GLUE dev split) · {where}{lrs}{variant}\n{seeds}")
+    fig.suptitle(f"{task.title} (GLUE dev split) · {where}{lrs}{variant}\n{seeds}")
     handles, labels = axes[0].get_legend_handles_labels()
     ref = [h for h in ref if h is not None]
     legend_below(fig, handles + ref[:1], labels + [h.get_label() for h in ref[:1]])

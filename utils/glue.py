@@ -60,6 +60,11 @@ class GlueTask:
     train_file: str = "train.tsv"  # training file name
 
     @property
+    def title(self) -> str:
+        """The task's name as GLUE spells it (its folder's name), for tables and titles: "CoLA", "SST-2"."""
+        return self.folder
+
+    @property
     def is_regression(self) -> bool:
         return self.num_labels == 1
 

@@ -154,7 +154,7 @@ def format_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
         t = get_task(task)
         s = summaries[summaries["task"] == task]
         base = baselines.get(t.name, {})
-        out.append(f"\n### {t.name.upper()} ({t.main_metric}; majority-class {t.main_metric} = "
+        out.append(f"\n### {t.title} ({t.main_metric}; majority-class {t.main_metric} = "
                    f"{base.get(t.main_metric, float('nan')):.3f})\n")
         table = summary_table(s)
         f = format_table(table)

@@ -161,7 +161,7 @@ def confirm_markdown(confirm: pd.DataFrame) -> str:
     paired difference, final and best (a Holm family of its own)."""
     t = get_task(CONFIRM.task)
     table = format_table(summary_table(confirm)).drop(columns=["task", "metric"])
-    out = [f"\n### {t.name.upper()} on {CONFIRM.model} (amendment 3: `random` against the best other init, "
+    out = [f"\n### {t.title} on {CONFIRM.model} (amendment 3: `random` against the best other init, "
            f"each at its MiniLM lr; dev)\n", to_markdown(table)]
     other = [i for i in COMPARED_INITS if i != "random" and i in set(confirm["init"])]
     pairs = family([paired_comparison(confirm, other[0], "random", w, keys=PAIRED_BY_SERIES)
@@ -197,7 +197,7 @@ def long_markdown(long: tuple[pd.DataFrame, pd.DataFrame], runs: pd.DataFrame, s
     by_init = [paired_comparison(long_summaries, i, "random", w, keys=PAIRED_BY_SERIES)
                for i in LONG_INITS if i != "random" for w in ("final", "best")]
     pairs = family([*within(by_epochs, "({} epochs)"), *by_init])
-    out = [f"\n### {task.upper()} trained for {LONG.epochs} epochs instead of {registered} (amendment 4: "
+    out = [f"\n### {get_task(task).title} trained for {LONG.epochs} epochs instead of {registered} (amendment 4: "
            f"{', '.join(f'`{i}`' for i in LONG_INITS)}, each at its chosen lr; full fine-tuning at {registered}; "
            "dev)\n", table]
     if not pairs.empty:

@@ -106,7 +106,7 @@ def lr_sensitivity_figure(runs: pd.DataFrame, task, selected: pd.DataFrame, majo
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel="learning rate (log scale)", ylabel=title.split(",")[0], title=title)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{task.folder} · LoRA-FA rank 4, lr grid, seed 0 · ringed: the lr chosen on holdout\n"
+    fig.suptitle(f"{task.title} · LoRA-FA rank 4, lr grid, seed 0 · ringed: the lr chosen on holdout\n"
                  f"lines without markers: full fine-tuning and head only at their own chosen lr")
     legend_below(fig, list(legend.values()), list(legend))
     return fig

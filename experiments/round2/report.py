@@ -101,7 +101,7 @@ def _headline(summaries: pd.DataFrame, selected: pd.DataFrame, pairs: pd.DataFra
     rows: dict[str, dict] = {}
     for task in TASKS:
         t = get_task(task)
-        name, m0 = t.name.upper(), baselines.get(t.name, {}).get(t.main_metric, math.nan)
+        name, m0 = t.title, baselines.get(t.name, {}).get(t.main_metric, math.nan)
         s = summaries[(summaries["task"] == t.name) & summaries["rank"].isin([0, RANK])]
         chosen = summary_table(at_selected(s, selected)) if len(s) else pd.DataFrame()
         if chosen.empty:
@@ -174,7 +174,7 @@ def round2_report(runs: pd.DataFrame, summaries: pd.DataFrame, baselines: dict, 
     for task in sorted(summaries["task"].unique() if tasks is None else [get_task(t).name for t in tasks]):
         t, s = get_task(task), summaries[summaries["task"] == task]
         m0 = baselines.get(t.name, {}).get(t.main_metric, math.nan)
-        out.append(f"\n### {t.name.upper()} ({t.main_metric}; majority-class {t.main_metric} = {m0:.3f})\n")
+        out.append(f"\n### {t.title} ({t.main_metric}; majority-class {t.main_metric} = {m0:.3f})\n")
         if task in TASKS:
             out += ["\nLearning-rate selection (holdout score (final dev), seed 0):\n",
                     _selection_markdown(runs, task, selected)]

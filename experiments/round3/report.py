@@ -125,9 +125,9 @@ def series_markdown(summaries: pd.DataFrame, runs: pd.DataFrame, chosen: dict, t
 def family_markdown(tests: pd.DataFrame) -> str:
     """The family's rows as a table (a test without pairs: "no pairs yet", p = 1 in the Holm step)."""
     defined = tests[tests["n"] > 0]
-    table = paired_markdown(defined.assign(a=[f"{t.upper()}: {a}" for t, a in zip(defined["task"], defined["a"])])
+    table = paired_markdown(defined.assign(a=[f"{get_task(t).title}: {a}" for t, a in zip(defined["task"], defined["a"])])
                             ) if len(defined) else ""
-    missing = [f"{t.upper()} {a} − {b}" for t, a, b, n in zip(tests["task"], tests["a"], tests["b"], tests["n"]) if n == 0]
+    missing = [f"{get_task(t).title} {a} − {b}" for t, a, b, n in zip(tests["task"], tests["a"], tests["b"], tests["n"]) if n == 0]
     note = f"\nNo pairs yet (p = 1 in the Holm step): {', '.join(missing)}.\n" if missing else ""
     return table + note
 
@@ -167,7 +167,7 @@ def named_cut(kinds: list[str]) -> str:
     for (task, method, init, _, seed), kind in zip(planned_runs(), kinds):
         if kind == "over budget":
             seeds.setdefault((task, method, init), []).append(seed)
-    return "; ".join(f"{task.upper()} {label(method, init)} seed{'s' if len(set(s)) > 1 else ''} "
+    return "; ".join(f"{get_task(task).title} {label(method, init)} seed{'s' if len(set(s)) > 1 else ''} "
                      + ", ".join(map(str, sorted(set(s)))) + ("" if len(s) == len(set(s)) else f" ({len(s)} runs)")
                      for (task, method, init), s in seeds.items())
 
@@ -195,7 +195,7 @@ def round3_report(log_dir="logs/round3", data_dir=None, tasks=TASKS) -> str:
         if not (summaries["task"] == t.name).any():
             continue
         m0 = majority.get(t.name, {}).get(t.main_metric, math.nan)
-        out += [f"\n### {t.name.upper()} ({t.main_metric}; dev majority class "
+        out += [f"\n### {t.title} ({t.main_metric}; dev majority class "
                 + ("–" if math.isnan(m0) else f"{m0:.3f}") + ")\n",
                 "Learning rate, seed 0, holdout score (final dev):\n", selection_markdown(runs, t.name, chosen),
                 gate_sentence(runs, chosen, t.name, data_dir) + "\n"]
@@ -204,7 +204,7 @@ def round3_report(log_dir="logs/round3", data_dir=None, tasks=TASKS) -> str:
             out += ["\nEvery series at its chosen lr (dev):\n", table]
         mine = tests[tests["task"] == t.name]
         if (mine["n"] > 0).any():
-            out += [f"\nThe registered tests of {t.name.upper()} (Holm over all {len(FAMILY)}):\n", family_markdown(mine)]
+            out += [f"\nThe registered tests of {t.title} (Holm over all {len(FAMILY)}):\n", family_markdown(mine)]
         pissa = paired_comparison(at_chosen(summaries[summaries["task"] == t.name], chosen), "pissa", "svd", "final",
                                   keys=PAIRED_BY_SERIES)
         if len(pissa):
