@@ -32,6 +32,16 @@ def dead_pid() -> int:
     return int(proc.stdout)
 
 
+class Stop(Exception):
+    """Injected 'kill' of a run."""
+
+
+def stop_after_first_eval(log):
+    """`on_eval` hook of run_experiment: kill the run after its first evaluation (its checkpoint is saved)."""
+    if len(log["history"]) == 1:
+        raise Stop("killed after the first evaluation")
+
+
 def tiny_run_config(tmp_path, model_dir, data_dir, **overrides):
     """A RunConfig for a few fast steps of a tiny model, all files under tmp_path."""
     from utils.config import RunConfig

@@ -8,20 +8,11 @@ import shutil
 
 import pytest
 
-from tests.runner_helpers import tiny_run_config
+from tests.runner_helpers import Stop, stop_after_first_eval, tiny_run_config
 from utils import carry
 from utils.checkpoint import latest_checkpoint
 from utils.logs import read_log
 from utils.train import run_experiment
-
-
-class Stop(Exception):
-    pass
-
-
-def _stop_after_first_eval(log):
-    if len(log["history"]) == 1:
-        raise Stop("killed after the first evaluation")
 
 
 def fake_checkpoint(run_dir, step, *, complete=True, size=10):
@@ -39,7 +30,7 @@ def test_a_carried_run_resumes_to_the_same_numbers(tmp_path, tiny_models, glue_d
     ref = run_experiment(tiny_run_config(tmp_path / "ref", tiny_models["bert"], glue_dir), progress=False)
     cut = tiny_run_config(tmp_path / "old", tiny_models["bert"], glue_dir)
     with pytest.raises(Stop):
-        run_experiment(cut, progress=False, on_eval=_stop_after_first_eval)
+        run_experiment(cut, progress=False, on_eval=stop_after_first_eval)
     carried = tmp_path / "checkout" / "carried"
     assert carry.mirror(cut.ckpt_dir, carried) == {cut.ckpt_path.relative_to(cut.ckpt_dir)}
     shutil.rmtree(cut.ckpt_dir)  # the old machine is gone; the checkout (and its log) travel

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from sklearn.metrics import accuracy_score, f1_score
 
 import lora
-from tests.runner_helpers import REAL_GLUE, needs_real_glue, tiny_run_config
+from tests.runner_helpers import REAL_GLUE, Stop, needs_real_glue, stop_after_first_eval, tiny_run_config
 from utils import checkpoint as ckpt
 from utils.adapters import build_model, make_optimizer
 from utils.config import RunConfig
@@ -24,15 +24,6 @@ from utils.glue import DataNotFoundError, get_task, load_glue
 from utils.logs import load_predictions, load_runs, predictions_path, read_log
 from utils.models import head_modules, load_model_and_tokenizer
 from utils.train import TrainingDiverged, run_experiment
-
-
-class Stop(Exception):
-    """Injected 'kill' after the first evaluation."""
-
-
-def _stop_after_first_eval(log):
-    if len(log["history"]) == 1:
-        raise Stop("killed after the first evaluation")
 
 
 def _trainable(path):
@@ -96,7 +87,7 @@ def test_resume_gives_the_same_run(tmp_path, tiny_models, glue_dir, overrides):
     ref = run_experiment(full, progress=False)
     cut = tiny_run_config(tmp_path / "b", model, glue_dir, keep_checkpoint=True, **overrides)
     with pytest.raises(Stop):
-        run_experiment(cut, progress=False, on_eval=_stop_after_first_eval)
+        run_experiment(cut, progress=False, on_eval=stop_after_first_eval)
     killed = read_log(cut.log_path)
     assert killed["status"] == "failed" and "killed after the first evaluation" in killed["error"]
     assert len(killed["history"]) == 1 and ckpt.latest_checkpoint(cut.ckpt_path) is not None
