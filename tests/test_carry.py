@@ -58,7 +58,8 @@ def test_mirror_follows_the_latest_complete_checkpoint(tmp_path):
     assert sorted(p.name for p in (dst / "mrpc/run-a").iterdir()) == ["latest.json", "step-20"]
 
 
-def test_mirror_skips_big_checkpoints_and_a_copy_cut_short(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cut_in", ["copytree", "folder_bytes"])  # while copying / while sizing the folder
+def test_mirror_skips_big_checkpoints_and_a_copy_cut_short(tmp_path, monkeypatch, cut_in):
     src, dst = tmp_path / "src", tmp_path / "dst"
     fake_checkpoint(src / "rte" / "full-ft", 3, size=2 * 2**20)
     assert carry.mirror(src, dst, max_mb=1) == set() and not dst.exists()
@@ -68,9 +69,9 @@ def test_mirror_skips_big_checkpoints_and_a_copy_cut_short(tmp_path, monkeypatch
     fake_checkpoint(src / "mrpc" / "lora-fa", 6)
 
     def vanished(*a, **k):
-        raise FileNotFoundError("the runner removed the step folder mid-copy")
+        raise FileNotFoundError("the runner removed the step folder meanwhile")
 
-    monkeypatch.setattr(shutil, "copytree", vanished)
+    monkeypatch.setattr(shutil if cut_in == "copytree" else carry, cut_in, vanished)
     assert carry.mirror(src, dst, max_mb=1, mirrored=frozenset(first)) == first  # still tracked, copied next pass
     assert latest_checkpoint(dst / "mrpc/lora-fa").name == "step-5" and not (dst / "mrpc/lora-fa/.tmp-step").exists()
 

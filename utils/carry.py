@@ -58,23 +58,22 @@ def copy_checkpoint(folder: Path, run_dst: Path) -> None:
 def mirror(src, dst, *, max_mb: float = 100.0, mirrored: frozenset = frozenset()) -> set[Path]:
     """One pass of `src` -> `dst`; returns the runs (relative paths) whose copy is now current.
 
-    Checkpoints over `max_mb` are skipped (a full fine-tuning one is 1.3 GB). A checkpoint the
-    runner replaces while it is being copied is left for the next pass. Copies of runs in
-    `mirrored` whose source folder has gone are deleted."""
+    Checkpoints over `max_mb` are skipped (a full fine-tuning one is 1.3 GB). A run the runner
+    moves on (or finishes) while it is being read or copied is left for the next pass. Copies of
+    runs in `mirrored` whose source folder has gone are deleted."""
     src, dst = Path(src), Path(dst)
     current = set()
     for rel in _runs(src):
-        folder = latest_checkpoint(src / rel)
-        if folder is None or folder_bytes(folder) > max_mb * 2**20:
-            continue
-        copied = latest_checkpoint(dst / rel)
-        if copied is None or copied.name != folder.name:
-            try:
-                copy_checkpoint(folder, dst / rel)
-            except (FileNotFoundError, shutil.Error):  # the runner wrote a newer one meanwhile
-                shutil.rmtree(dst / rel / ".tmp-step", ignore_errors=True)
+        try:
+            folder = latest_checkpoint(src / rel)
+            if folder is None or folder_bytes(folder) > max_mb * 2**20:
                 continue
-        current.add(rel)
+            copied = latest_checkpoint(dst / rel)
+            if copied is None or copied.name != folder.name:
+                copy_checkpoint(folder, dst / rel)
+            current.add(rel)
+        except (FileNotFoundError, shutil.Error):
+            shutil.rmtree(dst / rel / ".tmp-step", ignore_errors=True)
     for rel in mirrored:
         if not (src / rel).exists():
             delete_checkpoints(dst / rel)
