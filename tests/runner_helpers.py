@@ -42,6 +42,11 @@ def stop_after_first_eval(log):
         raise Stop("killed after the first evaluation")
 
 
+def without_times(history: list[dict]) -> list[dict]:
+    """A log's history without its wall-clock times, for comparing two runs of the same config."""
+    return [{k: v for k, v in h.items() if k != "time_s"} for h in history]
+
+
 def tiny_run_config(tmp_path, model_dir, data_dir, **overrides):
     """A RunConfig for a few fast steps of a tiny model, all files under tmp_path."""
     from utils.config import RunConfig

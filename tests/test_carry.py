@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from tests.runner_helpers import Stop, stop_after_first_eval, tiny_run_config
+from tests.runner_helpers import Stop, stop_after_first_eval, tiny_run_config, without_times
 from utils import carry
 from utils.checkpoint import latest_checkpoint
 from utils.logs import read_log
@@ -39,8 +39,7 @@ def test_a_carried_run_resumes_to_the_same_numbers(tmp_path, tiny_models, glue_d
     resumed = run_experiment(dataclasses.replace(cut, ckpt_dir=str(new_dir), resume=True), progress=False)
     assert resumed["resumed_from_step"] == 4 and read_log(cut.log_path)["status"] == "finished"
     assert resumed["summary"]["final"] == ref["summary"]["final"]
-    strip = lambda hs: [{k: v for k, v in h.items() if k != "time_s"} for h in hs]  # noqa: E731
-    assert strip(resumed["history"]) == strip(ref["history"])
+    assert without_times(resumed["history"]) == without_times(ref["history"])
 
 
 def test_mirror_follows_the_latest_complete_checkpoint(tmp_path):

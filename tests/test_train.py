@@ -16,7 +16,7 @@ from safetensors import safe_open
 from sklearn.metrics import accuracy_score, f1_score
 
 import lora
-from tests.runner_helpers import REAL_GLUE, Stop, needs_real_glue, stop_after_first_eval, tiny_run_config
+from tests.runner_helpers import REAL_GLUE, Stop, needs_real_glue, stop_after_first_eval, tiny_run_config, without_times
 from utils import checkpoint as ckpt
 from utils.adapters import build_model, make_optimizer
 from utils.config import RunConfig
@@ -94,8 +94,7 @@ def test_resume_gives_the_same_run(tmp_path, tiny_models, glue_dir, overrides):
     resumed = run_experiment(dataclasses.replace(cut, resume=True), progress=False)
     assert resumed["status"] == "finished" and resumed["resumed_from_step"] == killed["history"][0]["step"]
     assert resumed["summary"]["final"] == ref["summary"]["final"]
-    strip = lambda hs: [{k: v for k, v in h.items() if k != "time_s"} for h in hs]  # noqa: E731
-    assert strip(resumed["history"]) == strip(ref["history"]) and resumed["train_loss"] == ref["train_loss"]
+    assert without_times(resumed["history"]) == without_times(ref["history"]) and resumed["train_loss"] == ref["train_loss"]
     a = _trainable(ckpt.latest_checkpoint(full.ckpt_path) / "trainable.safetensors")
     b = _trainable(ckpt.latest_checkpoint(cut.ckpt_path) / "trainable.safetensors")
     assert a.keys() == b.keys() and any(k.endswith("lora_B") for k in a)
@@ -125,8 +124,7 @@ def test_timed_checkpoints_resume_mid_epoch(tmp_path, tiny_models, glue_dir, mon
     monkeypatch.setattr(ckpt, "save_checkpoint", save)
     resumed = run_experiment(dataclasses.replace(cut, resume=True), progress=False)
     assert resumed["resumed_from_step"] == 8 and resumed["summary"]["final"] == ref["summary"]["final"]
-    strip = lambda hs: [{k: v for k, v in h.items() if k != "time_s"} for h in hs]  # noqa: E731
-    assert strip(resumed["history"]) == strip(ref["history"]) and resumed["train_loss"] == ref["train_loss"]
+    assert without_times(resumed["history"]) == without_times(ref["history"]) and resumed["train_loss"] == ref["train_loss"]
     assert cut.run_id == ref["run_id"]  # how often a run checkpoints is not part of what it computes
 
 

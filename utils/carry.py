@@ -24,8 +24,7 @@ import shutil
 import time
 from pathlib import Path
 
-from utils.checkpoint import delete_checkpoints, latest_checkpoint
-from utils.logs import write_json_atomic
+from utils.checkpoint import delete_checkpoints, latest_checkpoint, make_latest
 
 
 def _runs(root: Path) -> list[Path]:
@@ -49,10 +48,7 @@ def copy_checkpoint(folder: Path, run_dst: Path) -> None:
     shutil.copytree(folder, tmp)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    write_json_atomic({"step": _step(final), "folder": final.name}, run_dst / "latest.json")
-    for old in run_dst.glob("step-*"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+    make_latest(run_dst, final, _step(final))
 
 
 def mirror(src, dst, *, max_mb: float = 100.0, mirrored: frozenset = frozenset()) -> set[Path]:

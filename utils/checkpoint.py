@@ -108,12 +108,17 @@ def save_checkpoint(run_dir, step: int, *, model, optimizer, scheduler, state: d
         write_json_atomic(state, folder / "state.json")
     accelerator.wait_for_everyone()
     if main:
-        write_json_atomic({"step": step, "folder": folder.name}, run_dir / "latest.json")
-        for old in run_dir.glob("step-*"):
-            if old != folder:
-                shutil.rmtree(old, ignore_errors=True)
+        make_latest(run_dir, folder, step)
     accelerator.wait_for_everyone()
     return folder
+
+
+def make_latest(run_dir, folder: Path, step: int) -> None:
+    """Point latest.json at the complete checkpoint `folder`, then remove the run's older ones."""
+    write_json_atomic({"step": step, "folder": folder.name}, Path(run_dir) / "latest.json")
+    for old in Path(run_dir).glob("step-*"):
+        if old != folder:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir) -> Path | None:
