@@ -14,6 +14,7 @@ from experiments.round3 import report as r3
 from tests.runner_helpers import glue_dir  # noqa: F401 (fixture)
 from utils.logs import SCHEMA, load_runs, load_summaries, predictions_path, read_logs, write_json_atomic
 from utils.record import save_predictions
+from utils.stats import one_class_runs
 
 # CoLA, seed 0's holdout MCC per lr (the grid) and the final dev MCC of every seed at the chosen lr
 HOLDOUT = {"none": {2e-5: 0.50, 5e-5: 0.55}, "random": {4e-4: 0.40, 1.7e-3: 0.45, 7e-3: 0.42},
@@ -88,6 +89,22 @@ def test_the_report_shows_the_choice_the_gate_and_the_family(round3_logs, glue_d
     assert "| svd | 0.0004 | 2 | 0.475 ± 0.007 |" in series and "| 0 1 |" in series  # seeds 0 and 1
     # share of full FT's gain over the dev majority class (MCC 0): random's mean / full FT's mean
     assert f"| {np.mean(DEV['random']) / np.mean(DEV['none']):.2f} |" in series.split("| random |")[1].split("\n")[0]
+
+
+def test_runs_predicting_one_class_are_marked(round3_logs):
+    labels = np.array([1, 1, 1, 0])
+    flat = {("random", 1.7e-3, 1): np.ones(4, int), ("svd", 7e-3, 0): np.zeros(4, int),  # one class each
+            ("svd", 4e-4, 1): np.array([1, 0, 1, 1])}  # two classes: not marked
+    for (init, lr, seed), pred in flat.items():
+        log_path = round3_logs / "cola" / f"{plan.run_config('cola', 'lora-fa', init, lr, seed).run_id}.json"
+        save_predictions(predictions_path(log_path), 60, {"dev": (pred, labels)})
+    ids = {plan.run_config("cola", "lora-fa", i, lr, s).run_id for (i, lr, s), p in flat.items() if len(set(p)) == 1}
+    assert one_class_runs(round3_logs) == ids
+    text = r3.round3_report(round3_logs)
+    assert "| 0.300 (0.300) † |" in text and text.count("†") == 2  # svd at 7e-3, seed 0; and the legend
+    series = text.split("Every series")[1].split("The registered")[0]
+    assert [row.split("|")[-2].strip() for row in series.splitlines() if row.startswith("| ") and "series" not in row
+            ] == ["–", "1", "–", "–"]  # full FT, random (seed 1), svd (its 7e-3 run is not the chosen lr), pissa
 
 
 def test_no_finished_run_says_so(tmp_path):

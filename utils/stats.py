@@ -176,6 +176,19 @@ def majority_metrics(log_dir) -> dict[str, dict[str, float]]:
     return out
 
 
+def one_class_runs(log_dir) -> set[str]:
+    """The run ids of finished classification runs whose last dev evaluation predicts one class on every
+    dev example (a collapse to a constant: the majority class's score, or 0 for MCC), read from the
+    `*.preds.npz` next to the logs. `log_dir`: a folder or a `utils.logs.read_logs` result."""
+    out = set()
+    for path, log in select_logs(log_dir).items():
+        pred_file = predictions_path(path)
+        if not get_task(log["config"]["task"]).is_regression and pred_file.exists():
+            if np.unique(np.asarray(load_predictions(pred_file)["dev"]["pred"])).size == 1:
+                out.add(log["run_id"])
+    return out
+
+
 def _constant_majority(task: str, labels, fit_labels) -> dict[str, float]:
     """{metric: value} on `labels` of always predicting the most frequent class of `fit_labels`."""
     return compute_metrics(task, np.full_like(labels, np.bincount(fit_labels).argmax()), labels)

@@ -39,7 +39,15 @@ from utils.glue import get_task
 from utils.logs import load_runs, load_summaries, read_logs
 from utils.report import compute_table, fmt_lr, format_table, paired_markdown, shares, to_markdown
 from utils.selection import epoch_change, holdout_scores
-from utils.stats import PAIRED_BY_SERIES, holdout_majority, holm, majority_metrics, paired_comparison, summary_table
+from utils.stats import (
+    PAIRED_BY_SERIES,
+    holdout_majority,
+    holm,
+    majority_metrics,
+    one_class_runs,
+    paired_comparison,
+    summary_table,
+)
 
 SERIES = [("full", "none")] + [("lora-fa", i) for i in INITS]  # in the order of every table
 
@@ -77,10 +85,13 @@ def family_tests(summaries: pd.DataFrame, chosen: dict) -> pd.DataFrame:
     return out
 
 
-def selection_markdown(runs: pd.DataFrame, task: str, chosen: dict) -> str:
+def selection_markdown(runs: pd.DataFrame, task: str, chosen: dict, one_class=frozenset()) -> str:
     """Seed 0 of every series of `task`: holdout score (final dev metric) at each lr of its grid, the
-    chosen lr in bold (dev is shown, never used)."""
+    chosen lr in bold (dev is shown, never used); † marks a run in `one_class` (run ids whose final dev
+    predictions are one class, `one_class_runs`)."""
     rows, columns = [], ["series", *map(fmt_lr, sorted(FULL_LRS + LORA_LRS)), "chosen lr"]
+    flat = runs[runs["run_id"].isin(one_class) & (runs["task"] == task) & (runs["seed"] == 0)] if len(runs) else runs
+    flat = {(m, i, float(lr)) for m, i, lr in zip(flat["method"], flat["init"], flat["lr"])} if len(flat) else set()
     for method, init in SERIES:
         grid = FULL_LRS if method == "full" else LORA_LRS
         scores = holdout_scores(runs, task, init, method=method, epochs=EPOCHS, rank=RANK if method != "full" else 0)
@@ -88,7 +99,8 @@ def selection_markdown(runs: pd.DataFrame, task: str, chosen: dict) -> str:
         row = {"series": label(method, init)}
         for g in grid:
             hit = scores[np.isclose(scores["lr"], g)] if len(scores) else scores
-            cell = "" if hit.empty else f"{hit['score'].iloc[0]:.3f} ({hit['final_dev'].iloc[0]:.3f})"
+            cell = "" if hit.empty else f"{hit['score'].iloc[0]:.3f} ({hit['final_dev'].iloc[0]:.3f})" + (
+                " †" if any(k[:2] == (method, init) and np.isclose(k[2], g) for k in flat) else "")
             row[fmt_lr(g)] = f"**{cell}**" if cell and lr is not None and np.isclose(g, lr) else cell
         row["chosen lr"] = "–" if lr is None else fmt_lr(lr)
         if len(scores):
@@ -96,10 +108,12 @@ def selection_markdown(runs: pd.DataFrame, task: str, chosen: dict) -> str:
     return to_markdown(pd.DataFrame(rows, columns=columns, dtype=object).fillna("")) if rows else ""
 
 
-def series_markdown(summaries: pd.DataFrame, runs: pd.DataFrame, chosen: dict, task: str, m0: float) -> str:
+def series_markdown(summaries: pd.DataFrame, runs: pd.DataFrame, chosen: dict, task: str, m0: float,
+                    one_class=frozenset()) -> str:
     """Every series of `task` at its chosen lr (dev): seeds, final and best (mean ± std), the final's 95 %
-    CI, its share of full fine-tuning's gain over the majority class `m0`, and the convergence rule
-    (holdout main metric, last epoch − previous, within `CONVERGED[task]`)."""
+    CI, its share of full fine-tuning's gain over the majority class `m0`, the convergence rule (holdout
+    main metric, last epoch − previous, within `CONVERGED[task]`) and the seeds whose final dev predictions
+    are one class (their run ids in `one_class`)."""
     mine = at_chosen(summaries[summaries["task"] == task], chosen)
     if mine.empty:
         return ""
@@ -119,6 +133,9 @@ def series_markdown(summaries: pd.DataFrame, runs: pd.DataFrame, chosen: dict, t
         "–" if k not in conv.index else f"{conv.loc[k, 'last'] - conv.loc[k, 'previous']:+.3f}"
         + ("" if abs(conv.loc[k, "last"] - conv.loc[k, "previous"]) <= CONVERGED[task] + 1e-12 else " (not converged)")
         for k in zip(table["method"], table["init"])]
+    f["one class on dev (seeds)"] = [
+        " ".join(map(str, sorted(mine[(mine["method"] == m) & (mine["init"] == i) & mine["run_id"].isin(one_class)]["seed"])))
+        or "–" for m, i in zip(table["method"], table["init"])]
     return to_markdown(f)
 
 
@@ -180,7 +197,7 @@ def round3_report(log_dir="logs/round3", data_dir=None, tasks=TASKS) -> str:
     if not logs:
         return f"No finished round-3 run yet. {status}\n"
     runs, summaries = load_runs(logs), load_summaries(logs)
-    chosen, majority = chosen_lrs(runs), majority_metrics(logs)
+    chosen, majority, one_class = chosen_lrs(runs), majority_metrics(logs), one_class_runs(logs)
     tests = family_tests(summaries, chosen)
     out = [f"Model `{MODEL}` (all-mpnet-base-v2, the stand-in for RoBERTa-base), fp32, LoRA-FA rank {RANK} on the "
            f"attention projections, {EPOCHS} epochs. Selection on the holdout slice ({HOLDOUT:.0%} of train, seed 0): "
@@ -197,9 +214,10 @@ def round3_report(log_dir="logs/round3", data_dir=None, tasks=TASKS) -> str:
         m0 = majority.get(t.name, {}).get(t.main_metric, math.nan)
         out += [f"\n### {t.title} ({t.main_metric}; dev majority class "
                 + ("–" if math.isnan(m0) else f"{m0:.3f}") + ")\n",
-                "Learning rate, seed 0, holdout score (final dev):\n", selection_markdown(runs, t.name, chosen),
+                "Learning rate, seed 0, holdout score (final dev; † predicts one class on every dev example):\n",
+                selection_markdown(runs, t.name, chosen, one_class),
                 gate_sentence(runs, chosen, t.name, data_dir) + "\n"]
-        table = series_markdown(summaries, runs, chosen, t.name, m0)
+        table = series_markdown(summaries, runs, chosen, t.name, m0, one_class)
         if table:
             out += ["\nEvery series at its chosen lr (dev):\n", table]
         mine = tests[tests["task"] == t.name]
