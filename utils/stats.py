@@ -178,7 +178,7 @@ def majority_metrics(log_dir) -> dict[str, dict[str, float]]:
 
 def one_class_runs(log_dir) -> set[str]:
     """The run ids of finished classification runs whose last dev evaluation predicts one class on every
-    dev example (a collapse to a constant: the majority class's score, or 0 for MCC), read from the
+    dev example (a constant prediction: MCC 0, the majority class's scores if it is that class), read from the
     `*.preds.npz` next to the logs. `log_dir`: a folder or a `utils.logs.read_logs` result."""
     out = set()
     for path, log in select_logs(log_dir).items():
