@@ -91,8 +91,8 @@ def selection_markdown(runs: pd.DataFrame, task: str, chosen: dict, one_class=fr
     predictions are one class, `one_class_runs`)."""
     rows, columns = [], ["series", *map(fmt_lr, sorted(FULL_LRS + LORA_LRS)), "chosen lr"]
     flat = runs[runs["run_id"].isin(one_class) & (runs["task"] == task) & (runs["seed"] == 0)] if len(runs) else runs
-    flat = {(m, i, float(lr)) for m, i, lr in zip(flat["method"], flat["init"], flat["lr"])} if len(flat) else set()
     for method, init in SERIES:
+        flat_lrs = flat.loc[(flat["method"] == method) & (flat["init"] == init), "lr"].to_numpy() if len(flat) else []
         grid = FULL_LRS if method == "full" else LORA_LRS
         scores = holdout_scores(runs, task, init, method=method, epochs=EPOCHS, rank=RANK if method != "full" else 0)
         lr = chosen.get((task, method, init))
@@ -100,7 +100,7 @@ def selection_markdown(runs: pd.DataFrame, task: str, chosen: dict, one_class=fr
         for g in grid:
             hit = scores[np.isclose(scores["lr"], g)] if len(scores) else scores
             cell = "" if hit.empty else f"{hit['score'].iloc[0]:.3f} ({hit['final_dev'].iloc[0]:.3f})" + (
-                " †" if any(k[:2] == (method, init) and np.isclose(k[2], g) for k in flat) else "")
+                " †" if np.isclose(flat_lrs, g).any() else "")
             row[fmt_lr(g)] = f"**{cell}**" if cell and lr is not None and np.isclose(g, lr) else cell
         row["chosen lr"] = "–" if lr is None else fmt_lr(lr)
         if len(scores):
@@ -123,8 +123,13 @@ def series_markdown(summaries: pd.DataFrame, runs: pd.DataFrame, chosen: dict, t
     f = format_table(table).drop(columns=["task", "metric", "model", "rank", "variant"], errors="ignore")
     f.insert(0, "series", [label(m, i) for m, i in zip(table["method"], table["init"])])
     f = f.drop(columns=["method", "init"])
-    f["seeds"] = [" ".join(map(str, sorted(mine[(mine["method"] == m) & (mine["init"] == i)]["seed"])))
-                  for m, i in zip(table["method"], table["init"])]
+
+    def seeds(method, init, among=None) -> str:
+        """The series' seeds at its chosen lr (only runs whose ids are in `among`, if given), in order."""
+        rows = mine[(mine["method"] == method) & (mine["init"] == init)]
+        return " ".join(map(str, sorted(rows["seed"] if among is None else rows.loc[rows["run_id"].isin(among), "seed"])))
+
+    f["seeds"] = [seeds(m, i) for m, i in zip(table["method"], table["init"])]
     f["95% CI (final)"] = ["–" if pd.isna(h) else f"{m - h:.3f} – {m + h:.3f}"
                            for m, h in zip(table["final_mean"], table["final_half"])]
     f["share of full FT"] = shares(table, m0)
@@ -133,9 +138,7 @@ def series_markdown(summaries: pd.DataFrame, runs: pd.DataFrame, chosen: dict, t
         "–" if k not in conv.index else f"{conv.loc[k, 'last'] - conv.loc[k, 'previous']:+.3f}"
         + ("" if abs(conv.loc[k, "last"] - conv.loc[k, "previous"]) <= CONVERGED[task] + 1e-12 else " (not converged)")
         for k in zip(table["method"], table["init"])]
-    f["one class on dev (seeds)"] = [
-        " ".join(map(str, sorted(mine[(mine["method"] == m) & (mine["init"] == i) & mine["run_id"].isin(one_class)]["seed"])))
-        or "–" for m, i in zip(table["method"], table["init"])]
+    f["one class on dev (seeds)"] = [seeds(m, i, one_class) or "–" for m, i in zip(table["method"], table["init"])]
     return to_markdown(f)
 
 
